@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Both create/update .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is installed first and pinned everywhere: an unpinned resolve pulls CUDA wheels.
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lch demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check platform pipelines serving tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .lch

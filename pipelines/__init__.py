@@ -1,0 +1,1 @@
+"""LCH pipelines: Ray Jobs, Ray Data and Ray Train around the core functions in `lch`."""

@@ -1,0 +1,165 @@
+"""`lch ingest`: a cohort's movies → OME-Zarr, as Ray tasks (stage A), locally or as a Ray Job."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import yaml
+from tqdm.auto import tqdm
+
+from lch.conversion import ConversionResult, convert_movie, remove_leftovers
+from lch.manifest import Manifest, MovieEntry, load_manifest
+from lch.paths import cohort_dir, lch_home, movie_store, movies_dir
+from lch.pipelines.runtime import init_ray
+
+MANIFEST_NAME = "manifest.yaml"
+
+
+@dataclass
+class IngestSummary:
+    """The outcome of one ingestion: one result per manifest entry."""
+
+    cohort: str
+    data_root: Path
+    results: list[ConversionResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failed(self) -> list[ConversionResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def frames(self) -> int:
+        return sum(r.frames for r in self.results)
+
+    def format(self) -> str:
+        """A human-readable summary: counts, volume, time, location, and every failure."""
+        source_mb = sum(r.source_bytes for r in self.results if r.status == "ok") / 1e6
+        stored_mb = sum(r.stored_bytes for r in self.results if r.status != "failed") / 1e6
+        lines = [
+            f"cohort {self.cohort}: {len(self.results)} movies, {self.count('ok')} converted, "
+            f"{self.count('skipped')} already stored, {self.count('failed')} failed",
+            f"  frames: {self.frames}   converted: {source_mb:.1f} MB in {self.seconds:.1f} s"
+            f" ({source_mb / max(self.seconds, 1e-9):.1f} MB/s)   stored: {stored_mb:.1f} MB",
+            f"  data: {cohort_dir(self.cohort, self.data_root)}",
+        ]
+        lines += [f"  FAILED {r.movie}: {r.message}" for r in self.failed]
+        return "\n".join(lines)
+
+
+def _provenance(manifest: Manifest, movie: MovieEntry) -> dict:
+    return {
+        "cohort": manifest.cohort,
+        "movie": movie.id,
+        "patient": movie.patient,
+        "cell_line": movie.line,
+        "label": movie.label,
+        "pixel_size_um": movie.pixel_size_um,
+        "frame_interval_s": movie.frame_interval_s,
+    }
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def _convert_task(source: str, dest: str, movie: str, provenance: dict, px, dt) -> ConversionResult:
+    # max_retries covers a worker or node dying; user errors come back as "failed" results.
+    return convert_movie(
+        source, dest, movie=movie, provenance=provenance, pixel_size_um=px, frame_interval_s=dt
+    )
+
+
+def _gather(refs: list, progress: bool) -> list[ConversionResult]:
+    results, pending = [], list(refs)
+    with tqdm(total=len(refs), desc="movies → OME-Zarr", unit="movie", disable=not progress) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results.extend(ray.get(done))
+            bar.update(len(done))
+    return results
+
+
+def _store_manifest(manifest: Manifest, results: list[ConversionResult], home: Path) -> None:
+    """Record the entries now stored, merged with those stored by earlier runs (atomic write)."""
+    target = cohort_dir(manifest.cohort, home) / MANIFEST_NAME
+    stored = {}
+    if target.exists():
+        stored = {m["id"]: m for m in (yaml.safe_load(target.read_text()) or {}).get("movies", [])}
+    landed = {r.movie for r in results if r.status in ("ok", "skipped")}
+    for entry in manifest.to_dict()["movies"]:
+        if entry["id"] in landed:
+            stored[entry["id"]] = entry
+    tmp = target.with_name(f".{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(yaml.safe_dump({"cohort": manifest.cohort, "movies": list(stored.values())}))
+    os.replace(tmp, target)
+
+
+def convert_cohort(
+    manifest_path: str | Path, *, home: Path | None = None, progress: bool = True
+) -> IngestSummary:
+    """Stage A: validate the manifest and convert every movie to OME-Zarr in parallel Ray tasks.
+
+    Raises
+    ------
+    lch.manifest.ManifestError
+        If the manifest as a whole is unusable; bad single entries are reported as failures.
+    """
+    manifest = load_manifest(manifest_path)
+    home = home or lch_home()
+    started = time.perf_counter()
+    folder = movies_dir(manifest.cohort, home)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(folder)
+    init_ray()
+    refs = [
+        _convert_task.remote(
+            str(manifest.source_path(m)),
+            str(movie_store(manifest.cohort, m.id, home)),
+            m.id,
+            _provenance(manifest, m),
+            m.pixel_size_um,
+            m.frame_interval_s,
+        )
+        for m in manifest.movies
+    ]
+    results = _gather(refs, progress)
+    results += [ConversionResult(e.movie, "failed", message=e.message) for e in manifest.errors]
+    _store_manifest(manifest, results, home)
+    return IngestSummary(manifest.cohort, home, results, time.perf_counter() - started)
+
+
+def submit_ingest_job(manifest_path: str | Path, address: str, *, extra_args: list[str]) -> int:
+    """Run ``lch ingest`` on the cluster at ``address`` through the Ray Jobs API.
+
+    The manifest and the movies must be readable at the same absolute paths on the cluster
+    (a shared file system), and ``LCH_HOME`` is passed on as resolved here. Logs are followed
+    until the job ends. Returns 0 if the job succeeded.
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    manifest_path = Path(manifest_path).resolve()
+    client = JobSubmissionClient(address)
+    entrypoint = shlex.join(["lch", "ingest", str(manifest_path), *extra_args])
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"env_vars": {"LCH_HOME": str(lch_home())}},
+        submission_id=f"lch-ingest-{uuid.uuid4().hex[:12]}",
+    )
+    print(f"submitted Ray job {job_id} to {address}: {entrypoint}", flush=True)
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(follow())
+    status = client.get_job_status(job_id)
+    print(f"Ray job {job_id}: {status.value}", flush=True)
+    return 0 if status == JobStatus.SUCCEEDED else 1

@@ -1,0 +1,44 @@
+"""Starting or joining Ray, sized for the machine it runs on."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Defaults that keep Ray and MLflow from writing outside the project or phoning home;
+# a user's own setting of any of them wins.
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+def quiet_environment() -> None:
+    """Apply :data:`QUIET_ENV` as defaults to this process's environment."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def init_ray(address: str | None = None, **kwargs) -> None:
+    """Join the Ray cluster at ``address`` / ``$RAY_ADDRESS``, or start a local one.
+
+    A local instance gets one logical CPU per core and no dashboard (the Jobs API is only needed
+    on a cluster started with ``ray start --head``). Calling it again is a no-op.
+    """
+    if ray.is_initialized():
+        return
+    quiet_environment()
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING", **kwargs)
+        return
+    kwargs.setdefault("num_cpus", os.cpu_count())
+    kwargs.setdefault("include_dashboard", False)
+    ray.init(logging_level="WARNING", **kwargs)
+
+
+def cluster_cpus() -> int:
+    """Whole CPUs the joined cluster offers (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

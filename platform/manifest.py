@@ -1,0 +1,176 @@
+"""The cohort manifest (``cohort.yaml``): parsing and validation.
+
+A manifest that is not YAML, or lacks the cohort name or the movie list, fails as a whole
+(:class:`ManifestError`). A single bad movie entry (missing field, bad label, duplicate id) does
+not: it is returned as an :class:`EntryError` so that the other movies of the cohort still land.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lch.paths import NAME_PATTERN
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be used; the message names the file and the field."""
+
+
+class MovieEntry(BaseModel):
+    """One movie of a cohort, as written in the manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=NAME_PATTERN.pattern)
+    path: str = Field(min_length=1)
+    patient: str = Field(min_length=1)
+    cell_line: str | None = None
+    label: Literal["high", "low", "unknown"] = "unknown"
+    pixel_size_um: float | None = Field(default=None, gt=0)
+    frame_interval_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("patient", "cell_line", mode="before")
+    @classmethod
+    def _ids_are_text(cls, value):
+        # YAML reads `patient: 481` as an int; ids are names, keep them as text.
+        return str(value) if isinstance(value, int) else value
+
+    @property
+    def line(self) -> str:
+        """The cell line, defaulting to the patient (as DESIGN.md specifies)."""
+        return self.cell_line or self.patient
+
+
+@dataclass(frozen=True)
+class EntryError:
+    """A movie entry that failed validation: ``movie`` is its id (or ``movies[i]``)."""
+
+    movie: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest: the cohort name, its valid movies and the entries that failed."""
+
+    path: Path
+    cohort: str
+    movies: tuple[MovieEntry, ...]
+    errors: tuple[EntryError, ...]
+
+    def source_path(self, movie: MovieEntry) -> Path:
+        """The movie file, resolved relative to the manifest's folder."""
+        return (self.path.parent / movie.path).resolve()
+
+    def to_dict(self) -> dict:
+        """The valid part of the manifest, with absolute source paths (as stored per cohort)."""
+        movies = []
+        for m in self.movies:
+            entry = m.model_dump(exclude_none=True)
+            entry["path"] = str(self.source_path(m))
+            movies.append(entry)
+        return {"cohort": self.cohort, "movies": movies}
+
+
+def _describe(error: ValidationError, prefix: str) -> str:
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{prefix}.{where}: {e['msg']}" if where else f"{prefix}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read manifest ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: expected a mapping with 'cohort' and 'movies' at the top")
+    return data
+
+
+def _cohort_name(path: Path, data: dict) -> str:
+    cohort = data.get("cohort")
+    if cohort is None:
+        raise ManifestError(f"{path}: missing field 'cohort'")
+    cohort = str(cohort)
+    if not NAME_PATTERN.match(cohort):
+        raise ManifestError(
+            f"{path}: field 'cohort' = {cohort!r} must match {NAME_PATTERN.pattern} "
+            "(it becomes a folder name)"
+        )
+    return cohort
+
+
+def _movie_list(path: Path, data: dict) -> list:
+    movies = data.get("movies")
+    if movies is None:
+        raise ManifestError(f"{path}: missing field 'movies'")
+    if not isinstance(movies, list) or not movies:
+        raise ManifestError(f"{path}: field 'movies' must be a non-empty list")
+    unknown = set(data) - {"cohort", "movies", "description"}
+    if unknown:
+        raise ManifestError(f"{path}: unknown top-level field(s) {sorted(unknown)}")
+    return movies
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a cohort manifest.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``cohort.yaml`` file. Movie paths inside it are relative to its folder.
+
+    Returns
+    -------
+    Manifest
+        The valid movies, and one :class:`EntryError` per entry that failed (duplicate ids fail
+        every entry that carries them: which one was meant cannot be told).
+
+    Raises
+    ------
+    ManifestError
+        If the file is unreadable, not YAML, or lacks a valid ``cohort`` or ``movies``.
+    """
+    path = Path(path).resolve()
+    data = _load_yaml(path)
+    cohort = _cohort_name(path, data)
+    raw_movies = _movie_list(path, data)
+
+    valid: list[MovieEntry] = []
+    errors: list[EntryError] = []
+    for i, raw in enumerate(raw_movies):
+        name = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+        prefix = f"{path.name}: movies[{i}]"
+        if not isinstance(raw, dict):
+            errors.append(EntryError(f"movies[{i}]", f"{prefix}: expected a mapping"))
+            continue
+        try:
+            valid.append(MovieEntry.model_validate(raw))
+        except ValidationError as exc:
+            errors.append(EntryError(name or f"movies[{i}]", _describe(exc, prefix)))
+
+    counts = Counter(m.id for m in valid)
+    duplicated = {movie_id for movie_id, n in counts.items() if n > 1}
+    for movie_id in sorted(duplicated):
+        errors.append(
+            EntryError(
+                movie_id,
+                f"{path.name}: movie id {movie_id!r} appears {counts[movie_id]} times "
+                "(ids must be unique within a cohort)",
+            )
+        )
+    valid = [m for m in valid if m.id not in duplicated]
+    return Manifest(path=path, cohort=cohort, movies=tuple(valid), errors=tuple(errors))

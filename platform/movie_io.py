@@ -1,0 +1,185 @@
+"""Reading source movies (TIFF / OME-TIFF) frame by frame, with the checks ingestion needs.
+
+Every error a user can cause raises :class:`MovieError` with the file name in the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+# Axes tifffile reports for a plain page sequence; all are read as time.
+TIME_AXES = {"T", "I", "Q"}
+SUPPORTED_KINDS = {"u", "i", "f"}
+HASH_BLOCK = 4 << 20
+# What tifffile logs (instead of raising) when a file's page chain or declared shape is broken.
+TRUNCATION_SIGNS = ("invalid page offset", "failed to reshape", "corrupted", "truncated")
+
+
+class MovieError(ValueError):
+    """A movie file that cannot be ingested; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class MovieInfo:
+    """Shape and type of a single-channel movie, as it will be stored (T, Y, X)."""
+
+    path: Path
+    frames: int
+    height: int
+    width: int
+    dtype: np.dtype
+    source_axes: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames * self.height * self.width * self.dtype.itemsize
+
+
+def stored_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a movie is stored with: integers unchanged, floats as float32."""
+    return np.dtype(np.float32) if dtype.kind == "f" else dtype
+
+
+def _movie_axes(path: Path, shape: tuple[int, ...], axes: str) -> tuple[int, int, int]:
+    """Check the series is a single-channel 2-D time series; return (frames, height, width)."""
+    if axes.endswith("S") and shape[-1] > 1:
+        raise MovieError(
+            f"{path}: RGB/multi-sample pixels (axes {axes!r}, shape {shape}); "
+            "LCH ingests single-channel label-free movies"
+        )
+    if axes.endswith("S"):
+        axes, shape = axes[:-1], shape[:-1]
+    if len(axes) < 2 or axes[-2:] != "YX":
+        raise MovieError(f"{path}: unsupported axes {axes!r} (shape {shape}); expected ...YX")
+    extra = {ax: n for ax, n in zip(axes[:-2], shape[:-2], strict=True) if n != 1}
+    if len(extra) > 1:
+        raise MovieError(
+            f"{path}: {len(extra) + 2}-D data (axes {axes!r}, shape {shape}); "
+            "expected one time axis and Y, X"
+        )
+    if "S" in extra or "C" in extra:
+        n = extra.get("S", extra.get("C"))
+        raise MovieError(
+            f"{path}: has {n} channels/samples (axes {axes!r}, shape {shape}); "
+            "LCH ingests single-channel label-free movies (not RGB or multi-channel)"
+        )
+    if not extra:
+        return 1, shape[-2], shape[-1]
+    (axis, n), = extra.items()
+    if axis not in TIME_AXES:
+        raise MovieError(
+            f"{path}: the non-spatial axis is {axis!r} (axes {axes!r}, shape {shape}); "
+            "expected a time series (T)"
+        )
+    return n, shape[-2], shape[-1]
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[tifffile.TiffFile]:
+    """Open a TIFF, turning what tifffile only logs about a damaged file into a MovieError.
+
+    A truncated multi-page TIFF still opens: tifffile logs the broken page chain and quietly
+    returns the pages it could reach, which would ingest a shorter movie without a word.
+    """
+    if not path.exists():
+        raise MovieError(f"{path}: file not found")
+    collect = _Collect()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(collect)
+    try:
+        tif = tifffile.TiffFile(path)
+        series = tif.series  # reading the series walks every page
+    except Exception as exc:  # tifffile raises several types for non-TIFF input
+        raise MovieError(f"{path}: not a readable TIFF file ({exc})") from exc
+    finally:
+        logger.removeHandler(collect)
+    with tif:
+        damaged = [m for m in collect.messages if any(k in m for k in TRUNCATION_SIGNS)]
+        if damaged:
+            raise MovieError(f"{path}: truncated or corrupt TIFF ({damaged[0]})")
+        if not series:
+            raise MovieError(f"{path}: the TIFF holds no image data")
+        yield tif
+
+
+def _info(path: Path, tif: tifffile.TiffFile) -> MovieInfo:
+    series = tif.series[0]
+    shape, axes = tuple(series.shape), series.axes
+    if 0 in shape:
+        raise MovieError(f"{path}: empty movie (shape {shape})")
+    frames, height, width = _movie_axes(path, shape, axes)
+    dtype = np.dtype(series.dtype)
+    if dtype.kind not in SUPPORTED_KINDS or dtype.itemsize > 8:
+        raise MovieError(f"{path}: unsupported pixel type {dtype}")
+    if len(series.pages) < frames:
+        raise MovieError(f"{path}: truncated, {len(series.pages)} of {frames} frames present")
+    return MovieInfo(path, frames, height, width, stored_dtype(dtype), axes)
+
+
+def read_movie_info(path: str | Path) -> MovieInfo:
+    """Open a movie file and check that it can be ingested, without reading its pixels.
+
+    Raises
+    ------
+    MovieError
+        Missing file, not a TIFF, empty, RGB/multi-channel, more than 3-D, Z-stack,
+        unsupported pixel type, or fewer pages than the declared frame count.
+    """
+    path = Path(path)
+    with _open(path) as tif:
+        return _info(path, tif)
+
+
+def _check_frame(path: Path, index: int, frame: np.ndarray, info: MovieInfo) -> np.ndarray:
+    frame = np.asarray(frame).reshape(info.height, info.width)
+    if frame.dtype.kind == "f":
+        if not np.isfinite(frame).all():
+            raise MovieError(f"{path}: frame {index} contains NaN or infinite values")
+        frame = frame.astype(info.dtype, copy=False)
+    return frame
+
+
+def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Yield the frames of a movie one at a time (never the whole movie in memory).
+
+    Raises
+    ------
+    MovieError
+        As :func:`read_movie_info`, and for an unreadable (truncated, corrupt) frame or
+        NaN/inf in floating-point data.
+    """
+    path = Path(path)
+    with _open(path) as tif:
+        info = _info(path, tif)
+        for t in range(info.frames):
+            try:
+                frame = tif.asarray(key=t, series=0)
+            except Exception as exc:  # corrupt strips surface as several exception types
+                raise MovieError(f"{path}: frame {t} cannot be read ({exc})") from exc
+            yield _check_frame(path, t, frame, info)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks (the content hash stored as provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,139 @@
+"""OME-Zarr (NGFF 0.5 on Zarr v3) movie stores: layout, metadata, writing and opening.
+
+Layout of one movie store (``<movie>.ome.zarr``): a group whose ``ome`` attribute holds the NGFF
+0.5 ``multiscales`` (one level, path ``0``, axes t, c, y, x), array ``0`` of shape (T, 1, Y, X),
+and LCH's provenance under the ``lch`` attribute.
+
+Chunks are one frame (1, 1, Y, X) because every reader (segmentation, viewers) reads a frame at a
+time; frames over 1024² are tiled so one chunk stays a few MiB. Chunks are packed into shards of
+several frames (~32 MiB uncompressed): one file per shard instead of one per frame keeps the file
+count of a 1,000-frame movie in the tens, which matters on object stores, while each frame is still
+read alone through the shard index. Compression is Blosc-zstd with bit-shuffle: on noisy 16-bit
+microscopy it is the best ratio at a speed above disk bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+NGFF_VERSION = "0.5"
+ARRAY_PATH = "0"
+AXES = ("t", "c", "y", "x")
+TILE = 1024
+SHARD_BYTES = 32 << 20
+COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+def chunk_shape(height: int, width: int) -> tuple[int, int, int, int]:
+    """One frame per chunk, tiled at 1024×1024 when the frame is larger than that."""
+    if height * width <= TILE * TILE:
+        return (1, 1, height, width)
+    return (1, 1, min(height, TILE), min(width, TILE))
+
+
+def shard_shape(frames: int, height: int, width: int, itemsize: int) -> tuple[int, ...]:
+    """Whole frames (rounded up to whole tiles) × as many frames as fit in ~32 MiB."""
+    _, _, cy, cx = chunk_shape(height, width)
+    sy, sx = math.ceil(height / cy) * cy, math.ceil(width / cx) * cx
+    per_shard = max(1, min(frames, SHARD_BYTES // (sy * sx * itemsize)))
+    return (per_shard, 1, sy, sx)
+
+
+def ngff_metadata(
+    name: str, *, pixel_size_um: float | None, frame_interval_s: float | None
+) -> dict:
+    """The ``ome`` group attribute of NGFF 0.5 for a single-level (t, c, y, x) image."""
+    time_axis = {"name": "t", "type": "time"}
+    if frame_interval_s:
+        time_axis["unit"] = "second"
+    space = [{"name": ax, "type": "space"} for ax in ("y", "x")]
+    if pixel_size_um:
+        for axis in space:
+            axis["unit"] = "micrometer"
+    scale = [frame_interval_s or 1.0, 1.0, pixel_size_um or 1.0, pixel_size_um or 1.0]
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [time_axis, {"name": "c", "type": "channel"}, *space],
+                "datasets": [
+                    {
+                        "path": ARRAY_PATH,
+                        "coordinateTransformations": [{"type": "scale", "scale": scale}],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def create_movie_store(
+    path: str | Path,
+    *,
+    frames: int,
+    height: int,
+    width: int,
+    dtype: np.dtype,
+    ome: dict,
+    provenance: dict,
+) -> zarr.Array:
+    """Create an empty movie store at ``path`` (which must not exist) and return its array."""
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.attrs.update({"ome": ome, "lch": provenance})
+    return group.create_array(
+        ARRAY_PATH,
+        shape=(frames, 1, height, width),
+        chunks=chunk_shape(height, width),
+        shards=shard_shape(frames, height, width, np.dtype(dtype).itemsize),
+        dtype=dtype,
+        compressors=COMPRESSOR,
+        fill_value=0,
+        dimension_names=AXES,
+    )
+
+
+def write_frames(array: zarr.Array, frames: Iterable[np.ndarray]) -> int:
+    """Write frames in order, one whole shard at a time; return the number written.
+
+    Only one shard of frames is held in memory, so memory does not grow with the movie.
+    """
+    per_shard = array.shards[0]
+    buffer = np.empty((per_shard, 1, *array.shape[2:]), dtype=array.dtype)
+    start = filled = 0
+    for frame in frames:
+        buffer[filled, 0] = frame
+        filled += 1
+        if filled == per_shard:
+            array[start : start + filled] = buffer
+            start, filled = start + filled, 0
+    if filled:
+        array[start : start + filled] = buffer[:filled]
+    return start + filled
+
+
+def open_movie(path: str | Path) -> zarr.Array:
+    """Open a stored movie's (T, 1, Y, X) array read-only."""
+    return zarr.open_array(str(path), path=ARRAY_PATH, mode="r")
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """The ``lch`` provenance attributes of a movie store, or None if it is absent or unreadable."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        provenance = dict(group.attrs.get("lch", {}))
+        group[ARRAY_PATH]  # a store whose array is missing is incomplete
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.BaseZarrError):
+        return None
+    return provenance or None
+
+
+def store_bytes(path: str | Path) -> int:
+    """Bytes on disk under a store folder."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -1,0 +1,1 @@
+"""LCH serving: the Ray Serve application and its HTTP client."""
