@@ -136,6 +136,18 @@ def convert_cohort(
     return IngestSummary(manifest.cohort, home, results, time.perf_counter() - started)
 
 
+def _submit(client, *, wait_s: float = 60.0, **job) -> str:
+    """Submit a job, waiting while a freshly started head's job agent is not up yet."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def submit_ingest_job(manifest_path: str | Path, address: str, *, extra_args: list[str]) -> int:
     """Run ``lch ingest`` on the cluster at ``address`` through the Ray Jobs API.
 
@@ -148,7 +160,8 @@ def submit_ingest_job(manifest_path: str | Path, address: str, *, extra_args: li
     manifest_path = Path(manifest_path).resolve()
     client = JobSubmissionClient(address)
     entrypoint = shlex.join(["lch", "ingest", str(manifest_path), *extra_args])
-    job_id = client.submit_job(
+    job_id = _submit(
+        client,
         entrypoint=entrypoint,
         runtime_env={"env_vars": {"LCH_HOME": str(lch_home())}},
         submission_id=f"lch-ingest-{uuid.uuid4().hex[:12]}",

@@ -1,0 +1,31 @@
+"""Small TIFF movies for tests, written with tifffile (independent of the synthetic generator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import yaml
+
+
+def random_movie(frames: int = 6, height: int = 48, width: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 60_000, size=(frames, height, width), dtype=np.uint16)
+
+
+def write_tiff(path: Path, data: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, data, photometric="minisblack", **kwargs)
+    return path
+
+
+def write_manifest(folder: Path, cohort: str, movies: list[dict]) -> Path:
+    path = folder / "cohort.yaml"
+    path.write_text(yaml.safe_dump({"cohort": cohort, "movies": movies}))
+    return path
+
+
+def entry(movie_id: str, path: str, patient: str = "p1", label: str = "high") -> dict:
+    return {"id": movie_id, "path": path, "patient": patient, "label": label,
+            "pixel_size_um": 0.65, "frame_interval_s": 60}

@@ -1,0 +1,198 @@
+"""`lch ingest` stage A on a real local Ray: bad-input matrix, idempotency, CLI, Jobs API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from lch.omezarr import open_movie, read_provenance
+from lch.paths import cohort_dir, movie_store
+from lch.pipelines.cli import main as lch_main
+from lch.pipelines.ingest import convert_cohort
+from movies import entry, random_movie, write_manifest, write_tiff
+
+BAD_INPUTS = {
+    # movie id: (how the file is made, words the error must contain)
+    "missing": (None, "file not found"),
+    "not-tiff": ("text", "not a readable TIFF"),
+    "truncated": ("truncated", "truncated"),
+    "rgb": ("rgb", "RGB"),
+    "four-d": ("4d", "4-D"),
+    "empty": ("empty", "empty movie"),
+    "has-nan": ("nan", "NaN"),
+}
+
+
+def make_bad(kind: str | None, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind is None:
+        return
+    if kind == "text":
+        path.write_text("this is not an image")
+    elif kind == "truncated":
+        write_tiff(path, random_movie(frames=10))
+        os.truncate(path, path.stat().st_size // 2)
+    elif kind == "rgb":
+        tifffile.imwrite(path, np.zeros((4, 16, 16, 3), np.uint8), photometric="rgb")
+    elif kind == "4d":
+        tifffile.imwrite(
+            path, np.zeros((3, 4, 16, 16), np.uint16), imagej=True, metadata={"axes": "TZYX"}
+        )
+    elif kind == "empty":
+        tifffile.imwrite(path, np.zeros((0, 16, 16), np.uint16))
+    elif kind == "nan":
+        movie = np.ones((4, 16, 16), np.float32)
+        movie[2, 3, 3] = np.nan
+        write_tiff(path, movie)
+
+
+@pytest.fixture
+def mixed_cohort(tmp_path):
+    """Two good movies, every kind of bad file, a duplicate id and an invalid entry."""
+    raw = tmp_path / "raw"
+    good = {f"good-{i}": random_movie(frames=5 + i, seed=i) for i in range(2)}
+    movies = []
+    for movie_id, data in good.items():
+        write_tiff(raw / f"{movie_id}.tif", data)
+        movies.append(entry(movie_id, f"raw/{movie_id}.tif"))
+    for movie_id, (kind, _) in BAD_INPUTS.items():
+        make_bad(kind, raw / f"{movie_id}.tif")
+        movies.append(entry(movie_id, f"raw/{movie_id}.tif"))
+    movies += [entry("twin", "raw/good-0.tif"), entry("twin", "raw/good-1.tif")]
+    movies.append({"id": "no-patient", "path": "raw/good-0.tif", "label": "low"})
+    return write_manifest(tmp_path, "mixed", movies), good
+
+
+def test_bad_movies_fail_alone_with_clear_messages(ray_session, lch_home, mixed_cohort):
+    manifest, good = mixed_cohort
+    summary = convert_cohort(manifest, progress=False)
+
+    status = {r.movie: r for r in summary.results}
+    for movie_id, data in good.items():
+        assert status[movie_id].status == "ok"
+        np.testing.assert_array_equal(open_movie(movie_store("mixed", movie_id))[:, 0], data)
+    for movie_id, (_, words) in BAD_INPUTS.items():
+        result = status[movie_id]
+        assert result.status == "failed", movie_id
+        assert words in result.message and f"{movie_id}.tif" in result.message, result.message
+        assert not movie_store("mixed", movie_id).exists()
+    assert "appears 2 times" in status["twin"].message
+    assert "movies[11].patient" in status["no-patient"].message
+    assert summary.count("ok") == 2 and len(summary.failed) == len(BAD_INPUTS) + 2
+    text = summary.format()
+    assert "2 converted" in text and "FAILED truncated" in text
+
+    stored = yaml.safe_load((cohort_dir("mixed") / "manifest.yaml").read_text())
+    assert sorted(m["id"] for m in stored["movies"]) == sorted(good)
+    movies = cohort_dir("mixed") / "movies"
+    assert sorted(p.name for p in movies.iterdir()) == [f"{m}.ome.zarr" for m in sorted(good)]
+
+
+def test_reingest_is_a_noop_and_the_cli_exit_status_reports_failures(
+    ray_session, lch_home, mixed_cohort, capsys
+):
+    manifest, good = mixed_cohort
+    assert lch_main(["ingest", str(manifest), "--quiet"]) == 1
+    first = capsys.readouterr().out
+    assert "2 converted" in first and "FAILED rgb" in first
+    stamps = {m: (movie_store("mixed", m) / "zarr.json").stat().st_mtime_ns for m in good}
+    hashes = {m: read_provenance(movie_store("mixed", m))["source_sha256"] for m in good}
+
+    assert lch_main(["ingest", str(manifest), "--quiet"]) == 1
+    second = capsys.readouterr().out
+    assert "0 converted, 2 already stored" in second
+    for m in good:
+        assert (movie_store("mixed", m) / "zarr.json").stat().st_mtime_ns == stamps[m]
+        assert read_provenance(movie_store("mixed", m))["source_sha256"] == hashes[m]
+
+
+def test_manifest_error_exits_2_and_names_the_file(lch_home, tmp_path, capsys):
+    bad = tmp_path / "cohort.yaml"
+    bad.write_text("cohort: c1\nmovies: {not: a list}\n")
+    assert lch_main(["ingest", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "movies" in err
+
+
+def test_all_good_cohort_exits_0(ray_session, lch_home, tmp_path, capsys):
+    write_tiff(tmp_path / "a.tif", random_movie(frames=3))
+    manifest = write_manifest(tmp_path, "clean", [entry("a", "a.tif")])
+    assert lch_main(["ingest", str(manifest), "--quiet"]) == 0
+    assert "1 converted" in capsys.readouterr().out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A separate single-node Ray cluster on 127.0.0.1 with the dashboard (Jobs API)."""
+    dashboard = free_port()
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `lch` for the job
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="lchhead", dir="/tmp")
+    cmd = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}",
+        "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(1)
+        yield address, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ingest_as_a_ray_job_through_the_jobs_api(ray_head, lch_home, tmp_path):
+    address, env = ray_head
+    data = random_movie(frames=4, seed=7)
+    write_tiff(tmp_path / "a.tif", data)
+    make_bad("text", tmp_path / "b.tif")
+    manifest = write_manifest(tmp_path, "remote", [entry("a", "a.tif"), entry("b", "b.tif")])
+
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "lch"), "ingest", str(manifest), "--address", address],
+        env={**env, "LCH_HOME": str(lch_home)}, capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert "submitted Ray job" in out, out
+    assert "1 converted" in out and "FAILED b" in out, out
+    assert "FAILED" in out.splitlines()[-1] or proc.returncode == 1, out
+    assert proc.returncode == 1, out  # one movie failed, so the job failed
+    np.testing.assert_array_equal(open_movie(movie_store("remote", "a", lch_home))[:, 0], data)
