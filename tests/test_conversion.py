@@ -11,6 +11,7 @@ import zarr
 
 from lch.conversion import convert_movie, remove_leftovers
 from lch.omezarr import chunk_shape, open_movie, read_provenance, shard_shape
+
 from movies import random_movie, write_tiff
 
 PROVENANCE = {"cohort": "c1", "movie": "m1", "patient": "p1", "label": "high"}

@@ -20,6 +20,7 @@ from lch.omezarr import open_movie, read_provenance
 from lch.paths import cohort_dir, movie_store
 from lch.pipelines.cli import main as lch_main
 from lch.pipelines.ingest import convert_cohort
+
 from movies import entry, random_movie, write_manifest, write_tiff
 
 BAD_INPUTS = {
