@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lch.cells import DEFAULT_CROP_SIZE
 from lch.pipelines.runtime import quiet_environment
 
 
@@ -28,31 +29,56 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from lch.manifest import ManifestError
     from lch.pipelines.ingest import convert_cohort, submit_ingest_job
+    from lch.pipelines.segment import segment_cohort
 
     if args.address:
-        return submit_ingest_job(args.manifest, args.address, extra_args=[])
+        extra = ["--crop-size", str(args.crop_size)] + (["--no-segment"] if args.no_segment else [])
+        return submit_ingest_job(args.manifest, args.address, extra_args=extra)
     try:
         summary = convert_cohort(args.manifest, progress=not args.quiet)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(summary.format(), flush=True)
+    status = 1 if summary.failed else 0
+    if not args.no_segment:
+        cells = segment_cohort(summary.cohort, crop_size=args.crop_size, progress=not args.quiet)
+        print(cells.format())
+        status = status or (1 if cells.movies_failed else 0)
+    return status
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from lch.pipelines.segment import segment_cohort
+
+    try:
+        summary = segment_cohort(args.cohort, crop_size=args.crop_size, progress=not args.quiet)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(summary.format())
-    return 1 if summary.failed else 0
+    return 1 if summary.movies_failed else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lch.paths import lch_home
     from lch.pipelines.ingest import convert_cohort
+    from lch.pipelines.segment import segment_cohort
     from lch.synth import make_cohort
 
     home = lch_home()
     source = home / "demo" / "synth-cohort"
-    print(f"1/2 generating a synthetic cohort in {source}")
+    print(f"1/3 generating a synthetic cohort in {source}", flush=True)
     manifest = make_cohort(source, name="demo", seed=args.seed)
-    print("2/2 ingesting it (movies → OME-Zarr)")
+    print("2/3 ingesting it (movies → OME-Zarr)", flush=True)
     summary = convert_cohort(manifest, home=home)
-    print(summary.format())
-    return 1 if summary.failed else 0
+    print(summary.format(), flush=True)
+    if summary.failed:
+        return 1
+    print("3/3 segmenting cells (Ray Data → cells.parquet + crops.zarr)", flush=True)
+    cells = segment_cohort("demo", home=home)
+    print(cells.format(), flush=True)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         help="Ray dashboard address (http://host:8265): submit as a Ray Job to that cluster",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-segment", action="store_true", help="stage A only (no cells/crops)")
+    p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="crop side in px")
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("segment", help="segment a cohort's stored movies into cells and crops")
+    p.add_argument("cohort")
+    p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="crop side in px")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("demo", help="run the whole loop on a generated synthetic cohort")
     p.add_argument("--seed", type=int, default=0)

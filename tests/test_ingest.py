@@ -104,13 +104,13 @@ def test_reingest_is_a_noop_and_the_cli_exit_status_reports_failures(
     ray_session, lch_home, mixed_cohort, capsys
 ):
     manifest, good = mixed_cohort
-    assert lch_main(["ingest", str(manifest), "--quiet"]) == 1
+    assert lch_main(["ingest", str(manifest), "--quiet", "--no-segment"]) == 1
     first = capsys.readouterr().out
     assert "2 converted" in first and "FAILED rgb" in first
     stamps = {m: (movie_store("mixed", m) / "zarr.json").stat().st_mtime_ns for m in good}
     hashes = {m: read_provenance(movie_store("mixed", m))["source_sha256"] for m in good}
 
-    assert lch_main(["ingest", str(manifest), "--quiet"]) == 1
+    assert lch_main(["ingest", str(manifest), "--quiet", "--no-segment"]) == 1
     second = capsys.readouterr().out
     assert "0 converted, 2 already stored" in second
     for m in good:
@@ -129,7 +129,7 @@ def test_manifest_error_exits_2_and_names_the_file(lch_home, tmp_path, capsys):
 def test_all_good_cohort_exits_0(ray_session, lch_home, tmp_path, capsys):
     write_tiff(tmp_path / "a.tif", random_movie(frames=3))
     manifest = write_manifest(tmp_path, "clean", [entry("a", "a.tif")])
-    assert lch_main(["ingest", str(manifest), "--quiet"]) == 0
+    assert lch_main(["ingest", str(manifest), "--quiet", "--no-segment"]) == 0
     assert "1 converted" in capsys.readouterr().out
 
 
