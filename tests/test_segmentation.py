@@ -1,0 +1,190 @@
+"""Segmentation, morphometrics and crops against the synthetic cohort's ground truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scipy.stats import mannwhitneyu
+
+from lch.crops import BACKGROUND_VALUE, cut_crops
+from lch.morphology import FEATURE_COLUMNS, measure_cells, measure_crop
+from lch.segmentation import object_f1, segment_frame
+from lch.synth import CellShape, make_cohort, read_truth, render_frame
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """Segment and measure every frame of a 4-patient cohort; F1 counts and a cell table."""
+    root = tmp_path_factory.mktemp("cohort")
+    make_cohort(root, patients=4, movies_per_patient=1, frames=6, seed=11)
+    counts = {"matched": 0, "n_pred": 0, "n_true": 0}
+    tables = []
+    for movie in read_truth(root)["movies"]:
+        raw = tifffile.imread(root / "raw" / f"{movie['id']}.tif")
+        truth = tifffile.imread(root / movie["labels_path"])
+        for t, (frame, true_labels) in enumerate(zip(raw, truth, strict=True)):
+            labels = segment_frame(frame)
+            score = object_f1(labels, true_labels)
+            for key in counts:
+                counts[key] += score[key]
+            table = measure_cells(frame, labels)
+            table["patient"], table["cls"], table["t"] = movie["patient"], movie["label"], t
+            tables.append(table)
+    return counts, pd.concat(tables, ignore_index=True), root
+
+
+def _auc(table: pd.DataFrame, feature: str) -> float:
+    high = table.loc[table.cls == "high", feature].dropna()
+    low = table.loc[table.cls == "low", feature].dropna()
+    return float(mannwhitneyu(high, low).statistic / (len(high) * len(low)))
+
+
+def test_object_f1_against_ground_truth(measured):
+    counts, _, _ = measured
+    precision = counts["matched"] / counts["n_pred"]
+    recall = counts["matched"] / counts["n_true"]
+    f1 = 2 * precision * recall / (precision + recall)
+    print(f"\nobject F1 @ IoU 0.5: {f1:.3f} (P {precision:.3f}, R {recall:.3f}, {counts})")
+    assert f1 >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("feature", "min_auc"),
+    [("protrusion_count", 0.75), ("protrusion_length", 0.75), ("halo_intensity", 0.7)],
+)
+def test_planted_features_separate_classes(measured, feature, min_auc):
+    _, table, _ = measured
+    means = table.groupby("cls")[feature].mean()
+    auc = _auc(table, feature)
+    print(f"\n{feature}: high {means['high']:.3f} low {means['low']:.3f} cell AUC {auc:.3f}")
+    assert means["high"] > 1.2 * means["low"]
+    assert auc > min_auc
+    # Populations separate cleanly: every high patient above every low patient.
+    by_patient = table.groupby(["cls", "patient"])[feature].mean()
+    assert by_patient["high"].min() > by_patient["low"].max()
+
+
+def test_size_separates_less_than_planted_features(measured):
+    _, table, _ = measured
+    aucs = {f: _auc(table, f) for f in ("area", "body_area", "protrusion_count")}
+    print(f"\ncell AUCs: {aucs}")
+    assert abs(aucs["body_area"] - 0.5) < abs(aucs["protrusion_count"] - 0.5)
+    assert abs(aucs["body_area"] - 0.5) < 0.25
+
+
+def test_measure_table_has_documented_columns(measured):
+    _, table, _ = measured
+    assert list(table.columns[: len(FEATURE_COLUMNS)]) == FEATURE_COLUMNS
+    assert (table.area >= table.body_area).all()
+    assert (table.body_contrast < 0).all()  # dark bodies
+    assert (table.halo_intensity > 0).all()  # bright halos
+
+
+def test_constant_and_nan_frames_raise():
+    with pytest.raises(ValueError, match="constant"):
+        segment_frame(np.full((32, 32), 7, np.uint16))
+    frame = np.ones((32, 32))
+    frame[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        segment_frame(frame)
+    with pytest.raises(ValueError, match="2-D"):
+        segment_frame(np.ones((2, 8, 8)))
+
+
+def test_frame_without_cells_gives_no_labels():
+    rng = np.random.default_rng(0)
+    frame, _ = render_frame([], (128, 128), background=800.0, rng=rng)
+    labels = segment_frame(frame)
+    assert labels.dtype == np.int32 and labels.shape == (128, 128) and labels.max() == 0
+    assert segment_frame(rng.normal(0.5, 0.02, (64, 64))).max() == 0
+
+
+def test_segmentation_does_not_depend_on_intensity_scale():
+    cell = CellShape(label=1, y=32, x=30, radius=10, arm_angles=(1.0,), arm_lengths=(12.0,))
+    frame, truth = render_frame([cell], (64, 64), rng=np.random.default_rng(4))
+    raw = segment_frame(frame) > 0
+    scaled = segment_frame(frame / 65535.0) > 0
+    assert np.array_equal(raw, scaled)
+    assert object_f1(segment_frame(frame), truth)["f1"] == 1.0
+
+
+def test_object_f1_counts():
+    a = np.zeros((20, 20), int)
+    a[2:8, 2:8], a[12:18, 12:18] = 1, 2
+    b = np.zeros_like(a)
+    b[2:8, 3:9] = 5  # IoU 30 / 42 with object 1
+    assert object_f1(a, a) == {
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+        "matched": 2,
+        "n_pred": 2,
+        "n_true": 2,
+    }
+    score = object_f1(b, a)
+    assert (score["matched"], score["precision"], score["recall"]) == (1, 1.0, 0.5)
+    assert object_f1(b, a, iou_threshold=0.8)["matched"] == 0
+    assert object_f1(np.zeros_like(a), np.zeros_like(a))["f1"] == 1.0
+
+
+def _one_cell_frame(y: float, x: float, size=(96, 96)):
+    cell = CellShape(label=1, y=y, x=x, radius=10, arm_angles=(0.5, 2.9), arm_lengths=(13.0, 8.0))
+    frame, _ = render_frame([cell], size, background=900.0, rng=np.random.default_rng(2))
+    labels = segment_frame(frame)
+    return frame, labels, measure_cells(frame, labels)
+
+
+def test_crops_are_normalised_fixed_size():
+    frame, labels, table = _one_cell_frame(48, 47)
+    crops, keep, reasons = cut_crops(frame, labels, table, size=64)
+    assert crops.shape == (1, 64, 64) and crops.dtype == np.float32
+    assert keep.tolist() == [True] and reasons.tolist() == [""]
+    assert crops.min() >= 0 and crops.max() <= 1
+    corners = np.concatenate([crops[0, :6, :6].ravel(), crops[0, -6:, -6:].ravel()])
+    assert abs(float(np.median(corners)) - BACKGROUND_VALUE) < 0.02
+    assert crops[0, 32, 32] < 0.4  # dark body at the centre
+
+
+def test_crops_drop_border_and_size_outliers():
+    frame, labels, table = _one_cell_frame(20, 47)
+    crops, keep, reasons = cut_crops(frame, labels, table, size=64)
+    assert crops.shape == (0, 64, 64) and keep.tolist() == [False]
+    assert reasons.tolist() == ["border"]
+    _, _, reasons = cut_crops(frame, labels, table, size=32, min_area=10_000)
+    assert reasons.tolist() == ["too_small"]
+    _, _, reasons = cut_crops(frame, labels, table, size=32, max_area=50)
+    assert reasons.tolist() == ["too_large"]
+
+
+def test_measure_crop_recovers_source_cell(measured):
+    _, _, root = measured
+    movie = read_truth(root)["movies"][0]
+    frame = tifffile.imread(root / "raw" / f"{movie['id']}.tif", key=0)
+    labels = segment_frame(frame)
+    table = measure_cells(frame, labels)
+    crops, keep, _ = cut_crops(frame, labels, table)
+    assert len(crops) >= 3
+    same_count = []
+    for crop, (_, source) in zip(crops, table[keep].iterrows(), strict=True):
+        got = measure_crop(crop)
+        assert got["area"] == pytest.approx(source["area"], rel=0.1)
+        # An arm reaching just about the minimum length may be counted on one side only.
+        assert abs(got["protrusion_count"] - source["protrusion_count"]) <= 1
+        same_count.append(got["protrusion_count"] == source["protrusion_count"])
+        assert got["halo_intensity"] == pytest.approx(source["halo_intensity"], abs=0.03)
+        assert got["body_contrast"] == pytest.approx(source["body_contrast"], abs=0.03)
+        assert got["background"] == pytest.approx(BACKGROUND_VALUE, abs=0.03)
+    assert np.mean(same_count) >= 0.75
+
+
+def test_measure_crop_without_object_gives_nans():
+    for crop in (np.full((64, 64), 0.5), np.random.default_rng(1).normal(0.5, 0.01, (64, 64))):
+        got = measure_crop(crop)
+        assert set(got) == set(FEATURE_COLUMNS)
+        assert all(math.isnan(v) for v in got.values())
+    with pytest.raises(ValueError, match="NaN"):
+        measure_crop(np.full((64, 64), np.nan))
