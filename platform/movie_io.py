@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import tifffile
@@ -91,20 +92,29 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+Source = str | Path | BinaryIO
+"""A movie: a file path, or an open binary file (e.g. an HTTP upload in memory)."""
+
+
+def _name(source: Source, name: str | None) -> str:
+    return name or str(source if isinstance(source, str | Path) else getattr(source, "name", "?"))
+
+
 @contextmanager
-def _open(path: Path) -> Iterator[tifffile.TiffFile]:
+def _open(source: Source, path: str) -> Iterator[tifffile.TiffFile]:
     """Open a TIFF, turning what tifffile only logs about a damaged file into a MovieError.
 
     A truncated multi-page TIFF still opens: tifffile logs the broken page chain and quietly
     returns the pages it could reach, which would ingest a shorter movie without a word.
+    ``path`` is the name used in messages.
     """
-    if not path.exists():
+    if isinstance(source, str | Path) and not Path(source).exists():
         raise MovieError(f"{path}: file not found")
     collect = _Collect()
     logger = logging.getLogger("tifffile")
     logger.addHandler(collect)
     try:
-        tif = tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(source)
         series = tif.series  # reading the series walks every page
     except Exception as exc:  # tifffile raises several types for non-TIFF input
         raise MovieError(f"{path}: not a readable TIFF file ({exc})") from exc
@@ -119,7 +129,7 @@ def _open(path: Path) -> Iterator[tifffile.TiffFile]:
         yield tif
 
 
-def _info(path: Path, tif: tifffile.TiffFile) -> MovieInfo:
+def _info(path: str, tif: tifffile.TiffFile) -> MovieInfo:
     series = tif.series[0]
     shape, axes = tuple(series.shape), series.axes
     if 0 in shape:
@@ -130,11 +140,18 @@ def _info(path: Path, tif: tifffile.TiffFile) -> MovieInfo:
         raise MovieError(f"{path}: unsupported pixel type {dtype}")
     if len(series.pages) < frames:
         raise MovieError(f"{path}: truncated, {len(series.pages)} of {frames} frames present")
-    return MovieInfo(path, frames, height, width, stored_dtype(dtype), axes)
+    return MovieInfo(Path(path), frames, height, width, stored_dtype(dtype), axes)
 
 
-def read_movie_info(path: str | Path) -> MovieInfo:
-    """Open a movie file and check that it can be ingested, without reading its pixels.
+def read_movie_info(source: Source, name: str | None = None) -> MovieInfo:
+    """Open a movie and check that it can be ingested, without reading its pixels.
+
+    Parameters
+    ----------
+    source : path or binary file
+        The TIFF / OME-TIFF.
+    name : str, optional
+        What to call it in messages (default: the path).
 
     Raises
     ------
@@ -142,12 +159,12 @@ def read_movie_info(path: str | Path) -> MovieInfo:
         Missing file, not a TIFF, empty, RGB/multi-channel, more than 3-D, Z-stack,
         unsupported pixel type, or fewer pages than the declared frame count.
     """
-    path = Path(path)
-    with _open(path) as tif:
+    path = _name(source, name)
+    with _open(source, path) as tif:
         return _info(path, tif)
 
 
-def _check_frame(path: Path, index: int, frame: np.ndarray, info: MovieInfo) -> np.ndarray:
+def _check_frame(path: str, index: int, frame: np.ndarray, info: MovieInfo) -> np.ndarray:
     frame = np.asarray(frame).reshape(info.height, info.width)
     if frame.dtype.kind == "f":
         if not np.isfinite(frame).all():
@@ -156,8 +173,10 @@ def _check_frame(path: Path, index: int, frame: np.ndarray, info: MovieInfo) -> 
     return frame
 
 
-def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+def iter_frames(source: Source, name: str | None = None) -> Iterator[np.ndarray]:
     """Yield the frames of a movie one at a time (never the whole movie in memory).
+
+    ``source`` and ``name`` are as in :func:`read_movie_info`.
 
     Raises
     ------
@@ -165,8 +184,8 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
         As :func:`read_movie_info`, and for an unreadable (truncated, corrupt) frame or
         NaN/inf in floating-point data.
     """
-    path = Path(path)
-    with _open(path) as tif:
+    path = _name(source, name)
+    with _open(source, path) as tif:
         info = _info(path, tif)
         for t in range(info.frames):
             try:

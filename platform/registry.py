@@ -1,0 +1,197 @@
+"""The MLflow side of a model: where runs are tracked, and registering / loading ``lch-aae``.
+
+Tracking defaults to an embedded SQLite store, ``$LCH_HOME/mlflow.db``, with the ``lch``
+experiment's artifacts in ``$LCH_HOME/mlartifacts`` (never ``./mlruns``); ``MLFLOW_TRACKING_URI``
+wins when set (a team server decides where its artifacts go).
+
+A registered version is an MLflow pyfunc "model from code" (:mod:`lch.pyfunc_model`) whose only
+artifact is a weights file of plain tensors and primitives (:meth:`LCHModel.to_state`), so
+neither MLflow nor :func:`load_lch_model` ever unpickles code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+import yaml
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from lch.model import LCHModel
+from lch.paths import lch_home
+
+REGISTERED_MODEL = "lch-aae"
+EXPERIMENT = "lch"
+MODEL_NAME = "model"
+POPULATION_METRIC_TAG = "heldout_population_accuracy_k20"
+"""Version tag read by the promotion gate: held-out population accuracy at k = 20 cells."""
+WEIGHTS_ARTIFACT = "weights"
+WEIGHTS_FILE = "lch_model.pt"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def pip_requirements() -> list[str]:
+    """What the pyfunc needs, pinned to this environment (``lch`` itself must be installed).
+
+    Given explicitly because MLflow's requirement inference spawns a subprocess (~4 s).
+    """
+    torch_version = torch.__version__.split("+")[0]  # the CPU/CUDA build suffix is the host's
+    return [f"torch=={torch_version}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, or the SQLite store ``$LCH_HOME/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{lch_home() / 'mlflow.db'}"
+
+
+def _current_store() -> str:
+    """The store MLflow is pointed at if anyone pointed it somewhere, else :func:`tracking_uri`
+    (MLflow's own fallback would be ``./mlflow.db`` in the working directory)."""
+    return mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else tracking_uri()
+
+
+def artifact_location() -> str | None:
+    """Where the ``lch`` experiment keeps artifacts: ``$LCH_HOME/mlartifacts`` for the embedded
+    store, None (the server's choice) when ``MLFLOW_TRACKING_URI`` is set."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (lch_home() / "mlartifacts").as_uri()
+
+
+def use_tracking() -> str:
+    """Point MLflow at :func:`tracking_uri` and make sure the ``lch`` experiment exists.
+
+    Returns
+    -------
+    str
+        The experiment id.
+    """
+    uri, location = tracking_uri(), artifact_location()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses); put back the user's
+    # setting, or a later change of LCH_HOME in this process would be silently ignored.
+    if user_setting is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+def signature(crop_size: int) -> ModelSignature:
+    """Input crops (-1, S, S) float32 in [0, 1]; output P(high) (-1,) float32."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, crop_size, crop_size))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]),
+    )
+
+
+def _log_pyfunc(model: LCHModel) -> mlflow.models.model.ModelInfo:
+    """Log ``model`` as a pyfunc into the active run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / WEIGHTS_FILE
+        torch.save(model.to_state(), weights)
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(PYFUNC_CODE),
+            artifacts={WEIGHTS_ARTIFACT: str(weights)},
+            signature=signature(model.config.crop_size),
+            pip_requirements=pip_requirements(),
+        )
+
+
+def log_lch_model(
+    model: LCHModel,
+    *,
+    cohorts: list[str],
+    population_accuracy: float,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Log ``model`` and register it as a new version of ``lch-aae``; return the version.
+
+    The version is created with all its tags at once, so the promotion gate never sees it
+    without its held-out metric.
+
+    Parameters
+    ----------
+    model : LCHModel
+        The whole model (encoder, decoder, classifier, latent statistics).
+    cohorts : list of str
+        Cohorts it was trained on (tag ``cohorts``, comma-separated).
+    population_accuracy : float
+        Held-out population accuracy at k = 20 (tag :data:`POPULATION_METRIC_TAG`).
+    run_id : str, optional
+        Log into this run (the training run). By default the active run, or else a new run of
+        the ``lch`` experiment. A run opened here is ended here.
+    tags : dict, optional
+        More version tags (e.g. the held-out cell AUC).
+
+    Returns
+    -------
+    str
+        The new version number.
+    """
+    experiment_id = use_tracking()
+    active = mlflow.active_run()
+    if active is not None and run_id in (None, active.info.run_id):
+        info = _log_pyfunc(model)
+    else:
+        with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id):
+            info = _log_pyfunc(model)
+    all_tags = {
+        "cohorts": ",".join(cohorts),
+        "run_id": info.run_id,
+        "crop_size": str(model.config.crop_size),
+        "latent_dim": str(model.config.latent_dim),
+        POPULATION_METRIC_TAG: f"{population_accuracy:.6f}",
+        **(tags or {}),
+    }
+    version = mlflow.register_model(info.model_uri, REGISTERED_MODEL, tags=all_tags)
+    return str(version.version)
+
+
+def _weights_path(mlmodel: Path) -> str:
+    """The weights artifact's path inside the model folder, from its ``MLmodel`` file."""
+    flavor = yaml.safe_load(mlmodel.read_text()).get("flavors", {}).get("python_function", {})
+    try:
+        return flavor["artifacts"][WEIGHTS_ARTIFACT]["path"]
+    except (KeyError, TypeError):
+        message = f"{mlmodel}: not an LCH model (no {WEIGHTS_ARTIFACT!r} artifact)"
+        raise ValueError(message) from None
+
+
+def load_lch_model(uri: str, tracking_uri: str | None = None) -> LCHModel:
+    """Load a registered model from its weights file alone, without unpickling anything.
+
+    Parameters
+    ----------
+    uri : str
+        ``models:/lch-aae/<version>`` or ``models:/lch-aae@<alias>``.
+    tracking_uri : str, optional
+        The MLflow store; default the one MLflow is pointed at (``mlflow.set_tracking_uri``,
+        ``$MLFLOW_TRACKING_URI``), else the embedded store under ``$LCH_HOME``.
+
+    Returns
+    -------
+    LCHModel
+        On CPU, in eval mode.
+    """
+    tracking_uri = tracking_uri or _current_store()
+    where = {"tracking_uri": tracking_uri, "registry_uri": tracking_uri}
+    base = uri.rstrip("/")
+    # Two small downloads (MLmodel, then the weights), never the rest of the model folder.
+    with tempfile.TemporaryDirectory() as tmp:
+        mlmodel = mlflow.artifacts.download_artifacts(f"{base}/MLmodel", dst_path=tmp, **where)
+        relative = _weights_path(Path(mlmodel))
+        weights = mlflow.artifacts.download_artifacts(f"{base}/{relative}", dst_path=tmp, **where)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    return LCHModel.from_state(state)

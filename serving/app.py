@@ -1,0 +1,332 @@
+"""The Ray Serve application: an HTTP ingress composed with a Classifier and an Exaggerator.
+
+Run it with ``lch serve``, ``serve run lch.serving.app:build_app`` or ``serve deploy
+serving/config.yaml`` (KubeRay's RayService runs that same config). The HTTP contract (limits,
+request parsing, response models) is in :mod:`lch.serving.contract`.
+"""
+
+
+import asyncio
+import base64
+import hmac
+import io
+import os
+from typing import Annotated
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from PIL import Image
+from pydantic import BaseModel
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from lch.cells import frame_cells
+from lch.exaggerate import exaggerate, load_crop, montage
+from lch.registry import REGISTERED_MODEL
+from lch.serving import contract
+from lch.serving.contract import RequestError
+from lch.serving.model_source import ModelSource
+
+TOKEN_ENV = "LCH_API_TOKEN"
+# Sized for one 2-core machine; serving/config.yaml overrides them for a cluster.
+CLASSIFIER_AUTOSCALING = {
+    "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
+    "upscale_delay_s": 2.0, "downscale_delay_s": 30.0, "metrics_interval_s": 0.5,
+    "look_back_period_s": 2.0,
+}
+EXAGGERATOR_AUTOSCALING = {**CLASSIFIER_AUTOSCALING, "target_ongoing_requests": 2}
+INGRESS_AUTOSCALING = {**CLASSIFIER_AUTOSCALING, "target_ongoing_requests": 16}
+
+
+def _cells_of_frames(frames: np.ndarray, crop_size: int) -> tuple[list[dict], np.ndarray]:
+    """Segment frames with the ingestion code; the kept cells' positions and crops."""
+    cells, crops = [], []
+    for t, frame in enumerate(frames):
+        table, frame_crops = frame_cells(frame, crop_size)
+        kept = table[table["drop_reason"] == ""]
+        cells += [
+            {"frame": t, "centroid_y": float(y), "centroid_x": float(x)}
+            for y, x in zip(kept["centroid_y"], kept["centroid_x"], strict=True)
+        ]
+        crops.append(frame_crops)
+    return cells, np.concatenate(crops) if crops else np.zeros((0, crop_size, crop_size))
+
+
+class _FollowsModel:
+    """Shared by the model deployments: the model source and its polling task."""
+
+    async def _start(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float):
+        self.source = await asyncio.to_thread(ModelSource, model_alias, tracking_uri)
+        self._follower = asyncio.get_running_loop().create_task(
+            self.source.follow(poll_interval_s)
+        )
+
+    def info(self) -> dict:
+        loaded = self.source.current
+        return {
+            "name": self.source.name, "alias": self.source.alias, "version": loaded.version,
+            "run_id": loaded.run_id, "crop_size": loaded.model.config.crop_size,
+            "latent_dim": loaded.model.config.latent_dim, "tags": loaded.tags,
+        }
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5}, autoscaling_config=CLASSIFIER_AUTOSCALING,
+    max_ongoing_requests=32,
+)
+class Classifier(_FollowsModel):
+    """P(high) for crops, batched across concurrent requests with ``@serve.batch``."""
+
+    async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float):
+        await self._start(model_alias, tracking_uri, poll_interval_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _predict(self, crop_sets: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        loaded = self.source.current  # one model for the whole batch, even mid-swap
+        size = loaded.model.config.crop_size
+        for crops in crop_sets:
+            if crops.shape[1:] != (size, size):
+                raise ValueError(f"crops are {crops.shape[1:]}, version {loaded.version} "
+                                 f"takes ({size}, {size})")
+        stacked = torch.from_numpy(np.concatenate(crop_sets).astype(np.float32))[:, None]
+        with torch.inference_mode():
+            p = loaded.model(stacked).numpy()
+        splits = np.cumsum([len(c) for c in crop_sets])[:-1]
+        return [(loaded.version, part) for part in np.split(p, splits)]
+
+    async def classify_crops(self, crops: np.ndarray) -> tuple[str, np.ndarray]:
+        return await self._predict(crops)
+
+    async def classify_frames(self, frames: np.ndarray) -> tuple[str, np.ndarray, list[dict]]:
+        size = self.source.current.model.config.crop_size
+        cells, crops = await asyncio.to_thread(_cells_of_frames, frames, size)
+        if not len(crops):
+            return self.source.current.version, np.zeros(0), []
+        version, p = await self._predict(crops)
+        return version, p, cells
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5}, autoscaling_config=EXAGGERATOR_AUTOSCALING,
+    max_ongoing_requests=8,
+)
+class Exaggerator(_FollowsModel):
+    """Decoded images along the discriminant direction, with their morphology."""
+
+    async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float):
+        await self._start(model_alias, tracking_uri, poll_interval_s)
+
+    async def exaggerate(self, crop: np.ndarray, sigmas: list[float]):
+        loaded = self.source.current
+        result = await asyncio.to_thread(exaggerate, loaded.model, crop, sigmas, cells=["crop"])
+        return loaded.version, result
+
+
+api = FastAPI(
+    title="LCH",
+    description="Classify melanoma cells as highly/lowly metastatic from label-free images, "
+    "and exaggerate what the classifier relies on (Zaritsky et al., Cell Systems 2021).",
+    version="1",
+)
+bearer = HTTPBearer(auto_error=False, description=f"needed when {TOKEN_ENV} is set on the server")
+
+
+def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    token = request.app.state.token
+    if not token:
+        return
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise RequestError("missing or wrong bearer token", status=401)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        raise RequestError("a Content-Length header is required", status=411)
+    try:
+        contract.check_body_size(int(declared))
+    except ValueError as exc:
+        if isinstance(exc, RequestError):
+            raise
+        raise RequestError("Content-Length is not a number", status=400) from exc
+    body = await request.body()
+    contract.check_body_size(len(body))
+    return body
+
+
+async def _upload(request: Request) -> tuple[bytes, str, dict]:
+    """The single file of a multipart body, its name, and the other form fields."""
+    form = await request.form(max_files=1, max_fields=8)
+    files = [(k, v) for k, v in form.multi_items() if hasattr(v, "read")]
+    if len(files) != 1:
+        raise RequestError("multipart body must hold exactly one file (field 'file')")
+    upload = files[0][1]
+    fields = {k: v for k, v in form.multi_items() if not hasattr(v, "read")}
+    return await upload.read(), upload.filename or "upload", fields
+
+
+def _png(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _finite_or_none(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
+class Health(BaseModel):
+    status: str
+
+
+# Like Serve's own HTTP proxies, the ingress reserves no CPU: it only parses and routes, and
+# on a 2-core machine every reserved fraction is one a model replica cannot use.
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0}, autoscaling_config=INGRESS_AUTOSCALING,
+    max_ongoing_requests=64,
+)
+@serve.ingress(api)
+class Ingress:
+    """HTTP routes (OpenAPI at /docs); the models run in the composed deployments."""
+
+    def __init__(self, classifier: DeploymentHandle, exaggerator: DeploymentHandle,
+                 token: str | None = None) -> None:
+        self.classifier, self.exaggerator = classifier, exaggerator
+        api.state.token = token
+
+    async def _crop_size(self) -> int:
+        return (await self.classifier.info.remote())["crop_size"]
+
+    @api.get("/healthz", response_model=Health)
+    async def healthz(self) -> Health:
+        return Health(status="ok")
+
+    @api.get("/v1/model", response_model=contract.ModelInfo, dependencies=[Depends(require_token)])
+    async def model(self) -> contract.ModelInfo:
+        return contract.ModelInfo(**await self.classifier.info.remote())
+
+    @api.post(
+        "/v1/classify", response_model=contract.ClassifyResponse,
+        dependencies=[Depends(require_token)],
+        openapi_extra=contract.CLASSIFY_BODY,
+    )
+    async def classify(self, request: Request) -> contract.ClassifyResponse:
+        """Per-cell P(high) and the population call, for JSON crops or an uploaded TIFF."""
+        body = await _body(request)
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            data, name, _ = await _upload(request)
+            frames = contract.tiff_frames(data, name)
+            version, p, cells = await self.classifier.classify_frames.remote(frames)
+        elif kind.startswith("application/json"):
+            crops = contract.crops_array(
+                contract.parse_json(body).get("crops"), await self._crop_size(), "crops"
+            )
+            version, p = await self._call(self.classifier.classify_crops.remote(crops))
+            cells = [{} for _ in p]
+        else:
+            raise RequestError("send application/json crops or a multipart/form-data TIFF", 415)
+        return contract.ClassifyResponse(
+            model_version=version,
+            cells=[contract.Cell(index=i, p_high=float(pi), **c)
+                   for i, (pi, c) in enumerate(zip(p, cells, strict=True))],
+            population=contract.population(p),
+        )
+
+    @api.post(
+        "/v1/exaggerate", response_model=contract.ExaggerateResponse,
+        dependencies=[Depends(require_token)],
+        openapi_extra=contract.EXAGGERATE_BODY,
+        responses={200: {"content": {"image/png": {}},
+                         "description": "JSON, or a montage PNG for Accept: image/png"}},
+    )
+    async def exaggerate(self, request: Request):
+        """Decode one crop moved along the discriminant direction by each sigma."""
+        body = await _body(request)
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            data, name, fields = await _upload(request)
+            raw, sigmas = contract.image_crop(data, name), fields.get("sigmas")
+        elif kind.startswith("application/json"):
+            payload = contract.parse_json(body)
+            raw, sigmas = payload.get("crop"), payload.get("sigmas")
+            raw = contract.crops_array(raw, await self._crop_size(), "crop", max_cells=1)[0]
+        else:
+            raise RequestError("send an application/json crop or a multipart/form-data image", 415)
+        try:
+            crop = load_crop(np.asarray(raw), await self._crop_size())
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
+        sigmas = contract.sigmas_list(sigmas)
+        version, result = await self._call(self.exaggerator.exaggerate.remote(crop, sigmas))
+        if "image/png" in request.headers.get("accept", ""):
+            buffer = io.BytesIO()
+            montage(result).save(buffer, "PNG")
+            return Response(buffer.getvalue(), media_type="image/png",
+                            headers={"X-Model-Version": version})
+        features = [c for c in result.table.columns if c not in ("cell", "sigma")]
+        rows = result.table.to_dict("records")
+        return contract.ExaggerateResponse(
+            model_version=version,
+            steps=[
+                contract.Step(
+                    sigma=float(s), p_high=float(result.probability[0, k]),
+                    png_base64=_png(result.images[0, k]),
+                    morphology={f: _finite_or_none(rows[k][f]) for f in features},
+                )
+                for k, s in enumerate(result.sigmas)
+            ],
+        )
+
+    @staticmethod
+    async def _call(response):
+        try:
+            return await response
+        except ValueError as exc:  # a replica's own input check (e.g. crop size after a swap)
+            raise RequestError(str(exc).splitlines()[-1]) from exc
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`build_app` (``args:`` in the Serve config)."""
+
+    model_alias: str = "champion"
+    tracking_uri: str | None = None
+    poll_interval_s: float = 10.0
+    token_env: str = TOKEN_ENV
+
+
+def build_app(args: dict | None = None):
+    """The application: ``Ingress(Classifier, Exaggerator)``, each following the alias.
+
+    The bearer token is read from the environment variable named by ``token_env`` (by default
+    ``LCH_API_TOKEN``) of the process that builds the app; none means no authentication.
+    """
+    from lch.registry import tracking_uri
+
+    config = AppArgs(**(args or {}))
+    uri = config.tracking_uri or tracking_uri()
+    model_args = (config.model_alias, uri, config.poll_interval_s)
+    return Ingress.bind(
+        Classifier.bind(*model_args),
+        Exaggerator.bind(*model_args),
+        os.environ.get(config.token_env) or None,
+    )
+
+
+__all__ = ["REGISTERED_MODEL", "build_app", "Classifier", "Exaggerator", "Ingress"]

@@ -1,0 +1,112 @@
+"""Python client for the LCH Serve endpoint (what scripts, notebooks and plugins call)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class LCHClientError(RuntimeError):
+    """The server refused a request; ``status`` is the HTTP status, the message its detail."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+
+
+class LCHClient:
+    """Talk to ``lch serve``.
+
+    Parameters
+    ----------
+    url : str
+        Base URL of the Serve HTTP proxy.
+    token : str, optional
+        Bearer token; defaults to ``$LCH_API_TOKEN``.
+    timeout : float
+        Seconds per request.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0):
+        token = token if token is not None else os.environ.get("LCH_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def __enter__(self) -> LCHClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _checked(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise LCHClientError(response.status_code, str(detail))
+        return response
+
+    def health(self) -> dict:
+        return self._checked(self._http.get("/healthz")).json()
+
+    def model(self) -> dict:
+        """Which model version answers, its crop size and tags."""
+        return self._checked(self._http.get("/v1/model")).json()
+
+    def classify(self, source: str | Path | np.ndarray) -> dict:
+        """Classify a TIFF movie/frame (path) or normalised crops ((N, S, S) or (S, S) array).
+
+        Returns the per-cell ``p_high``, the ``population`` call and the ``model_version``.
+        """
+        if isinstance(source, str | Path):
+            path = Path(source)
+            files = {"file": (path.name, path.read_bytes(), "image/tiff")}
+            response = self._http.post("/v1/classify", files=files)
+        else:
+            crops = np.asarray(source, dtype=np.float32)
+            response = self._http.post("/v1/classify", json={"crops": crops.tolist()})
+        return self._checked(response).json()
+
+    def exaggerate(
+        self, crop: str | Path | np.ndarray, sigmas: list[float] | None = None
+    ) -> dict:
+        """Decode ``crop`` moved along the discriminant direction by each sigma.
+
+        Returns the JSON answer with each step's ``image`` decoded to a float array in [0, 1].
+        """
+        response = self._checked(self._post_crop(crop, sigmas, accept="application/json"))
+        answer = response.json()
+        for step in answer["steps"]:
+            png = base64.b64decode(step["png_base64"])
+            step["image"] = np.asarray(Image.open(io.BytesIO(png)), dtype=np.float32) / 255.0
+        return answer
+
+    def exaggeration_montage(
+        self, crop: str | Path | np.ndarray, sigmas: list[float] | None = None
+    ) -> bytes:
+        """The montage PNG (one column per sigma, labelled with P(high))."""
+        return self._checked(self._post_crop(crop, sigmas, accept="image/png")).content
+
+    def _post_crop(self, crop, sigmas, *, accept: str) -> httpx.Response:
+        headers = {"Accept": accept}
+        if isinstance(crop, str | Path):
+            path = Path(crop)
+            data = {"sigmas": ",".join(map(str, sigmas))} if sigmas is not None else {}
+            files = {"file": (path.name, path.read_bytes())}
+            return self._http.post("/v1/exaggerate", files=files, data=data, headers=headers)
+        body: dict = {"crop": np.asarray(crop, dtype=np.float32).tolist()}
+        if sigmas is not None:
+            body["sigmas"] = list(sigmas)
+        return self._http.post("/v1/exaggerate", json=body, headers=headers)

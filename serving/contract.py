@@ -1,0 +1,217 @@
+"""The HTTP contract of the Serve application: limits, request parsing and response models.
+
+Everything a client sends is checked here, in the ingress, before any replica sees it: bodies,
+frames, cells and sigmas are bounded (413 / 422 with a message saying which limit), and arrays
+must be finite and of the model's crop size. Nothing here reads a server-side path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from lch.movie_io import MovieError, iter_frames
+
+MAX_BODY_BYTES = 64 << 20
+MAX_FRAMES = 20
+MAX_FRAME_PIXELS = 2048 * 2048
+MAX_CELLS = 500
+MAX_SIGMAS = 25
+MAX_ABS_SIGMA = 20.0
+MIN_POPULATION = 20
+"""Cells needed for a population call (Zaritsky et al.: about 20 cells)."""
+DEFAULT_SIGMAS = (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0)
+
+
+def _body_schema(**properties: dict) -> dict:
+    return {"schema": {"type": "object", "properties": properties}}
+
+
+_FILE = {"type": "string", "format": "binary"}
+_SIGMAS = {"type": "array", "items": {"type": "number"}, "description": "default -4 ... 4"}
+CLASSIFY_BODY = {"requestBody": {"content": {
+    "application/json": _body_schema(
+        crops={"type": "array", "description": "normalised crops (N, S, S), values in [0, 1]"}
+    ),
+    "multipart/form-data": _body_schema(file={**_FILE, "description": "TIFF movie or frame"}),
+}}}
+"""OpenAPI description of the /v1/classify body (parsed by hand to enforce the limits)."""
+EXAGGERATE_BODY = {"requestBody": {"content": {
+    "application/json": _body_schema(
+        crop={"type": "array", "description": "one normalised crop (S, S) in [0, 1]"},
+        sigmas=_SIGMAS,
+    ),
+    "multipart/form-data": _body_schema(
+        file={**_FILE, "description": "PNG or TIFF crop"},
+        sigmas={"type": "string", "description": "comma-separated, default -4 ... 4"},
+    ),
+}}}
+
+
+class RequestError(ValueError):
+    """A bad request: ``status`` is the HTTP status to answer with (413 or 422)."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Population(BaseModel):
+    """The population call: mean P(high) over the cells, as in the paper's pooling."""
+
+    p_high: float | None = Field(description="mean P(high) over the cells (null if none)")
+    call: str | None = Field(description="'high' or 'low' (null if no cell was found)")
+    n_cells: int
+    min_cells: int = MIN_POPULATION
+    reaches_minimum: bool = Field(description=f"at least {MIN_POPULATION} cells were pooled")
+
+
+class Cell(BaseModel):
+    index: int
+    p_high: float
+    frame: int | None = None
+    centroid_y: float | None = None
+    centroid_x: float | None = None
+
+
+class ClassifyResponse(BaseModel):
+    model_version: str
+    cells: list[Cell]
+    population: Population
+
+
+class Step(BaseModel):
+    sigma: float
+    p_high: float = Field(description="P(high) of the shifted latent code")
+    png_base64: str = Field(description="the decoded image, 8-bit grey PNG, base64")
+    morphology: dict[str, float | None]
+
+
+class ExaggerateResponse(BaseModel):
+    model_version: str
+    steps: list[Step]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    alias: str
+    version: str
+    run_id: str | None = None
+    crop_size: int
+    latent_dim: int
+    tags: dict[str, str] = {}
+
+
+def population(p_high: np.ndarray) -> Population:
+    """Pool per-cell probabilities into the population call."""
+    n = int(len(p_high))
+    if n == 0:
+        return Population(p_high=None, call=None, n_cells=0, reaches_minimum=False)
+    mean = float(np.mean(p_high))
+    return Population(
+        p_high=mean, call="high" if mean >= 0.5 else "low", n_cells=n,
+        reaches_minimum=n >= MIN_POPULATION,
+    )
+
+
+def check_body_size(size: int) -> None:
+    if size > MAX_BODY_BYTES:
+        raise RequestError(
+            f"request body is {size} bytes; the limit is {MAX_BODY_BYTES} bytes", status=413
+        )
+
+
+def parse_json(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"body is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RequestError("JSON body must be an object")
+    return data
+
+
+def crops_array(
+    value: Any, crop_size: int, field: str, *, max_cells: int = MAX_CELLS
+) -> np.ndarray:
+    """A JSON list of crops (or one crop) → float32 (N, S, S), checked for shape and range."""
+    if value is None:
+        raise RequestError(f"missing field '{field}'")
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"'{field}' must be numbers in nested lists ({exc})") from exc
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[1:] != (crop_size, crop_size):
+        raise RequestError(
+            f"'{field}' has shape {array.shape}; expected ({crop_size}, {crop_size}) crops"
+        )
+    if len(array) == 0:
+        raise RequestError(f"'{field}' holds no crop")
+    if len(array) > max_cells:
+        raise RequestError(f"'{field}' holds {len(array)} crops; the limit is {max_cells}", 413)
+    if not np.isfinite(array).all():
+        raise RequestError(f"'{field}' contains NaN or infinite values")
+    if array.min() < 0 or array.max() > 1:
+        raise RequestError(f"'{field}' values must lie in [0, 1] (normalised crops)")
+    return array
+
+
+def sigmas_list(value: Any) -> list[float]:
+    """The exaggeration steps: finite numbers, at most :data:`MAX_SIGMAS`, each bounded."""
+    if value is None:
+        return list(DEFAULT_SIGMAS)
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split() if v]
+    try:
+        sigmas = [float(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"'sigmas' must be a list of numbers ({exc})") from exc
+    if not sigmas:
+        raise RequestError("'sigmas' is empty")
+    if len(sigmas) > MAX_SIGMAS:
+        raise RequestError(f"{len(sigmas)} sigmas; the limit is {MAX_SIGMAS}", 413)
+    if not all(np.isfinite(s) and abs(s) <= MAX_ABS_SIGMA for s in sigmas):
+        raise RequestError(f"every sigma must be finite and within ±{MAX_ABS_SIGMA}")
+    return sigmas
+
+
+def tiff_frames(data: bytes, filename: str) -> np.ndarray:
+    """An uploaded TIFF movie or frame → (T, Y, X), with the ingestion checks and limits."""
+    frames = []
+    try:
+        for frame in iter_frames(io.BytesIO(data), name=filename):
+            if frame.size > MAX_FRAME_PIXELS:
+                raise RequestError(
+                    f"{filename}: frames of {frame.shape} exceed {MAX_FRAME_PIXELS} pixels", 413
+                )
+            frames.append(frame)
+            if len(frames) > MAX_FRAMES:
+                raise RequestError(f"{filename}: more than {MAX_FRAMES} frames", 413)
+    except MovieError as exc:
+        raise RequestError(str(exc)) from exc
+    return np.stack(frames)
+
+
+def image_crop(data: bytes, filename: str) -> np.ndarray:
+    """An uploaded PNG or TIFF single-cell crop → 2-D array, in the dtype it was stored with
+    (:func:`lch.exaggerate.load_crop` scales integer pixels by their dtype's range)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        frames = tiff_frames(data, filename)
+        if len(frames) != 1:
+            raise RequestError(f"{filename}: expected one crop, got {len(frames)} frames")
+        return frames[0]
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.mode not in ("L", "I;16", "I", "F"):
+                raise RequestError(f"{filename}: a crop must be a grey image, not {image.mode}")
+            return np.asarray(image)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise RequestError(f"{filename}: not a PNG or TIFF image ({exc})") from exc

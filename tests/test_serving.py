@@ -1,0 +1,276 @@
+"""The Serve application over real HTTP, with a real MLflow registry: routes, limits, auth,
+promotion and hot swap under load."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from lch.cells import frame_cells
+from lch.model import AAE, AAEConfig, LCHModel
+from lch.promotion import PromotionRefused, list_versions, promote
+from lch.registry import load_lch_model, log_lch_model
+from lch.serving.client import LCHClient, LCHClientError
+from lch.serving.contract import MAX_BODY_BYTES, MAX_CELLS, MAX_SIGMAS
+from lch.synth import CellShape, render_frame
+
+CROP = 64
+
+
+def tiny_model(seed: int) -> LCHModel:
+    torch.manual_seed(seed)
+    aae = AAE(AAEConfig(crop_size=CROP, latent_dim=8, width=0.0625)).eval()
+    rng = np.random.default_rng(seed)
+    return LCHModel.from_aae(aae, rng.normal(size=8), 0.1 * seed, rng.normal(size=(50, 8)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """Two registered versions (held-out accuracy 0.90 and 0.95), version 1 the champion."""
+    home = tmp_path_factory.mktemp("serve-home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LCH_HOME", str(home))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        models = {}
+        for seed, accuracy in ((1, 0.90), (2, 0.95)):
+            version = log_lch_model(
+                tiny_model(seed), cohorts=["test"], population_accuracy=accuracy
+            )
+            models[str(version)] = load_lch_model(f"models:/lch-aae/{version}")
+        promote("1")
+        yield models
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, registry):
+    from ray import serve
+
+    from lch.serving.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"poll_interval_s": 0.5}), name="lch", route_prefix="/")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LCH_SECRET_TOKEN", "s3cret")
+        serve.run(
+            build_app({"poll_interval_s": 0.5, "token_env": "LCH_SECRET_TOKEN"}),
+            name="lch-auth", route_prefix="/auth",
+        )
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def crops(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.3, 0.7, size=(n, CROP, CROP)).astype(np.float32)
+
+
+def expected_p(model: LCHModel, batch: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(batch)[:, None]).numpy()
+
+
+def synthetic_frame() -> np.ndarray:
+    cells = [
+        CellShape(label=i + 1, y=y, x=x, radius=10, arm_angles=(0.5,), arm_lengths=(12,))
+        for i, (y, x) in enumerate([(60, 60), (60, 180), (180, 70), (170, 190)])
+    ]
+    frame, _ = render_frame(cells, size=(256, 256), rng=np.random.default_rng(0))
+    return frame
+
+
+def test_health_model_and_openapi(server, registry):
+    with LCHClient(server) as client:
+        assert client.health() == {"status": "ok"}
+        info = client.model()
+    assert info["version"] == "1" and info["alias"] == "champion" and info["crop_size"] == CROP
+    spec = httpx.get(f"{server}/openapi.json").json()
+    assert {"/v1/classify", "/v1/exaggerate", "/v1/model", "/healthz"} <= set(spec["paths"])
+    assert httpx.get(f"{server}/docs").status_code == 200
+
+
+def test_classify_json_crops_matches_the_model(server, registry):
+    batch = crops(25)
+    with LCHClient(server) as client:
+        answer = client.classify(batch)
+    p = np.array([c["p_high"] for c in answer["cells"]])
+    np.testing.assert_allclose(p, expected_p(registry["1"], batch), atol=1e-5)
+    population = answer["population"]
+    assert answer["model_version"] == "1"
+    assert population["n_cells"] == 25 and population["reaches_minimum"] is True
+    assert population["p_high"] == pytest.approx(p.mean(), abs=1e-6)
+    assert population["call"] == ("high" if p.mean() >= 0.5 else "low")
+    few = LCHClient(server).classify(batch[:3])["population"]
+    assert few["n_cells"] == 3 and few["reaches_minimum"] is False
+
+
+def test_classify_tiff_segments_server_side_like_ingestion(server, registry, tmp_path):
+    frame = synthetic_frame()
+    path = tmp_path / "frame.tif"
+    tifffile.imwrite(path, np.stack([frame, frame]), photometric="minisblack")
+    table, frame_crops = frame_cells(frame, CROP)
+    kept = table[table["drop_reason"] == ""]
+
+    answer = LCHClient(server).classify(path)
+
+    assert answer["population"]["n_cells"] == 2 * len(kept) > 0
+    assert [c["frame"] for c in answer["cells"]] == [0] * len(kept) + [1] * len(kept)
+    np.testing.assert_allclose(
+        [c["centroid_x"] for c in answer["cells"][: len(kept)]], kept["centroid_x"], atol=1e-6
+    )
+    expected = expected_p(registry["1"], frame_crops)
+    np.testing.assert_allclose([c["p_high"] for c in answer["cells"]][: len(kept)], expected,
+                               atol=1e-5)
+
+
+def test_exaggerate_json_and_montage(server, registry, tmp_path):
+    crop = crops(1, seed=3)[0]
+    sigmas = [-2, 0, 2, 4]
+    with LCHClient(server) as client:
+        answer = client.exaggerate(crop, sigmas)
+        png = client.exaggeration_montage(crop, sigmas)
+        Image.fromarray((crop * 255).astype(np.uint8)).save(tmp_path / "crop.png")
+        from_file = client.exaggerate(tmp_path / "crop.png", sigmas)
+    steps = answer["steps"]
+    assert [s["sigma"] for s in steps] == sigmas
+    p = [s["p_high"] for s in steps]
+    assert p == sorted(p) and p[0] < p[-1]
+    assert all(s["image"].shape == (CROP, CROP) for s in steps)
+    assert "protrusion_count" in steps[0]["morphology"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(io.BytesIO(png)).size[0] > CROP * len(sigmas)
+    assert [s["sigma"] for s in from_file["steps"]] == sigmas
+
+
+BAD_REQUESTS = [
+    # (route, keyword arguments for httpx.post, expected status, words in the detail)
+    ("/v1/classify", {"content": b"{not json", "headers": {"content-type": "application/json"}},
+     422, "not valid JSON"),
+    ("/v1/classify", {"json": {"crops": [[[0.5] * 10] * 10]}}, 422, "shape"),
+    ("/v1/classify", {"json": {"nothing": 1}}, 422, "missing field 'crops'"),
+    ("/v1/classify", {"content": json.dumps({"crops": [[[float("nan")] * CROP] * CROP]}),
+                      "headers": {"content-type": "application/json"}}, 422, "NaN"),
+    ("/v1/classify", {"json": {"crops": [[["a"] * CROP] * CROP]}}, 422, "numbers"),
+    ("/v1/classify", {"json": {"crops": [[[2.0] * CROP] * CROP]}}, 422, "[0, 1]"),
+    ("/v1/classify", {"files": {"file": ("x.tif", b"not a tiff at all")}}, 422, "x.tif"),
+    ("/v1/classify", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, ""),
+    ("/v1/exaggerate", {"json": {"crop": [[0.5] * CROP] * CROP, "sigmas": [1] * 100}}, 413,
+     "limit"),
+    ("/v1/exaggerate", {"json": {"crop": [[0.5] * CROP] * CROP, "sigmas": [1e9]}}, 422, "±"),
+    ("/v1/exaggerate", {"json": {"crop": [[0.5] * CROP] * CROP, "sigmas": "x,y"}}, 422, "sigmas"),
+    ("/v1/exaggerate", {"files": {"file": ("c.png", b"\x89PNG broken")}}, 422, "c.png"),
+    ("/v1/exaggerate", {"json": {"crop": [[0.5] * 30] * 20}}, 422, "shape"),
+]
+
+
+@pytest.mark.parametrize(("route", "request_kwargs", "status", "words"), BAD_REQUESTS)
+def test_bad_requests_get_4xx_with_a_message(server, route, request_kwargs, status, words):
+    response = httpx.post(f"{server}{route}", timeout=30, **request_kwargs)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+
+
+def test_limits_and_the_replicas_stay_healthy(server, registry):
+    too_many = httpx.post(f"{server}/v1/classify", json={"crops": crops(MAX_CELLS + 1).tolist()},
+                          timeout=60)
+    assert too_many.status_code == 413 and str(MAX_CELLS) in too_many.json()["detail"]
+    huge = httpx.post(f"{server}/v1/classify", content=b"0" * (MAX_BODY_BYTES + 1),
+                      headers={"content-type": "application/json"}, timeout=60)
+    assert huge.status_code == 413
+    many = httpx.post(f"{server}/v1/exaggerate",
+                      json={"crop": crops(1)[0].tolist(), "sigmas": [0] * (MAX_SIGMAS + 1)})
+    assert many.status_code == 413
+    with LCHClient(server) as client:
+        assert client.health() == {"status": "ok"}
+        assert client.classify(crops(2))["population"]["n_cells"] == 2
+
+
+def test_bearer_token_guards_every_route_but_healthz(server, registry):
+    secure = f"{server}/auth"
+    assert httpx.get(f"{secure}/healthz").status_code == 200
+    for method, route in (("get", "/v1/model"), ("post", "/v1/classify"),
+                          ("post", "/v1/exaggerate")):
+        response = httpx.request(method, f"{secure}{route}", json={})
+        assert response.status_code == 401, route
+        wrong = httpx.request(method, f"{secure}{route}", json={},
+                              headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+    with LCHClient(secure, token="s3cret") as client:
+        assert client.model()["version"] == "1"
+        assert client.classify(crops(2))["population"]["n_cells"] == 2
+    with pytest.raises(LCHClientError) as info:
+        LCHClient(secure, token="").model()
+    assert info.value.status == 401
+
+
+def test_promotion_gate_and_listing(registry):
+    rows = {r.version: r for r in list_versions()}
+    assert rows["1"].aliases == ("champion",) and rows["2"].metric == pytest.approx(0.95)
+    assert rows["2"].cohorts == "test"
+    with pytest.raises(ValueError, match="no version 99"):
+        promote("99")
+
+
+def test_promotion_under_load_drops_nothing_then_rollback(server, registry):
+    batch = crops(20, seed=5)
+    expected = {v: expected_p(m, batch) for v, m in registry.items()}
+    results, failures = [], []
+    stop_at = time.monotonic() + 60
+    promoted = threading.Event()
+
+    def client_loop(requests: int) -> None:
+        with httpx.Client(base_url=server, timeout=30) as http:
+            for _ in range(requests):
+                if time.monotonic() > stop_at:
+                    return
+                response = http.post("/v1/classify", json={"crops": batch.tolist()})
+                if response.status_code != 200:
+                    failures.append(response.text)
+                    continue
+                answer = response.json()
+                results.append((promoted.is_set(), answer["model_version"],
+                                np.array([c["p_high"] for c in answer["cells"]])))
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(client_loop, 20) for _ in range(16)]
+        time.sleep(1.0)
+        assert "→ version 2" in promote("2")
+        promoted.set()
+        for future in futures:
+            future.result()
+
+    assert not failures
+    assert len(results) >= 200
+    versions = {v for _, v, _ in results}
+    assert versions == {"1", "2"}, versions
+    for _, version, p in results:  # every answer is wholly one version's
+        np.testing.assert_allclose(p, expected[version], atol=1e-5)
+    deadline = time.monotonic() + 30
+    while LCHClient(server).model()["version"] != "2":
+        assert time.monotonic() < deadline, "the new champion was not picked up"
+        time.sleep(0.5)
+
+    with pytest.raises(PromotionRefused) as refused:
+        promote("1")
+    assert "0.900" in str(refused.value) and "0.950" in str(refused.value)
+    assert "version 1" in promote("1", force=True)
+    deadline = time.monotonic() + 30
+    while LCHClient(server).model()["version"] != "1":
+        assert time.monotonic() < deadline, "the rollback was not picked up"
+        time.sleep(0.5)
