@@ -1,0 +1,616 @@
+"""Massive exaggeration: decode cell descriptors pushed along the discriminant direction.
+
+Zaritsky et al. (Cell Systems 2021) make the classifier's decision visible by moving a cell's
+latent code ``z`` along the unit discriminant direction ``w`` of the linear classifier, far
+beyond the natural range of the training cells, and decoding each shifted code::
+
+    z_s = z + s * sigma * w        for s in, e.g., -4 ... +4
+
+where ``sigma`` is the SD of the training cells' projections on ``w`` (``LCHModel.sigma``). The
+decoded images are then measured with :func:`lch.morphology.measure_crop`, the same function
+that measures real segmented cells, so "what changes" is reported in the same morphometrics
+(protrusion count/length, halo intensity, area, solidity, ...).
+
+Two probabilities are reported for each step:
+
+- ``probability``: the classifier applied to the shifted code ``z_s`` itself. It equals
+  ``sigmoid(w . z + b + s * sigma * |w|)``, so it rises monotonically with ``s`` by
+  construction; it says how far along the decision axis the code was moved.
+- ``probability_reencoded``: the classifier applied to ``encode(decode(z_s))``. This is the
+  informative one: it rises with ``s`` only if the decoder really drew what the classifier
+  reads as "high" (the encoder is deterministic in eval mode, so this costs one extra forward).
+
+Everything runs in eval mode without gradients: no sampling anywhere, so the result is a
+deterministic function of the model and the input crops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from scipy import stats
+from skimage.transform import resize as _sk_resize
+
+from lch.classify import HIGH, LOW, binary_labels
+from lch.morphology import measure_crop
+
+DEFAULT_SIGMAS: tuple[float, ...] = tuple(float(s) for s in range(-4, 5))
+# Features whose trend with s is reported by default: the planted ones (protrusions, halo)
+# and the controls (size, shape).
+DEFAULT_FEATURES: tuple[str, ...] = (
+    "protrusion_count",
+    "protrusion_length",
+    "halo_intensity",
+    "area",
+    "body_area",
+    "solidity",
+    "eccentricity",
+    "body_contrast",
+)
+# Everything measure_crop returns that describes the cell rather than where it sits.
+_POSITION_COLUMNS = frozenset(
+    {
+        "label",
+        "centroid_y",
+        "centroid_x",
+        "bbox_min_row",
+        "bbox_min_col",
+        "bbox_max_row",
+        "bbox_max_col",
+    }
+)
+_IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff"})
+# Directional tolerance of the unit direction buffer (float32 round-off).
+_UNIT_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Exaggeration:
+    """Decoded exaggerations of a set of cells.
+
+    Attributes
+    ----------
+    cells : list of str
+        One id per cell (row of the montage).
+    sigmas : numpy.ndarray of float, shape (K,)
+        The shifts ``s``, in SDs of the training cells' projections on the direction.
+    codes : numpy.ndarray of float32, shape (C, D)
+        The unshifted latent codes.
+    images : numpy.ndarray of float32, shape (C, K, S, S)
+        Decoded image of each cell at each ``s``, values in [0, 1].
+    probability : numpy.ndarray of float, shape (C, K)
+        P(high) of the shifted code itself (monotonic in ``s`` by construction).
+    probability_reencoded : numpy.ndarray of float, shape (C, K)
+        P(high) of the decoded image, encoded again.
+    table : pandas.DataFrame
+        One row per (cell, s): ``cell``, ``sigma``, ``probability``,
+        ``probability_reencoded`` and the morphology of the decoded image
+        (:func:`lch.morphology.measure_crop`, without the position columns).
+        Empty of features (only the first four columns) when morphology was not measured.
+    """
+
+    cells: list[str]
+    sigmas: np.ndarray
+    codes: np.ndarray
+    images: np.ndarray
+    probability: np.ndarray
+    probability_reencoded: np.ndarray
+    table: pd.DataFrame
+
+
+# ---------------------------------------------------------------- model checks
+
+
+def check_classifier(model: torch.nn.Module) -> None:
+    """Refuse a model that cannot be exaggerated: no classifier or no latent statistics.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Expected: an :class:`lch.model.LCHModel` whose classifier was set
+        (``LCHModel.from_aae`` / ``set_classifier``).
+
+    Raises
+    ------
+    ValueError
+        The model lacks ``encode``/``decode``/``classify_latent`` or the ``weight``,
+        ``direction``, ``sigma`` buffers; or the classifier was never set (zero or non-finite
+        weight, a direction that is not a unit vector, ``sigma`` not finite and positive).
+    """
+    needed = ("encode", "decode", "classify_latent", "weight", "direction", "sigma")
+    missing = [name for name in needed if not hasattr(model, name)]
+    if missing:
+        raise ValueError(
+            f"model has no classifier to exaggerate along (missing {', '.join(missing)}); "
+            "expected an LCHModel built with LCHModel.from_aae(aae, weight, bias, codes)"
+        )
+    weight = model.weight.detach().double()
+    direction = model.direction.detach().double()
+    sigma = float(model.sigma)
+    if not torch.isfinite(weight).all() or not torch.any(weight != 0):
+        raise ValueError(
+            "model has no classifier: its weight is zero or not finite "
+            "(set one with LCHModel.set_classifier or LCHModel.from_aae)"
+        )
+    norm = float(torch.linalg.vector_norm(direction))
+    if not torch.isfinite(direction).all() or abs(norm - 1.0) > _UNIT_TOLERANCE:
+        raise ValueError(
+            f"model has no discriminant direction: |direction| = {norm:.4g}, expected 1 "
+            "(set the classifier with LCHModel.set_classifier)"
+        )
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(
+            f"model has no latent statistics: sigma = {sigma!r}, expected a positive SD of the "
+            "training cells' projections (set the classifier with training codes)"
+        )
+
+
+# ---------------------------------------------------------------- input crops
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """Pixels of a PNG or TIFF file as an array (RGB/RGBA/palette PNGs go to greyscale)."""
+    if not path.is_file():
+        raise ValueError(f"crop file {str(path)!r} does not exist")
+    if path.suffix.lower() not in _IMAGE_SUFFIXES:
+        raise ValueError(f"crop file {str(path)!r}: expected a .png, .tif or .tiff image")
+    try:
+        if path.suffix.lower() == ".png":
+            with Image.open(path) as img:
+                if img.mode in ("RGB", "RGBA", "P", "LA"):
+                    img = img.convert("L")
+                return np.asarray(img)
+        import tifffile
+
+        return tifffile.imread(path)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"crop file {str(path)!r} is not a readable image: {exc}") from exc
+
+
+def _to_unit_range(arr: np.ndarray, what: str) -> np.ndarray:
+    """Integer images are scaled by their dtype's maximum; float ones must lie in [0, 1]."""
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        if info.min < 0 and arr.min() < 0:
+            raise ValueError(f"{what}: negative pixel values; crops are intensities in [0, 1]")
+        return (arr.astype(np.float64) / info.max).astype(np.float32)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{what}: pixels of dtype {arr.dtype} are not an image")
+    values = arr.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{what}: contains NaN or infinite values")
+    lo, hi = float(values.min()), float(values.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"{what}: values span [{lo:.4g}, {hi:.4g}]; expected a normalised crop in [0, 1] "
+            "with the background at 0.5 (see lch.crops)"
+        )
+    return values.astype(np.float32)
+
+
+def load_crop(
+    source: np.ndarray | torch.Tensor | str | Path, crop_size: int, *, resize: bool = True
+) -> np.ndarray:
+    """Read one single-cell crop and bring it to the model's input format.
+
+    Parameters
+    ----------
+    source : numpy.ndarray, torch.Tensor, str or pathlib.Path
+        A 2-D array (singleton axes, e.g. (1, S, S), are squeezed), or the path of a PNG or
+        TIFF file holding one greyscale crop. Float pixels must already be normalised to
+        [0, 1] (background at 0.5, as :mod:`lch.crops` makes them); integer pixels (8-/16-bit
+        PNG or TIFF) are divided by their dtype's maximum.
+    crop_size : int
+        The model's crop side ``S``.
+    resize : bool
+        What to do with a square crop of another size: ``True`` (default) resizes it to
+        ``S x S`` (``skimage.transform.resize``, linear, anti-aliased), which also rescales the
+        cell, so morphometrics are then in the model's pixels; ``False`` rejects it. A
+        non-square crop is always rejected (resizing would distort the cell's shape).
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (S, S), values in [0, 1]
+
+    Raises
+    ------
+    ValueError
+        Unreadable or missing file, not 2-D, empty, NaN/inf, float values outside [0, 1],
+        a non-image dtype, a non-square crop, or (``resize=False``) the wrong size.
+    """
+    if isinstance(source, str | Path):
+        what = f"crop file {str(source)!r}"
+        arr = _read_image(Path(source))
+    elif isinstance(source, np.ndarray | torch.Tensor):
+        what = "crop"
+        arr = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else source
+    else:
+        raise ValueError(
+            f"crop must be a 2-D array or the path of a PNG/TIFF file, got {type(source).__name__}"
+        )
+    arr = np.asarray(arr)
+    squeezed = arr.squeeze() if arr.ndim > 2 else arr
+    if squeezed.ndim != 2 or squeezed.size == 0:
+        raise ValueError(f"{what}: expected one 2-D greyscale crop, got shape {arr.shape}")
+    crop = _to_unit_range(squeezed, what)
+    return _fit_size(crop, crop_size, resize, what)
+
+
+def _fit_size(crop: np.ndarray, crop_size: int, resize: bool, what: str) -> np.ndarray:
+    if crop.shape == (crop_size, crop_size):
+        return crop
+    if crop.shape[0] != crop.shape[1]:
+        raise ValueError(
+            f"{what}: non-square crop {crop.shape}; the model takes {crop_size}x{crop_size}"
+        )
+    if not resize:
+        raise ValueError(
+            f"{what}: crop is {crop.shape[0]}x{crop.shape[1]}, the model takes "
+            f"{crop_size}x{crop_size} (pass resize=True to resize it)"
+        )
+    out = _sk_resize(crop, (crop_size, crop_size), order=1, anti_aliasing=True, preserve_range=True)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _crop_batch(model: torch.nn.Module, crops: Any, resize: bool) -> np.ndarray:
+    """(C, S, S) float32 from one crop, a (C, S, S) array, or a sequence of crops/paths."""
+    size = int(model.config.crop_size)
+    if isinstance(crops, np.ndarray | torch.Tensor) and np.ndim(crops) == 3:
+        items = list(crops)
+    elif isinstance(crops, np.ndarray | torch.Tensor | str | Path):
+        items = [crops]
+    elif isinstance(crops, Sequence):
+        items = list(crops)
+    else:
+        raise ValueError(
+            "crops must be a crop, a (C, S, S) array or a list of crops/paths, got "
+            f"{type(crops).__name__}"
+        )
+    if not items:
+        raise ValueError("no crops to exaggerate")
+    return np.stack([load_crop(item, size, resize=resize) for item in items])
+
+
+def _check_sigmas(sigmas: Sequence[float]) -> np.ndarray:
+    s = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    if s.size == 0 or not np.all(np.isfinite(s)):
+        raise ValueError(f"sigmas must be a non-empty list of finite numbers, got {sigmas!r}")
+    return s
+
+
+# ---------------------------------------------------------------- exaggeration
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return model.direction.device
+
+
+@torch.no_grad()
+def encode_crops(model: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
+    """Latent codes (C, D) of crops (C, S, S), in eval mode."""
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))[:, None]
+    return model.encode(x.to(_device(model))).cpu().numpy()
+
+
+@torch.no_grad()
+def _shift_decode(
+    model: torch.nn.Module, codes: np.ndarray, sigmas: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decoded images (C, K, S, S), P(shifted code) and P(re-encoded image), each (C, K)."""
+    model.eval()
+    device = _device(model)
+    z = torch.as_tensor(codes, dtype=torch.float32, device=device)  # (C, D)
+    step = model.direction * model.sigma  # one SD along the unit direction
+    s = torch.as_tensor(sigmas, dtype=torch.float32, device=device)
+    shifted = z[:, None, :] + s[None, :, None] * step  # (C, K, D)
+    flat = shifted.reshape(-1, z.shape[1])
+    images = model.decode(flat)  # (C*K, 1, S, S)
+    p_shift = model.classify_latent(flat)
+    p_again = model.classify_latent(model.encode(images))
+    c, k = shifted.shape[:2]
+    side = images.shape[-1]
+    return (
+        images.reshape(c, k, side, side).cpu().numpy(),
+        p_shift.reshape(c, k).double().cpu().numpy(),
+        p_again.reshape(c, k).double().cpu().numpy(),
+    )
+
+
+def morphology_table(
+    images: np.ndarray,
+    sigmas: np.ndarray,
+    cells: Sequence[str],
+    probability: np.ndarray,
+    probability_reencoded: np.ndarray,
+) -> pd.DataFrame:
+    """Measure every decoded image with :func:`lch.morphology.measure_crop`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (cell, s), cell-major: ``cell``, ``sigma``, ``probability``,
+        ``probability_reencoded``, then the morphometrics (position columns dropped; all NaN
+        where the decoded image holds no object).
+    """
+    rows = []
+    for i, cell in enumerate(cells):
+        for j, s in enumerate(sigmas):
+            features = measure_crop(images[i, j])
+            row = {
+                "cell": cell,
+                "sigma": float(s),
+                "probability": float(probability[i, j]),
+                "probability_reencoded": float(probability_reencoded[i, j]),
+            }
+            row.update({k: v for k, v in features.items() if k not in _POSITION_COLUMNS})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def exaggerate_codes(
+    model: torch.nn.Module,
+    codes: np.ndarray,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    *,
+    cells: Sequence[str] | None = None,
+    measure: bool = True,
+) -> Exaggeration:
+    """Exaggerate latent codes directly (the core of :func:`exaggerate`).
+
+    Parameters
+    ----------
+    model : lch.model.LCHModel
+        With its classifier set (see :func:`check_classifier`).
+    codes : numpy.ndarray, shape (C, D) or (D,)
+        Latent codes.
+    sigmas : sequence of float
+        Shifts ``s``: each code moves by ``s * model.sigma`` along ``model.direction``.
+    cells : sequence of str, optional
+        One id per code; default ``"0"``, ``"1"``, ...
+    measure : bool
+        Measure each decoded image (the slow part: about 5 ms per image); ``False`` leaves the
+        table with the probabilities only.
+
+    Returns
+    -------
+    Exaggeration
+    """
+    check_classifier(model)
+    s = _check_sigmas(sigmas)
+    z = np.atleast_2d(np.asarray(codes, dtype=np.float32))
+    dim = int(model.direction.numel())
+    if z.ndim != 2 or z.shape[1] != dim or not np.all(np.isfinite(z)):
+        raise ValueError(f"codes must be finite, shaped (C, {dim}); got {np.shape(codes)}")
+    ids = [str(i) for i in range(len(z))] if cells is None else [str(c) for c in cells]
+    if len(ids) != len(z):
+        raise ValueError(f"{len(ids)} cell ids for {len(z)} codes")
+    images, p_shift, p_again = _shift_decode(model, z, s)
+    if measure:
+        table = morphology_table(images, s, ids, p_shift, p_again)
+    else:
+        table = pd.DataFrame(
+            {
+                "cell": np.repeat(ids, len(s)),
+                "sigma": np.tile(s, len(ids)),
+                "probability": p_shift.reshape(-1),
+                "probability_reencoded": p_again.reshape(-1),
+            }
+        )
+    return Exaggeration(ids, s, z, images, p_shift, p_again, table)
+
+
+def exaggerate(
+    model: torch.nn.Module,
+    crops: Any,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    *,
+    cells: Sequence[str] | None = None,
+    resize: bool = True,
+    measure: bool = True,
+) -> Exaggeration:
+    """Encode crops, move each code along the discriminant direction and decode every step.
+
+    Parameters
+    ----------
+    model : lch.model.LCHModel
+        With its classifier set; a model without one raises ``ValueError``.
+    crops : array, path, or sequence of them
+        One crop (a 2-D array, or a PNG/TIFF path), a (C, S, S) array, or a list of crops and
+        paths; each goes through :func:`load_crop` (see there for sizes and intensity scale).
+    sigmas : sequence of float
+        Shifts ``s`` in SDs of the training cells' projections (default -4 ... +4).
+    cells : sequence of str, optional
+        One id per crop (default ``"0"``, ``"1"``, ...).
+    resize : bool
+        Resize square crops of another size (default) or reject them; see :func:`load_crop`.
+    measure : bool
+        Measure the decoded images' morphology.
+
+    Returns
+    -------
+    Exaggeration
+    """
+    check_classifier(model)
+    batch = _crop_batch(model, crops, resize)
+    return exaggerate_codes(model, encode_crops(model, batch), sigmas, cells=cells, measure=measure)
+
+
+def class_mean_codes(codes: np.ndarray, labels: Sequence | np.ndarray) -> dict[str, np.ndarray]:
+    """Mean latent code of each class: ``{"high": (D,), "low": (D,)}`` (unknowns ignored).
+
+    Raises
+    ------
+    ValueError
+        Codes and labels differ in length, or a class has no cells.
+    """
+    z = np.asarray(codes, dtype=np.float64)
+    y = binary_labels(labels)
+    if z.ndim != 2 or len(z) != len(y):
+        raise ValueError(f"codes must be (N, D) with N = {len(y)} labels, got {z.shape}")
+    means = {}
+    for code, name in ((HIGH, "high"), (LOW, "low")):
+        if not np.any(y == code):
+            raise ValueError(f"no {name!r} cells among the labels: cannot form the class mean")
+        means[name] = z[y == code].mean(axis=0)
+    return means
+
+
+def exaggerate_class_means(
+    model: torch.nn.Module,
+    codes: np.ndarray,
+    labels: Sequence | np.ndarray,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    *,
+    measure: bool = True,
+) -> Exaggeration:
+    """Exaggerate the mean code of each class; rows are ``"mean_high"`` and ``"mean_low"``.
+
+    Parameters
+    ----------
+    model : lch.model.LCHModel
+        With its classifier set.
+    codes : numpy.ndarray, shape (N, D)
+        Latent codes of labelled cells (e.g. the training cells).
+    labels : array-like
+        Their labels (see :func:`lch.classify.binary_labels`).
+    sigmas, measure
+        As in :func:`exaggerate_codes`.
+    """
+    means = class_mean_codes(codes, labels)
+    stacked = np.stack([means["high"], means["low"]])
+    return exaggerate_codes(
+        model, stacked, sigmas, cells=["mean_high", "mean_low"], measure=measure
+    )
+
+
+# ---------------------------------------------------------------- trends
+
+
+def spearman_table(table: pd.DataFrame, features: Sequence[str] | None = None) -> pd.DataFrame:
+    """Spearman's rho between ``s`` and each feature, pooled over cells.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :attr:`Exaggeration.table` (columns ``sigma`` and the features).
+    features : sequence of str, optional
+        Columns to test; default :data:`DEFAULT_FEATURES` plus ``probability_reencoded``,
+        those present in the table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per feature: ``feature``, ``rho``, ``pvalue``, ``n`` (rows with the feature
+        measured; decoded images without a detected cell are NaN and left out). ``rho`` is NaN
+        when fewer than 3 rows are measured or the feature is constant.
+    """
+    if "sigma" not in table:
+        raise ValueError("table has no 'sigma' column: expected Exaggeration.table")
+    if features is None:
+        wanted = (*DEFAULT_FEATURES, "probability_reencoded")
+        features = [f for f in wanted if f in table]
+    missing = [f for f in features if f not in table]
+    if missing:
+        raise ValueError(f"features not in the table: {missing}")
+    rows = [_spearman_row(table, feature) for feature in features]
+    return pd.DataFrame(rows, columns=["feature", "rho", "pvalue", "n"])
+
+
+def _spearman_row(table: pd.DataFrame, feature: str) -> dict[str, Any]:
+    values = pd.to_numeric(table[feature], errors="coerce").astype(float)
+    ok = np.isfinite(values.to_numpy())
+    s, v = table["sigma"].to_numpy(dtype=float)[ok], values.to_numpy()[ok]
+    rho = pvalue = math.nan
+    if ok.sum() >= 3 and np.ptp(v) > 0 and np.ptp(s) > 0:
+        result = stats.spearmanr(s, v)
+        rho, pvalue = float(result.statistic), float(result.pvalue)
+    return {"feature": feature, "rho": rho, "pvalue": pvalue, "n": int(ok.sum())}
+
+
+# ---------------------------------------------------------------- montage
+
+_TILE_SCALE = 2
+_GAP = 2
+_HEADER = 14
+_CAPTION = 12
+_ROW_LABEL = 64
+
+
+def _probability_colour(p: float) -> tuple[int, int, int]:
+    """Blue (P = 0, low) through grey to red (P = 1, high): the caption strip's colour bar."""
+    p = min(max(p, 0.0), 1.0) if math.isfinite(p) else 0.5
+    low, high, mid = np.array([40, 90, 200]), np.array([200, 50, 40]), np.array([120, 120, 120])
+    colour = mid + (high - mid) * (2 * p - 1) if p >= 0.5 else mid + (low - mid) * (1 - 2 * p)
+    return tuple(int(c) for c in colour)
+
+
+def _tile(image: np.ndarray, scale: int) -> Image.Image:
+    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    tile = Image.fromarray(pixels, mode="L")
+    return tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST)
+
+
+def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
+    """A grid of the decoded images: rows = cells, columns = s.
+
+    The header above each column gives its ``s``; the strip under each tile gives that image's
+    P(high) (of the shifted code), coloured from blue (0, low) through grey to red (1, high).
+    The row's cell id is on the left.
+
+    Parameters
+    ----------
+    result : Exaggeration
+    scale : int
+        Integer magnification of each decoded image (nearest neighbour).
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB image of width ``_ROW_LABEL + K * (S * scale + gap)`` and height
+        ``header + C * (S * scale + caption + gap)``.
+    """
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    n_cells, n_sigmas, side = result.images.shape[:3]
+    tile = side * scale
+    width = _ROW_LABEL + n_sigmas * (tile + _GAP)
+    height = _HEADER + n_cells * (tile + _CAPTION + _GAP)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for j, s in enumerate(result.sigmas):
+        x = _ROW_LABEL + j * (tile + _GAP)
+        draw.text((x + 2, 1), f"s={s:+g}", fill=(0, 0, 0), font=font)
+    for i, cell in enumerate(result.cells):
+        y = _HEADER + i * (tile + _CAPTION + _GAP)
+        draw.text((2, y + tile // 2 - 5), cell[:10], fill=(0, 0, 0), font=font)
+        for j in range(n_sigmas):
+            x = _ROW_LABEL + j * (tile + _GAP)
+            canvas.paste(_tile(result.images[i, j], scale).convert("RGB"), (x, y))
+            p = float(result.probability[i, j])
+            draw.rectangle(
+                (x, y + tile, x + tile - 1, y + tile + _CAPTION - 1), fill=_probability_colour(p)
+            )
+            draw.text((x + 2, y + tile), f"P={p:.2f}", fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def save_montage(result: Exaggeration, path: str | Path, *, scale: int = _TILE_SCALE) -> Path:
+    """Write :func:`montage` as a PNG (parent folders created) and return its path."""
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"montage path {str(out)!r} must end in .png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    montage(result, scale=scale).save(out, format="PNG")
+    return out

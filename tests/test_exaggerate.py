@@ -1,0 +1,394 @@
+"""Exaggeration along the discriminant direction: planted phenotype, controls, inputs, montage.
+
+A tiny AAE is trained once per module on single-cell crops rendered with :mod:`lch.synth`
+(high patients: more/longer arms and brighter halos; body size not planted), an LDA is fit on
+its codes with the true labels and, as the control, with shuffled labels, and a handful of cells
+is exaggerated from s = -4 to +4. The trends are measured on the decoded images with
+:func:`lch.morphology.measure_crop`, the function used on real segmented cells.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from lch import synth
+from lch.classify import fit_linear_classifier
+from lch.exaggerate import (
+    DEFAULT_SIGMAS,
+    check_classifier,
+    class_mean_codes,
+    exaggerate,
+    exaggerate_class_means,
+    exaggerate_codes,
+    load_crop,
+    montage,
+    save_montage,
+    spearman_table,
+)
+from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers, refresh_batch_norm
+
+CROP = 64  # a cell with its arms and the halo's background annulus needs ~60 px
+BACKGROUND = 1000.0
+N_PATIENTS = 8  # alternating high, low
+CELLS_PER_PATIENT = 100
+N_EXAGGERATED = 8
+# Tiny model, 10x the paper's learning rate: the phenotype must show after ~a minute on CPU.
+CONFIG = {"latent_dim": 16, "channels": (8, 16, 32, 64), "disc_hidden": (64, 64, 32), "lr": 2e-3}
+STEPS = 1200
+BATCH = 32
+SEED = 0
+RHO_PLANTED = 0.9
+
+
+# ---------------------------------------------------------------- data and model
+
+
+def _cell_crop(rng: np.random.Generator, patient: synth.PatientParams) -> np.ndarray:
+    """One synthetic cell near the centre of a 64x64 frame, normalised like lch.crops."""
+    cell = synth.sample_cell(rng, patient, 1)
+    cy, cx = (CROP - 1) / 2 + rng.uniform(-1.0, 1.0, 2)
+    shape = synth.CellShape(
+        label=1,
+        y=float(cy),
+        x=float(cx),
+        radius=cell.radius,
+        darkness=cell.darkness,
+        halo_gain=cell.halo_gain,
+        wobble=cell.wobble,
+        wobble_phase=tuple(float(p) for p in rng.uniform(0, 2 * np.pi, len(cell.wobble))),
+        arm_angles=cell.arm_angles,
+        arm_lengths=cell.arm_lengths,
+    )
+    frame, _ = synth.render_frame([shape], (CROP, CROP), background=BACKGROUND, rng=rng)
+    # The flat background is known here: lch.crops' normalisation, background at 0.5.
+    return np.clip(0.5 * frame / BACKGROUND, 0.0, 1.0).astype(np.float32)
+
+
+def synthetic_crops(seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 64, 64) crops and their patients' labels ("high"/"low")."""
+    crops, labels = [], []
+    for p in range(N_PATIENTS):
+        label = synth.class_of_patient(p)
+        rng = np.random.default_rng((seed, p))
+        patient = synth.sample_patient(rng, f"p{p}", label)
+        crops += [_cell_crop(rng, patient) for _ in range(CELLS_PER_PATIENT)]
+        labels += [label] * CELLS_PER_PATIENT
+    return np.stack(crops), np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    # Tiny ops on a shared 2-core machine; one thread also fixes the float reduction order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(single_thread):
+    """The AAE trained on the synthetic crops, its codes, and the crops and labels."""
+    crops, labels = synthetic_crops()
+    x = torch.from_numpy(crops[:, None])
+    torch.manual_seed(SEED)
+    config = AAEConfig(crop_size=CROP, **CONFIG)
+    aae = AAE(config)
+    optimizers = make_optimizers(aae, config)
+    draws = torch.Generator().manual_seed(SEED)
+    for step in range(STEPS):
+        # Linear decay to 5 %: training ends on a settled model, not on a snapshot of the
+        # adversarial game's oscillation (the direction swings with it).
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * max(0.05, 1.0 - step / STEPS)
+        aae_train_step(aae, optimizers, x[torch.randint(0, len(x), (BATCH,), generator=draws)])
+    refresh_batch_norm(aae, x.split(100))
+    aae.eval()
+    with torch.no_grad():
+        codes = aae.encode(x).numpy()
+    return {"aae": aae, "codes": codes, "crops": crops, "labels": labels}
+
+
+def _lch_model(trained: dict, labels: np.ndarray) -> LCHModel:
+    weight, bias, _ = fit_linear_classifier(trained["codes"], labels)
+    return LCHModel.from_aae(trained["aae"], weight, bias, trained["codes"])
+
+
+def _exaggerated_cells(trained: dict) -> np.ndarray:
+    """A handful of cells spread over all patients, both classes (not hand-picked)."""
+    step = len(trained["crops"]) // N_EXAGGERATED
+    return trained["crops"][::step][:N_EXAGGERATED]
+
+
+@pytest.fixture(scope="module")
+def model(trained) -> LCHModel:
+    return _lch_model(trained, trained["labels"])
+
+
+@pytest.fixture(scope="module")
+def result(model, trained):
+    return exaggerate(model, _exaggerated_cells(trained))
+
+
+@pytest.fixture(scope="module")
+def shuffled_result(trained):
+    # The same AAE (it never saw labels); only the classifier sees shuffled labels.
+    shuffled = np.random.default_rng(SEED + 1).permutation(trained["labels"])
+    return exaggerate(_lch_model(trained, shuffled), _exaggerated_cells(trained))
+
+
+def _rho(result, feature: str) -> float:
+    table = spearman_table(result.table, [feature])
+    return float(table["rho"].iloc[0])
+
+
+def _report(name: str, result) -> None:
+    table = spearman_table(result.table)
+    print(f"\n{name}: Spearman rho of s vs feature, pooled over {len(result.cells)} cells")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+# ---------------------------------------------------------------- the planted phenotype
+
+
+def test_halo_brightens_towards_high(result):
+    _report("true labels", result)
+    assert _rho(result, "halo_intensity") >= RHO_PLANTED
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a tiny AAE trained for ~1 min on CPU does not draw arms along the LDA direction: "
+        "arms at random angles are not a linear feature of its latent space (see the "
+        "issue note); the halo carries the direction"
+    ),
+)
+@pytest.mark.parametrize("feature", ["protrusion_count", "protrusion_length"])
+def test_protrusions_grow_towards_high(result, feature):
+    rho = _rho(result, feature)
+    assert math.isfinite(rho) and rho >= RHO_PLANTED
+
+
+def test_probability_rises_monotonically(result):
+    # The shifted code's probability rises by construction; the re-encoded decoded image's
+    # rises only if the decoder drew what the classifier reads as "high".
+    assert np.all(np.diff(result.probability, axis=1) > 0)
+    assert np.all(np.diff(result.probability_reencoded, axis=1) > 0)
+    assert np.all(result.probability_reencoded[:, 0] < 0.5)
+    assert np.all(result.probability_reencoded[:, -1] > 0.5)
+
+
+def test_control_feature_is_reported(result):
+    # Cell size was not planted. Reported, not asserted: the segmentation's outline moves
+    # inwards as the halo brightens (PSF blur), so measured area is coupled to the halo.
+    table = spearman_table(result.table, ["area", "body_area", "halo_intensity"])
+    print("\ncontrol:", table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    assert table["n"].min() == len(result.table)  # every decoded image holds one cell
+
+
+def test_shuffled_labels_fail_the_criterion(result, shuffled_result):
+    _report("shuffled labels", shuffled_result)
+    shuffled_halo = _rho(shuffled_result, "halo_intensity")
+    assert shuffled_halo < RHO_PLANTED
+    assert shuffled_halo < _rho(result, "halo_intensity") - 0.3
+
+
+def test_untrained_model_fails_the_criterion(trained):
+    # Same pipeline, same true labels, but an AAE that was never trained.
+    torch.manual_seed(SEED)
+    aae = AAE(AAEConfig(crop_size=CROP, **CONFIG)).eval()
+    with torch.no_grad():
+        codes = aae.encode(torch.from_numpy(trained["crops"][:, None])).numpy()
+    weight, bias, _ = fit_linear_classifier(codes, trained["labels"])
+    untrained = LCHModel.from_aae(aae, weight, bias, codes)
+    rho = _rho(exaggerate(untrained, _exaggerated_cells(trained)), "halo_intensity")
+    print(f"\nuntrained AAE: halo rho {rho:.3f}")
+    assert not rho >= RHO_PLANTED  # NaN (no cell in the decoded images) fails too
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+def test_result_layout(result):
+    n, k = N_EXAGGERATED, len(DEFAULT_SIGMAS)
+    assert result.images.shape == (n, k, CROP, CROP) and result.images.dtype == np.float32
+    assert 0.0 <= result.images.min() and result.images.max() <= 1.0
+    assert result.probability.shape == result.probability_reencoded.shape == (n, k)
+    assert list(result.sigmas) == list(DEFAULT_SIGMAS)
+    table = result.table
+    assert len(table) == n * k
+    assert list(table.columns[:4]) == ["cell", "sigma", "probability", "probability_reencoded"]
+    assert {"protrusion_count", "protrusion_length", "halo_intensity", "area"} <= set(table)
+    assert "centroid_y" not in table
+    assert np.allclose(table["probability"], result.probability.reshape(-1))
+
+
+def test_deterministic_and_survives_save_load(model, trained, result, tmp_path):
+    cells = _exaggerated_cells(trained)
+    again = exaggerate(model, cells, measure=False)
+    assert np.array_equal(again.images, result.images)
+    assert np.array_equal(again.probability_reencoded, result.probability_reencoded)
+    path = tmp_path / "model.pt"
+    torch.save(model.to_state(), path)
+    loaded = LCHModel.from_state(torch.load(path, weights_only=True))
+    assert np.allclose(exaggerate(loaded, cells, measure=False).images, result.images, atol=1e-6)
+
+
+def test_zero_shift_is_the_reconstruction(model, trained):
+    crops = _exaggerated_cells(trained)[:2]
+    out = exaggerate(model, crops, sigmas=[0.0], measure=False)
+    with torch.no_grad():
+        recon = model.decode(model.encode(torch.from_numpy(crops[:, None])))[:, 0].numpy()
+    assert np.allclose(out.images[:, 0], recon, atol=1e-6)
+
+
+def test_class_means(model, trained):
+    out = exaggerate_class_means(model, trained["codes"], trained["labels"], measure=False)
+    assert out.cells == ["mean_high", "mean_low"]
+    zero = list(out.sigmas).index(0.0)
+    assert out.probability[0, zero] > 0.5 > out.probability[1, zero]
+    means = class_mean_codes(trained["codes"], trained["labels"])
+    assert np.allclose(out.codes[0], means["high"], atol=1e-6)
+    with pytest.raises(ValueError, match="no 'low' cells"):
+        class_mean_codes(trained["codes"][:3], ["high"] * 3)
+
+
+# ---------------------------------------------------------------- inputs and models (no training)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> LCHModel:
+    torch.manual_seed(0)
+    aae = AAE(AAEConfig(crop_size=32, latent_dim=8, width=1 / 16, disc_hidden=(16, 16, 8)))
+    codes = np.random.default_rng(0).normal(size=(40, 8))
+    return LCHModel.from_aae(aae, np.linspace(-1.0, 1.0, 8), 0.1, codes)
+
+
+def _crop(size: int = 32) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (size / 4) ** 2
+    return np.where(disc, 0.3, 0.5).astype(np.float32)
+
+
+def test_load_crop_from_array_png_and_tiff(tmp_path):
+    crop = _crop()
+    assert np.array_equal(load_crop(crop, 32), crop)
+    assert load_crop(crop[None], 32).shape == (32, 32)  # singleton axis squeezed
+    png = tmp_path / "cell.png"
+    Image.fromarray((crop * 255).round().astype(np.uint8)).save(png)
+    assert np.allclose(load_crop(png, 32), crop, atol=1 / 255)
+    assert np.allclose(load_crop(str(png), 32), crop, atol=1 / 255)
+    tif_float, tif_int = tmp_path / "cell.tif", tmp_path / "cell16.tiff"
+    tifffile.imwrite(tif_float, crop)
+    tifffile.imwrite(tif_int, (crop * 65535).round().astype(np.uint16))
+    assert np.array_equal(load_crop(tif_float, 32), crop)
+    assert np.allclose(load_crop(tif_int, 32), crop, atol=1e-4)
+
+
+def test_wrong_size_is_resized_or_rejected():
+    big = _crop(64)
+    resized = load_crop(big, 32)
+    assert resized.shape == (32, 32) and resized.dtype == np.float32
+    assert np.allclose(resized, _crop(32), atol=0.2)
+    with pytest.raises(ValueError, match="64x64, the model takes 32x32"):
+        load_crop(big, 32, resize=False)
+    with pytest.raises(ValueError, match="non-square"):
+        load_crop(np.full((32, 40), 0.5, np.float32), 32)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.full((2, 32, 32), 0.5), "2-D"),
+        (np.zeros(32), "2-D"),
+        (np.where(np.eye(32, dtype=bool), np.nan, 0.5), "NaN"),
+        (np.full((32, 32), 3.0), r"\[0, 1\]"),
+        (np.full((32, 32), "a"), "not an image"),
+        ({"pixels": 1}, "2-D array or the path"),
+    ],
+)
+def test_bad_crops_are_rejected(bad, match):
+    with pytest.raises(ValueError, match=match):
+        load_crop(bad, 32)
+
+
+def test_bad_files_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_crop(tmp_path / "missing.png", 32)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match=r"\.png, \.tif"):
+        load_crop(text, 32)
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_crop(fake, 32)
+
+
+def test_exaggerate_accepts_paths_lists_and_resizes(tiny_model, tmp_path):
+    png = tmp_path / "cell.png"
+    Image.fromarray((_crop(64) * 255).astype(np.uint8)).save(png)
+    out = exaggerate(tiny_model, [png, _crop()], sigmas=[-1, 0, 1], cells=["a", "b"])
+    assert out.images.shape == (2, 3, 32, 32)
+    assert list(out.table["cell"].unique()) == ["a", "b"]
+    with pytest.raises(ValueError, match="64x64"):
+        exaggerate(tiny_model, png, resize=False)
+    with pytest.raises(ValueError, match="sigmas"):
+        exaggerate(tiny_model, _crop(), sigmas=[])
+    with pytest.raises(ValueError, match="2 cell ids for 1"):
+        exaggerate(tiny_model, _crop(), cells=["a", "b"])
+
+
+def test_model_without_classifier_is_refused(tiny_model):
+    config = tiny_model.config
+    with pytest.raises(ValueError, match="no classifier"):
+        exaggerate(LCHModel(config), _crop())  # weight and direction never set
+    no_sigma = LCHModel(config)
+    no_sigma.load_state_dict(tiny_model.state_dict())
+    no_sigma.sigma.zero_()
+    with pytest.raises(ValueError, match="sigma"):
+        check_classifier(no_sigma)
+    no_direction = LCHModel(config)
+    no_direction.load_state_dict(tiny_model.state_dict())
+    no_direction.direction.zero_()
+    with pytest.raises(ValueError, match="direction"):
+        exaggerate_codes(no_direction, np.zeros((1, 8)))
+    with pytest.raises(ValueError, match="missing"):
+        check_classifier(AAE(config))
+
+
+def test_spearman_table_pools_cells_and_skips_missing():
+    table = pd.DataFrame(
+        {
+            "sigma": [-1.0, 0.0, 1.0] * 2,
+            "up": [1.0, 2.0, 3.0, 1.5, 2.5, np.nan],
+            "flat": [1.0] * 6,
+        }
+    )
+    out = spearman_table(table, ["up", "flat"]).set_index("feature")
+    assert out.loc["up", "n"] == 5 and out.loc["up", "rho"] > 0.8
+    assert math.isnan(out.loc["flat", "rho"])
+    with pytest.raises(ValueError, match="not in the table"):
+        spearman_table(table, ["area"])
+
+
+def test_montage_grid(tiny_model, tmp_path):
+    out = exaggerate(tiny_model, [_crop(), _crop()], sigmas=[-2, 0, 2], measure=False)
+    image = montage(out, scale=2)
+    tile = 32 * 2
+    assert image.mode == "RGB"
+    assert image.width == 64 + 3 * (tile + 2)
+    assert image.height == 14 + 2 * (tile + 12 + 2)
+    path = save_montage(out, tmp_path / "sub" / "montage.png")
+    with Image.open(path) as saved:
+        assert saved.size == image.size and saved.format == "PNG"
+    with pytest.raises(ValueError, match=r"\.png"):
+        save_montage(out, tmp_path / "montage.jpg")
