@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 from lch.cells import DEFAULT_CROP_SIZE
 from lch.pipelines.runtime import quiet_environment
@@ -81,6 +84,133 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lch.pipelines.train import TrainingInputError, TrainSettings, train
+
+    # Options left out keep TrainSettings' defaults (defined once, there).
+    names = ("workers", "epochs", "batch_size", "latent_dim", "width", "lr", "seed")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    try:
+        summary = train(TrainSettings(cohorts=tuple(args.cohort), gpu=args.gpu, **given))
+    except TrainingInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from lch.promotion import list_versions
+    from lch.registry import REGISTERED_MODEL, use_tracking
+
+    use_tracking()
+    rows = list_versions()
+    if not rows:
+        print(f"no versions of {REGISTERED_MODEL} registered yet (run `lch train`)")
+        return 0
+    header = ("version", "aliases", "pop.acc@20", "created", "cohorts", "run")
+    print("{:>7}  {:<18} {:>10}  {:<25} {:<20} {}".format(*header))
+    for r in rows:
+        metric = "-" if r.metric is None else f"{r.metric:.3f}"
+        aliases = ",".join(r.aliases) or "-"
+        print(f"{r.version:>7}  {aliases:<18} {metric:>10}  {r.created:<25} {r.cohorts:<20} "
+              f"{r.run_id or '-'}")
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from lch.promotion import PromotionRefused, promote
+    from lch.registry import use_tracking
+
+    use_tracking()
+    try:
+        print(promote(args.version, args.alias, force=args.force))
+    except PromotionRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from lch.pipelines.runtime import init_ray
+    from lch.serving.app import build_app
+
+    init_ray()
+    serve.start(http_options={"host": args.host, "port": args.port})
+    app = build_app({"model_alias": args.model_alias, "poll_interval_s": args.poll_interval})
+    serve.run(app, name="lch", route_prefix="/")
+    print(f"serving models:/lch-aae@{args.model_alias} on http://{args.host}:{args.port} "
+          f"(OpenAPI: /docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from lch.serving.client import LCHClient, LCHClientError
+
+    try:
+        with LCHClient(args.url, token=args.token) as client:
+            answer = client.classify(args.file)
+    except LCHClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    population = answer["population"]
+    if population["call"] is None:
+        print(f"{args.file}: no cells found (model version {answer['model_version']})")
+        return 0
+    enough = "" if population["reaches_minimum"] else (
+        f" (fewer than {population['min_cells']} cells: treat with caution)")
+    print(f"{args.file}: {population['call']} metastatic, mean P(high) "
+          f"{population['p_high']:.3f} over {population['n_cells']} cells{enough}; "
+          f"model version {answer['model_version']}")
+    return 0
+
+
+def _model_uri(value: str) -> str:
+    from lch.registry import REGISTERED_MODEL
+
+    return f"models:/{REGISTERED_MODEL}/{value}" if value.isdigit() else value
+
+
+def _cmd_exaggerate(args: argparse.Namespace) -> int:
+    from lch.cellstore import CellStoreError, open_cells
+    from lch.exaggerate import exaggerate, pick_cells, spearman_table, write_report
+    from lch.paths import cohort_dir
+    from lch.registry import load_lch_model
+
+    if not args.cohort and not args.crop:
+        print("error: give --cohort (cells of a stored cohort) or --crop FILE", file=sys.stderr)
+        return 2
+    try:
+        model = load_lch_model(_model_uri(args.model))
+        if args.cohort:
+            table, crops = open_cells(cohort_dir(args.cohort))
+            indices = np.array(args.cell) if args.cell else pick_cells(table, args.cells, args.seed)
+            if len(indices) and (indices.min() < 0 or indices.max() >= crops.shape[0]):
+                raise ValueError(f"cell ids must lie in 0..{crops.shape[0] - 1}")
+            sources = crops.get_orthogonal_selection((indices, slice(None), slice(None)))
+            names = [f"cell {i} ({table['label'].iloc[i]})" for i in indices]
+        else:
+            sources, names = [str(c) for c in args.crop], [c.name for c in args.crop]
+        result = exaggerate(model, sources, args.sigmas, cells=names)
+    except (CellStoreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    paths = write_report(result, args.out)
+    print(spearman_table(result.table).to_string(index=False, float_format="%.3f"))
+    print(f"montage: {paths['montage']}\nmorphology vs sigma: {paths['table']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lch", description="Live-cell histology on Ray, MLflow and Zarr (see DESIGN.md)."
@@ -113,6 +243,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="crop side in px")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("train", help="train the AAE on cohorts (Ray Train) and register it")
+    p.add_argument("--cohort", action="append", required=True, help="cohort name (repeatable)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (default 2)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--epochs", type=int, help="default 20")
+    p.add_argument("--batch-size", type=int, help="global mini-batch, split over the workers")
+    p.add_argument("--latent-dim", type=int, help="default 56")
+    p.add_argument("--width", type=float, help="multiplier on the paper's channels (0.125)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, help="split, weights and population draws (default 0)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("models", help="list registered versions of lch-aae with aliases")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("promote", help="point an alias (default champion) at a model version")
+    p.add_argument("version")
+    p.add_argument("--alias", default="champion")
+    p.add_argument("--force", action="store_true",
+                   help="promote even if its held-out population accuracy is lower")
+    p.set_defaults(func=_cmd_promote)
+
+    p = sub.add_parser("serve", help="serve classification and exaggeration over HTTP")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-alias", default="champion")
+    p.add_argument("--poll-interval", type=float, default=10.0,
+                   help="seconds between checks for a newly promoted version")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("classify", help="classify a TIFF movie/frame through the Serve endpoint")
+    p.add_argument("file", type=Path)
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--token", default=None, help="bearer token (default $LCH_API_TOKEN)")
+    p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("exaggerate", help="decode cells pushed along the discriminant direction")
+    p.add_argument("--model", default="models:/lch-aae@champion",
+                   help="a models:/ URI or a version number (default the champion)")
+    p.add_argument("--cohort", help="take cells from this stored cohort")
+    p.add_argument("--cells", type=int, default=8, help="how many cells (half high, half low)")
+    p.add_argument("--cell", type=int, action="append", help="a cell's crop_index (repeatable)")
+    p.add_argument("--crop", type=Path, action="append", help="a PNG/TIFF crop (repeatable)")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[-4, -3, -2, -1, 0, 1, 2, 3, 4])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="folder for the montage and tables")
+    p.set_defaults(func=_cmd_exaggerate)
 
     p = sub.add_parser("demo", help="run the whole loop on a generated synthetic cohort")
     p.add_argument("--seed", type=int, default=0)

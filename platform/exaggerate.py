@@ -614,3 +614,35 @@ def save_montage(result: Exaggeration, path: str | Path, *, scale: int = _TILE_S
     out.parent.mkdir(parents=True, exist_ok=True)
     montage(result, scale=scale).save(out, format="PNG")
     return out
+
+
+# ---------------------------------------------------------------- cohort report
+
+
+def pick_cells(table: pd.DataFrame, n: int, seed: int = 0) -> np.ndarray:
+    """Crop indices of ``n`` cells drawn at random, half from "high" and half from "low" lines
+    where both exist (deterministic for ``seed``)."""
+    rng = np.random.default_rng(seed)
+    labels = binary_labels(table["label"].to_numpy())
+    groups = [np.flatnonzero(labels == c) for c in (LOW, HIGH)]
+    groups = [g for g in groups if len(g)] or [np.arange(len(table))]
+    share = [n // len(groups) + (i < n % len(groups)) for i in range(len(groups))]
+    picked = [rng.choice(g, size=min(k, len(g)), replace=False) for g, k in zip(groups, share,
+                                                                                strict=True)]
+    rows = np.sort(np.concatenate(picked))
+    return table["crop_index"].to_numpy()[rows]
+
+
+def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:
+    """Write the montage (PNG), the morphology table and the Spearman trends (CSV) to
+    ``out_dir``; return their paths by kind."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "montage": save_montage(result, out / "exaggeration_montage.png"),
+        "table": out / "exaggeration_morphology.csv",
+        "trends": out / "exaggeration_spearman.csv",
+    }
+    result.table.to_csv(paths["table"], index=False)
+    spearman_table(result.table).to_csv(paths["trends"], index=False)
+    return paths

@@ -227,6 +227,22 @@ def test_promotion_gate_and_listing(registry):
         promote("99")
 
 
+def test_cli_lists_models_and_classifies_through_the_endpoint(server, registry, tmp_path, capsys):
+    from lch.pipelines.cli import main as lch_main
+
+    path = tmp_path / "frame.tif"
+    tifffile.imwrite(path, synthetic_frame(), photometric="minisblack")
+    assert lch_main(["classify", str(path), "--url", server]) == 0
+    out = capsys.readouterr().out
+    assert "metastatic" in out and "fewer than 20 cells" in out and "model version 1" in out
+    assert lch_main(["models"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["1", "champion"] for line in listing)
+    assert lch_main(["promote", "99"]) == 2
+    assert lch_main(["classify", str(path), "--url", f"{server}/auth"]) == 1
+    assert "401" in capsys.readouterr().err
+
+
 def test_promotion_under_load_drops_nothing_then_rollback(server, registry):
     batch = crops(20, seed=5)
     expected = {v: expected_p(m, batch) for v, m in registry.items()}
