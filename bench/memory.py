@@ -17,16 +17,38 @@ def _rss_bytes(pid: int | str) -> int:
     return 0
 
 
-def _is_ray_worker(pid: str) -> bool:
+def _is_ray_worker(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::")
     except OSError:
         return False
 
 
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                # The command name may hold spaces and parentheses: split after the last ")".
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = int(fields[1])
+    return parents
+
+
+def _descendants(root: int) -> set[int]:
+    parents, found, frontier = _parents(), set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 def current_rss() -> int:
-    """This process's RSS plus that of every Ray worker process (``ray::...``) on the machine."""
-    workers = [p for p in os.listdir("/proc") if p.isdigit() and _is_ray_worker(p)]
+    """This process's RSS plus that of the Ray workers (``ray::...``) it started: those of
+    other Ray instances on the machine are not counted."""
+    workers = [p for p in _descendants(os.getpid()) if _is_ray_worker(p)]
     return _rss_bytes(os.getpid()) + sum(_rss_bytes(p) for p in workers)
 
 

@@ -235,8 +235,8 @@ class Ingress:
             frames = contract.tiff_frames(data, name)
             version, p, cells = await self.classifier.classify_frames.remote(frames)
         elif kind.startswith("application/json"):
-            crops = contract.crops_array(
-                contract.parse_json(body).get("crops"), await self._crop_size(), "crops"
+            crops = contract.request_crops(
+                contract.parse_json(body), await self._crop_size(), "crops"
             )
             version, p = await self._call(self.classifier.classify_crops.remote(crops))
             cells = [{} for _ in p]
@@ -265,8 +265,8 @@ class Ingress:
             raw, sigmas = contract.image_crop(data, name), fields.get("sigmas")
         elif kind.startswith("application/json"):
             payload = contract.parse_json(body)
-            raw, sigmas = payload.get("crop"), payload.get("sigmas")
-            raw = contract.crops_array(raw, await self._crop_size(), "crop", max_cells=1)[0]
+            sigmas = payload.get("sigmas")
+            raw = contract.request_crops(payload, await self._crop_size(), "crop", max_cells=1)[0]
         else:
             raise RequestError("send an application/json crop or a multipart/form-data image", 415)
         try:

@@ -11,6 +11,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from lch.serving.contract import encode_npy
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -76,7 +78,7 @@ class LCHClient:
             response = self._http.post("/v1/classify", files=files)
         else:
             crops = np.asarray(source, dtype=np.float32)
-            response = self._http.post("/v1/classify", json={"crops": crops.tolist()})
+            response = self._http.post("/v1/classify", json={"crops_npy": encode_npy(crops)})
         return self._checked(response).json()
 
     def exaggerate(
@@ -106,7 +108,7 @@ class LCHClient:
             data = {"sigmas": ",".join(map(str, sigmas))} if sigmas is not None else {}
             files = {"file": (path.name, path.read_bytes())}
             return self._http.post("/v1/exaggerate", files=files, data=data, headers=headers)
-        body: dict = {"crop": np.asarray(crop, dtype=np.float32).tolist()}
+        body: dict = {"crop_npy": encode_npy(np.asarray(crop, dtype=np.float32))}
         if sigmas is not None:
             body["sigmas"] = list(sigmas)
         return self._http.post("/v1/exaggerate", json=body, headers=headers)

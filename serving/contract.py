@@ -7,6 +7,8 @@ must be finite and of the model's crop size. Nothing here reads a server-side pa
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 from typing import Any
@@ -33,9 +35,12 @@ def _body_schema(**properties: dict) -> dict:
 
 _FILE = {"type": "string", "format": "binary"}
 _SIGMAS = {"type": "array", "items": {"type": "number"}, "description": "default -4 ... 4"}
+_NPY = {"type": "string", "description": "instead of the lists: base64 of an .npy array "
+        "(float32 in [0, 1] or uint8), much faster to send and parse"}
 CLASSIFY_BODY = {"requestBody": {"content": {
     "application/json": _body_schema(
-        crops={"type": "array", "description": "normalised crops (N, S, S), values in [0, 1]"}
+        crops={"type": "array", "description": "normalised crops (N, S, S), values in [0, 1]"},
+        crops_npy=_NPY,
     ),
     "multipart/form-data": _body_schema(file={**_FILE, "description": "TIFF movie or frame"}),
 }}}
@@ -43,6 +48,7 @@ CLASSIFY_BODY = {"requestBody": {"content": {
 EXAGGERATE_BODY = {"requestBody": {"content": {
     "application/json": _body_schema(
         crop={"type": "array", "description": "one normalised crop (S, S) in [0, 1]"},
+        crop_npy=_NPY,
         sigmas=_SIGMAS,
     ),
     "multipart/form-data": _body_schema(
@@ -160,6 +166,31 @@ def crops_array(
     if array.min() < 0 or array.max() > 1:
         raise RequestError(f"'{field}' values must lie in [0, 1] (normalised crops)")
     return array
+
+
+def request_crops(data: dict, crop_size: int, field: str, *, max_cells: int = MAX_CELLS):
+    """The crops of a JSON body: ``<field>`` as nested lists, or ``<field>_npy``, a base64
+    ``.npy`` array (read without pickle) that spares both sides parsing thousands of floats."""
+    encoded = data.get(f"{field}_npy")
+    if encoded is None:
+        return crops_array(data.get(field), crop_size, field, max_cells=max_cells)
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+        value = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, TypeError, binascii.Error, EOFError) as exc:
+        raise RequestError(f"'{field}_npy' is not a base64-encoded .npy array ({exc})") from exc
+    if value.dtype == np.uint8:
+        value = value.astype(np.float32) / 255.0
+    elif value.dtype.kind != "f":
+        raise RequestError(f"'{field}_npy' must hold float or uint8 pixels, not {value.dtype}")
+    return crops_array(value, crop_size, f"{field}_npy", max_cells=max_cells)
+
+
+def encode_npy(array: np.ndarray) -> str:
+    """The client side of :func:`request_crops`: an array as base64 ``.npy``."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def sigmas_list(value: Any) -> list[float]:

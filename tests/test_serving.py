@@ -3,6 +3,7 @@ promotion and hot swap under load."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -109,6 +110,8 @@ def test_classify_json_crops_matches_the_model(server, registry):
     batch = crops(25)
     with LCHClient(server) as client:
         answer = client.classify(batch)
+    as_lists = httpx.post(f"{server}/v1/classify", json={"crops": batch.tolist()}).json()
+    assert as_lists["cells"] == answer["cells"]
     p = np.array([c["p_high"] for c in answer["cells"]])
     np.testing.assert_allclose(p, expected_p(registry["1"], batch), atol=1e-5)
     population = answer["population"]
@@ -158,7 +161,15 @@ def test_exaggerate_json_and_montage(server, registry, tmp_path):
     assert [s["sigma"] for s in from_file["steps"]] == sigmas
 
 
+def pickled_npy() -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 BAD_REQUESTS = [
+    ("/v1/classify", {"json": {"crops_npy": "!!not base64"}}, 422, "crops_npy"),
+    ("/v1/classify", {"json": {"crops_npy": pickled_npy()}}, 422, "crops_npy"),
     # (route, keyword arguments for httpx.post, expected status, words in the detail)
     ("/v1/classify", {"content": b"{not json", "headers": {"content-type": "application/json"}},
      422, "not valid JSON"),
