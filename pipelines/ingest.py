@@ -152,8 +152,9 @@ def submit_ingest_job(manifest_path: str | Path, address: str, *, extra_args: li
     """Run ``lch ingest`` on the cluster at ``address`` through the Ray Jobs API.
 
     The manifest and the movies must be readable at the same absolute paths on the cluster
-    (a shared file system), and ``LCH_HOME`` is passed on as resolved here. Logs are followed
-    until the job ends. Returns 0 if the job succeeded.
+    (a shared file system). ``LCH_HOME`` is passed on only if it is set here, as written (a
+    local default would mean nothing on the cluster). Logs are followed until the job ends.
+    Returns 0 if the job succeeded.
     """
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -163,7 +164,7 @@ def submit_ingest_job(manifest_path: str | Path, address: str, *, extra_args: li
     job_id = _submit(
         client,
         entrypoint=entrypoint,
-        runtime_env={"env_vars": {"LCH_HOME": str(lch_home())}},
+        runtime_env={"env_vars": {k: os.environ[k] for k in ("LCH_HOME",) if k in os.environ}},
         submission_id=f"lch-ingest-{uuid.uuid4().hex[:12]}",
     )
     print(f"submitted Ray job {job_id} to {address}: {entrypoint}", flush=True)
