@@ -276,7 +276,8 @@ def test_promotion_under_load_drops_nothing_then_rollback(server, registry):
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(client_loop, 20) for _ in range(16)]
-        time.sleep(1.0)
+        while len(results) < 32 and time.monotonic() < stop_at:  # promote mid-load
+            time.sleep(0.05)
         assert "→ version 2" in promote("2")
         promoted.set()
         for future in futures:
