@@ -64,24 +64,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from lch.paths import lch_home
-    from lch.pipelines.ingest import convert_cohort
-    from lch.pipelines.segment import segment_cohort
-    from lch.synth import make_cohort
+    from lch.pipelines.demo import run_demo
 
-    home = lch_home()
-    source = home / "demo" / "synth-cohort"
-    print(f"1/3 generating a synthetic cohort in {source}", flush=True)
-    manifest = make_cohort(source, name="demo", seed=args.seed)
-    print("2/3 ingesting it (movies → OME-Zarr)", flush=True)
-    summary = convert_cohort(manifest, home=home)
-    print(summary.format(), flush=True)
-    if summary.failed:
-        return 1
-    print("3/3 segmenting cells (Ray Data → cells.parquet + crops.zarr)", flush=True)
-    cells = segment_cohort("demo", home=home)
-    print(cells.format(), flush=True)
-    return 0
+    return run_demo(args.seed)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

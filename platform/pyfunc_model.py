@@ -26,9 +26,14 @@ PREDICT_CHUNK = 256
 class LCHPyfunc(PythonModel):
     """P(high) per crop from an :class:`lch.model.LCHModel` rebuilt from its state file."""
 
+    # MLflow's switch (its ChatModel uses it) to skip wrapping predict for type-hint validation,
+    # which would warn on every load: the logged tensor signature is the contract here.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         path = context.artifacts[WEIGHTS_ARTIFACT]
-        self.model = LCHModel.from_state(torch.load(path, map_location="cpu", weights_only=True))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model = LCHModel.from_state(state)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
         crops = np.asarray(model_input, dtype=np.float32)

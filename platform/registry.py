@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -96,7 +97,10 @@ def signature(crop_size: int) -> ModelSignature:
 
 def _log_pyfunc(model: LCHModel) -> mlflow.models.model.ModelInfo:
     """Log ``model`` as a pyfunc into the active run."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # The signature is explicit: MLflow's advice to give an input example (to infer one by
+        # running the model at logging time) does not apply.
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
         weights = Path(tmp) / WEIGHTS_FILE
         torch.save(model.to_state(), weights)
         return mlflow.pyfunc.log_model(

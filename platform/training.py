@@ -1,0 +1,294 @@
+"""What training needs besides Ray: the cohorts' cells, the split by patient, reading crops, and
+the held-out evaluation of a trained AAE.
+
+The split comes first and decides everything else. Cells of held-out patients are never seen by
+the AAE, not even unsupervised: the AAE's features would otherwise be fitted to exactly the
+images the held-out score is computed on, which flatters it (the paper also held whole cell
+lines out). Cells with an unknown label from other patients do train the AAE (it needs no
+labels) but take no part in the classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from torch import nn
+
+from lch.cellstore import CROPS_STORE, CellStoreError, open_cells
+from lch.classify import (
+    POPULATION_KS,
+    binary_labels,
+    cell_auc,
+    fit_linear_classifier,
+    patient_split,
+    population_table,
+)
+from lch.model import LCHModel, refresh_batch_norm, unwrap
+from lch.paths import cohort_dir
+
+# Cells read at once on the driver (refresh and encoding): bounded memory at any cohort size.
+READ_ROWS = 1024
+# A random sample this large pins down the batch-norm statistics; more only costs time.
+REFRESH_CELLS = 4096
+POPULATION_GROUP = "cell_line"
+
+
+class TrainingInputError(ValueError):
+    """Cohorts that cannot be trained on; the message names the cohort or field."""
+
+
+@dataclass
+class CellSet:
+    """The cells of one or more cohorts, and where their crops are.
+
+    ``table`` has the cohorts' cell rows concatenated plus ``store`` (index into ``stores``) and
+    ``row`` (the crop's row in that store).
+    """
+
+    cohorts: tuple[str, ...]
+    table: pd.DataFrame
+    stores: tuple[str, ...]
+    crop_size: int
+
+
+@dataclass
+class Split:
+    """Boolean masks over a :class:`CellSet`'s rows, and the patients held out."""
+
+    train: np.ndarray
+    test: np.ndarray
+    autoencoder: np.ndarray
+    test_patients: tuple[str, ...]
+    labels: np.ndarray
+
+
+def _open_cohort(cohort: str, home: Path | None) -> tuple[pd.DataFrame, zarr.Array]:
+    folder = cohort_dir(cohort, home)
+    if not folder.is_dir():
+        raise TrainingInputError(
+            f"cohort {cohort!r}: not found ({folder} does not exist); ingest it first"
+        )
+    try:
+        table, crops = open_cells(folder)
+    except CellStoreError as exc:
+        raise TrainingInputError(f"cohort {cohort!r}: {exc}") from None
+    if table.empty:
+        raise TrainingInputError(f"cohort {cohort!r}: no cells were segmented ({folder})")
+    return table, crops
+
+
+def load_cells(cohorts: Sequence[str], home: Path | None = None) -> CellSet:
+    """Open the cell tables and crops of ``cohorts`` (under ``home``, default ``LCH_HOME``).
+
+    Raises
+    ------
+    TrainingInputError
+        No cohort given, a cohort missing or without segmentation outputs, or cohorts whose
+        crops differ in size.
+    """
+    cohorts = tuple(dict.fromkeys(cohorts))  # once each, in the order given
+    if not cohorts:
+        raise TrainingInputError("no cohort given (--cohort NAME)")
+    tables, stores, sizes = [], [], {}
+    for i, cohort in enumerate(cohorts):
+        table, crops = _open_cohort(cohort, home)
+        sizes[cohort] = crops.shape[1]
+        tables.append(table.assign(store=i, row=np.arange(len(table))))
+        stores.append(str(cohort_dir(cohort, home) / CROPS_STORE))
+    if len(set(sizes.values())) > 1:
+        raise TrainingInputError(f"cohorts have different crop sizes: {sizes}")
+    table = pd.concat(tables, ignore_index=True)
+    return CellSet(cohorts, table, tuple(stores), next(iter(sizes.values())))
+
+
+def split_by_patient(cells: CellSet, n_test_per_class: int = 1, seed: int = 0) -> Split:
+    """Hold out ``n_test_per_class`` patients of each class (:func:`lch.classify.patient_split`).
+
+    A patient id is taken to name the same patient in every cohort, so a patient is never on
+    both sides even across cohorts.
+
+    Raises
+    ------
+    TrainingInputError
+        Unreadable labels, no labelled cells, one class only, or too few patients to hold some
+        out; the message names the cohorts.
+    """
+    names = ", ".join(cells.cohorts)
+    table = cells.table
+    try:
+        labels = binary_labels(table["label"])
+        train, test = patient_split(
+            table["patient"], labels, n_test_per_class=n_test_per_class, seed=seed
+        )
+    except ValueError as exc:
+        raise TrainingInputError(f"cohort(s) {names}, field 'label': {exc}") from None
+    held_out = sorted(set(table.loc[test, "patient"]))
+    autoencoder = ~table["patient"].isin(held_out).to_numpy()
+    return Split(train, test, autoencoder, tuple(held_out), labels)
+
+
+def row_ranges(rows: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Cut sorted row indices into ``[start, stop)`` runs of at most ``max_rows`` consecutive rows.
+
+    Runs also break at multiples of ``max_rows``, so a run never spans two storage chunks when
+    ``max_rows`` divides the chunk length.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return []
+    breaks = (np.diff(rows) != 1) | (rows[1:] % max_rows == 0)
+    starts = np.concatenate([[0], np.flatnonzero(breaks) + 1])
+    stops = np.concatenate([starts[1:], [rows.size]])
+    return [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)]
+
+
+def crop_items(cells: CellSet, mask: np.ndarray, max_rows: int) -> list[dict]:
+    """Work items ``{"store", "start", "stop"}`` covering the crops of the rows in ``mask``."""
+    items = []
+    selected = cells.table.loc[mask, ["store", "row"]]
+    for store, group in selected.groupby("store", sort=True):
+        path = cells.stores[int(store)]
+        rows = np.sort(group["row"].to_numpy())
+        items += [{"store": path, "start": a, "stop": b} for a, b in row_ranges(rows, max_rows)]
+    return items
+
+
+def read_rows(cells: CellSet, index: np.ndarray) -> np.ndarray:
+    """Crops (n, S, S) float32 of the table rows ``index`` (positions into ``cells.table``)."""
+    index = np.asarray(index, dtype=np.int64)
+    out = np.empty((len(index), cells.crop_size, cells.crop_size), np.float32)
+    stores = cells.table["store"].to_numpy()[index]
+    rows = cells.table["row"].to_numpy()[index]
+    for store in np.unique(stores):
+        at = np.flatnonzero(stores == store)
+        order = np.argsort(rows[at])
+        array = zarr.open_array(cells.stores[int(store)], mode="r")
+        out[at[order]] = array.oindex[rows[at][order]]
+    return out
+
+
+def iter_crops(
+    cells: CellSet, index: np.ndarray, batch_size: int, device: torch.device | str = "cpu"
+) -> Iterator[torch.Tensor]:
+    """Batches (B, 1, S, S) of the crops of table rows ``index``, in that order."""
+    for start in range(0, len(index), READ_ROWS):
+        block = torch.from_numpy(read_rows(cells, index[start : start + READ_ROWS]))
+        for batch in block.unsqueeze(1).split(batch_size):
+            yield batch.to(device)
+
+
+def refresh_statistics(
+    model: nn.Module, cells: CellSet, mask: np.ndarray, batch_size: int, seed: int = 0
+) -> None:
+    """:func:`lch.model.refresh_batch_norm` over randomly mixed batches of the ``mask`` cells.
+
+    Mixed like the training batches: batches of one movie would underestimate the variances.
+    A batch of one cell (a remainder) is dropped, batch norm cannot use it.
+    """
+    rng = np.random.default_rng(seed)
+    index = np.flatnonzero(mask)
+    index = rng.permutation(index)[:REFRESH_CELLS]
+    device = next(unwrap(model).parameters()).device
+    batches = (b for b in iter_crops(cells, index, batch_size, device) if len(b) > 1)
+    refresh_batch_norm(model, batches)
+
+
+@torch.no_grad()
+def encode(model: nn.Module, cells: CellSet, index: np.ndarray, batch_size: int) -> np.ndarray:
+    """Latent codes (n, D) float32 of the table rows ``index``, model in eval mode."""
+    inner = unwrap(model).eval()
+    device = next(inner.parameters()).device
+    codes = [inner.encode(x).cpu() for x in iter_crops(cells, index, batch_size, device)]
+    return torch.cat(codes).numpy() if codes else np.zeros((0, inner.config.latent_dim), np.float32)
+
+
+@dataclass
+class Evaluation:
+    """The held-out figures of a trained model and the served model built from it."""
+
+    model: LCHModel
+    cell_auc: float
+    train_cell_auc: float
+    population: pd.DataFrame
+    n_train_cells: int
+    n_test_cells: int
+
+    def population_at(self, k: int, metric: str = "accuracy") -> float:
+        """``metric`` (accuracy or auc) of populations of ``k`` cells."""
+        return float(self.population.set_index("k").loc[k, metric])
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names for MLflow: ``heldout_cell_auc``, ``heldout_population_*_k<k>``."""
+        out = {"heldout_cell_auc": self.cell_auc, "train_cell_auc": self.train_cell_auc}
+        for row in self.population.itertuples():
+            out[f"heldout_population_accuracy_k{row.k}"] = float(row.accuracy)
+            out[f"heldout_population_auc_k{row.k}"] = float(row.auc)
+        return out
+
+
+def evaluate(
+    aae: nn.Module,
+    cells: CellSet,
+    split: Split,
+    batch_size: int = 256,
+    ks: Sequence[int] = POPULATION_KS,
+    seed: int = 0,
+) -> Evaluation:
+    """Fit the linear classifier on training patients' codes and score the held-out patients.
+
+    Refreshes the batch-norm statistics (on the autoencoder's training cells) first, so
+    eval-mode codes match what the AAE learned. Populations pool cells of one held-out
+    ``cell_line``.
+
+    Parameters
+    ----------
+    aae : nn.Module
+        The trained :class:`lch.model.AAE` (modified: batch-norm statistics, eval mode).
+    cells, split
+        From :func:`load_cells` and :func:`split_by_patient`.
+    batch_size : int
+        Crops per forward pass.
+    ks : sequence of int
+        Population sizes.
+    seed : int
+        Seed of the refresh sample and the population draws.
+
+    Returns
+    -------
+    Evaluation
+    """
+    refresh_statistics(aae, cells, split.autoencoder, batch_size, seed)
+    train_index, test_index = np.flatnonzero(split.train), np.flatnonzero(split.test)
+    z_train = encode(aae, cells, train_index, batch_size)
+    z_test = encode(aae, cells, test_index, batch_size)
+    y_train, y_test = split.labels[train_index], split.labels[test_index]
+    weight, bias, lda = fit_linear_classifier(z_train, y_train)
+    p_train, p_test = lda.predict_proba(z_train)[:, 1], lda.predict_proba(z_test)[:, 1]
+    groups = cells.table[POPULATION_GROUP].to_numpy()[test_index]
+    return Evaluation(
+        model=LCHModel.from_aae(aae, weight, bias, z_train),
+        cell_auc=cell_auc(p_test, y_test),
+        train_cell_auc=cell_auc(p_train, y_train),
+        population=population_table(p_test, y_test, groups, ks=ks, seed=seed),
+        n_train_cells=len(train_index),
+        n_test_cells=len(test_index),
+    )
+
+
+def reconstruction_grid(crops: np.ndarray, recons: np.ndarray, pad: int = 2) -> np.ndarray:
+    """Crops over their reconstructions: a uint8 image (2 rows of n tiles, white gaps)."""
+    n, side = crops.shape[0], crops.shape[-1]
+    grid = np.full((2 * side + 3 * pad, n * (side + pad) + pad), 255, np.uint8)
+    for row, images in enumerate((crops, recons)):
+        tiles = (np.clip(np.asarray(images).reshape(n, side, side), 0, 1) * 255).round()
+        y = pad + row * (side + pad)
+        for i, tile in enumerate(tiles.astype(np.uint8)):
+            x = pad + i * (side + pad)
+            grid[y : y + side, x : x + side] = tile
+    return grid

@@ -1,0 +1,308 @@
+"""`lch train` on a real local Ray (2 CPU workers) and a real MLflow SQLite store: bad input
+fails before training, a run registers a loadable version, a failed worker resumes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+import torch
+from mlflow import MlflowClient
+
+from lch.cellstore import CELL_SCHEMA, CellStoreWriter, open_cells
+from lch.classify import cell_auc
+from lch.paths import cohort_dir
+from lch.pipelines.cli import main
+from lch.pipelines.ingest import convert_cohort
+from lch.pipelines.segment import segment_cohort
+from lch.pipelines.train import (
+    TrainSettings,
+    build_trainer,
+    cpus_per_worker,
+    crop_dataset,
+    load_trained_aae,
+    prepare,
+    train,
+    train_loop_per_worker,
+)
+from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model
+from lch.synth import make_cohort
+from lch.training import (
+    TrainingInputError,
+    crop_items,
+    evaluate,
+    load_cells,
+    read_rows,
+    reconstruction_grid,
+    row_ranges,
+    split_by_patient,
+)
+
+CROP = 64
+TINY = {"latent_dim": 8, "width": 1 / 16, "batch_size": 16, "epochs": 2, "workers": 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: hand-written cell stores, no Ray, no training
+
+
+def write_cells(home: Path, name: str, patients: list[str], labels: list[str], seed: int = 0):
+    """A cohort with one cell per (patient, label) entry and random crops."""
+    rng = np.random.default_rng(seed)
+    n = len(patients)
+    columns = {f.name: np.zeros(n) for f in CELL_SCHEMA if f.name != "crop_index"}
+    table = pd.DataFrame(columns).assign(
+        cohort=name, movie=[f"{p}-m00" for p in patients], patient=patients,
+        cell_line=patients, label=labels, frame=0, cell_id=np.arange(n),
+        touches_border=False,
+    )
+    for col in ("bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col",
+                "protrusion_count"):
+        table[col] = 0
+    writer = CellStoreWriter(cohort_dir(name, home), CROP)
+    writer.add(table, rng.uniform(0, 1, (n, CROP, CROP)).astype(np.float32))
+    writer.commit()
+
+
+def balanced(n_per_patient: int, patients: dict[str, str]) -> tuple[list[str], list[str]]:
+    ids = [p for p in patients for _ in range(n_per_patient)]
+    return ids, [patients[p] for p in ids]
+
+
+FOUR = {"h1": "high", "h2": "high", "l1": "low", "l2": "low"}
+
+
+@pytest.mark.parametrize(
+    ("patients", "label_of", "message"),
+    [
+        (FOUR, {"h1": "unknown", "h2": "unknown", "l1": "unknown", "l2": "unknown"},
+         "no labelled cells"),
+        (FOUR, {"h1": "high", "h2": "high", "l1": "high", "l2": "high"}, "only one class"),
+        ({"h1": "high", "l1": "low", "l2": "low"}, None, "too few 'high' patients"),
+        (FOUR, {"h1": "high", "h2": "high", "l1": "low", "l2": "medium"}, "unknown label"),
+    ],
+    ids=["no-labels", "one-class", "too-few-patients", "bad-label"],
+)
+def test_unusable_labels_fail_before_training_naming_cohort_and_field(
+    lch_home, patients, label_of, message
+):
+    ids, labels = balanced(5, patients)
+    if label_of is not None:
+        labels = [label_of[p] for p in ids]
+    write_cells(lch_home, "bad", ids, labels)
+    with pytest.raises(TrainingInputError, match=message) as info:
+        prepare(TrainSettings(cohorts=("bad",)))
+    assert "cohort(s) bad, field 'label'" in str(info.value)
+
+
+def test_missing_cohort_and_missing_outputs_are_clear_errors(lch_home, capsys):
+    with pytest.raises(TrainingInputError, match=r"cohort 'nope': not found"):
+        load_cells(["nope"])
+    (lch_home / "cohorts" / "empty").mkdir(parents=True)
+    with pytest.raises(TrainingInputError, match=r"cohort 'empty': .*no segmentation outputs"):
+        load_cells(["empty"])
+    with pytest.raises(TrainingInputError, match="no cohort given"):
+        load_cells([])
+    # The CLI turns it into a message and exit status 2, without a traceback or a Ray start.
+    assert main(["train", "--cohort", "nope"]) == 2
+    assert "error: cohort 'nope': not found" in capsys.readouterr().err
+
+
+def test_settings_and_size_checks(lch_home):
+    ids, labels = balanced(5, FOUR)
+    write_cells(lch_home, "small", ids, labels)
+    write_cells(lch_home, "other", ids, labels)
+    with pytest.raises(TrainingInputError, match="fewer than one batch of 50"):
+        prepare(TrainSettings(cohorts=("small",)))  # 10 cells outside the held-out patients
+    with pytest.raises(TrainingInputError, match="--batch-size 3 is too small for 2 workers"):
+        prepare(TrainSettings(cohorts=("small",), batch_size=3))
+    cells = load_cells(["small", "other", "small"])
+    assert cells.cohorts == ("small", "other") and len(cells.table) == 40
+
+
+def test_split_keeps_held_out_patients_away_from_the_autoencoder(lch_home):
+    ids, labels = balanced(4, FOUR)
+    ids, labels = ids + ["u1"] * 3, labels + ["unknown"] * 3
+    write_cells(lch_home, "split", ids, labels)
+    cells = load_cells(["split"])
+    split = split_by_patient(cells, seed=1)
+    patients = cells.table["patient"].to_numpy()
+    assert len(split.test_patients) == 2
+    assert {labels[ids.index(p)] for p in split.test_patients} == {"high", "low"}
+    assert not set(patients[split.autoencoder]) & set(split.test_patients)
+    assert set(patients[split.test]) == set(split.test_patients)
+    # Unknown-label cells train the autoencoder but never the classifier.
+    assert "u1" in set(patients[split.autoencoder]) and "u1" not in set(patients[split.train])
+    assert split.autoencoder.sum() == 8 + 3 and split.train.sum() == 8
+
+
+def test_row_ranges_items_and_reads(lch_home):
+    assert row_ranges(np.array([0, 1, 2, 5, 6, 7, 8, 9]), 4) == [(0, 3), (5, 8), (8, 10)]
+    assert row_ranges(np.array([], int), 4) == []
+    ids, labels = balanced(10, FOUR)
+    write_cells(lch_home, "rows", ids, labels)
+    cells = load_cells(["rows"])
+    mask = np.zeros(len(cells.table), bool)
+    mask[[1, 2, 3, 4, 20, 21, 39]] = True
+    items = crop_items(cells, mask, max_rows=4)
+    assert [(i["start"], i["stop"]) for i in items] == [(1, 4), (4, 5), (20, 22), (39, 40)]
+    _, crops = open_cells(cohort_dir("rows"))
+    index = np.array([21, 3, 39])
+    np.testing.assert_array_equal(read_rows(cells, index), crops[:][index])
+
+
+def test_cpu_share_leaves_one_cpu_for_the_data_reads():
+    assert cpus_per_worker(2, 2, gpu=False) == 0.5  # the 2-CPU deadlock case
+    assert cpus_per_worker(4, 2, gpu=False) == 0.25
+    assert cpus_per_worker(3, 16, gpu=False) == 5
+    assert cpus_per_worker(1, 16, gpu=True) == 2
+
+
+def test_reconstruction_grid_puts_crops_over_reconstructions():
+    crops = np.zeros((3, 8, 8), np.float32)
+    recons = np.ones((3, 8, 8), np.float32)
+    grid = reconstruction_grid(crops, recons, pad=2)
+    assert grid.shape == (2 * 8 + 6, 3 * 10 + 2) and grid.dtype == np.uint8
+    assert (grid[2:10, 2:10] == 0).all() and (grid[12:20, 2:10] == 255).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Real training
+
+
+@pytest.fixture(scope="module")
+def trained_home(ray_session, tmp_path_factory):
+    """A small segmented cohort (4 patients, 32-px crops) in a data root of its own."""
+    home = tmp_path_factory.mktemp("train-home")
+    source = make_cohort(
+        tmp_path_factory.mktemp("train-src"), name="tiny", patients=4, movies_per_patient=1,
+        frames=4, seed=5,
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LCH_HOME", str(home))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert convert_cohort(source, progress=False).count("ok") == 4
+        segment_cohort("tiny", crop_size=CROP, progress=False)
+        yield home
+
+
+def test_dataset_holds_exactly_the_autoencoder_crops(trained_home):
+    cells, split = prepare(TrainSettings(cohorts=("tiny",), **TINY))
+    rows = crop_dataset(cells, split.autoencoder, seed=0).take_all()
+    got = np.stack([r["crop"] for r in rows])
+    expected = read_rows(cells, np.flatnonzero(split.autoencoder))
+    assert got.shape == expected.shape == (split.autoencoder.sum(), CROP, CROP)
+    # Same crops, shuffled: compare them as sorted fingerprints.
+    key = np.array([0.37, 1.0, 2.3])
+
+    def fingerprints(a):
+        return np.sort(a.reshape(len(a), -1)[:, :3] @ key + a.sum((1, 2)))
+
+    np.testing.assert_allclose(fingerprints(got), fingerprints(expected), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained_home):
+    settings = TrainSettings(cohorts=("tiny",), image_every=1, **TINY)
+    summary = train(settings)
+    ev = summary.evaluation
+    client = MlflowClient()
+
+    # One version, tagged for the promotion gate, with what the summary reported.
+    version = client.get_model_version(REGISTERED_MODEL, summary.model_version)
+    assert version.run_id == summary.run_id
+    assert version.tags["cohorts"] == "tiny" and version.tags["run_id"] == summary.run_id
+    assert version.tags["crop_size"] == str(CROP) and version.tags["latent_dim"] == "8"
+    assert float(version.tags[POPULATION_METRIC_TAG]) == pytest.approx(ev.population_at(20))
+    assert list(ev.population["k"]) == [1, 5, 10, 20, 50]
+
+    # The registered model gives the in-memory model's P(high), and its held-out AUC is the
+    # one reported: encoder and classifier were registered together, not mixed up.
+    loaded = load_lch_model(f"models:/{REGISTERED_MODEL}/{summary.model_version}")
+    cells, split = prepare(settings)
+    test_index = np.flatnonzero(split.test)
+    crops = torch.from_numpy(read_rows(cells, test_index)).unsqueeze(1)
+    with torch.no_grad():
+        p_loaded = loaded(crops).numpy()
+        p_memory = ev.model.cpu()(crops).numpy()
+    np.testing.assert_allclose(p_loaded, p_memory, atol=1e-6)
+    assert cell_auc(p_loaded, split.labels[test_index]) == pytest.approx(ev.cell_auc, abs=1e-6)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{summary.model_version}")
+    np.testing.assert_allclose(pyfunc.predict(crops[:5, 0].numpy()), p_memory[:5], atol=1e-6)
+
+    # The run: parameters from rank 0, one loss value per epoch, images, figure, checkpoint.
+    run = client.get_run(summary.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["aae.latent_dim"] == "8" and run.data.params["world_size"] == "2"
+    assert run.data.params["test_patients"] == ",".join(summary.test_patients)
+    history = client.get_metric_history(summary.run_id, "recon")
+    assert [m.step for m in history] == [1, 2]
+    assert all(0 < m.value < 1 for m in history)
+    assert run.data.metrics["heldout_cell_auc"] == pytest.approx(ev.cell_auc)
+    artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
+    assert {"population_curve.png", "checkpoint", "images"} <= artifacts
+    images = client.list_artifacts(summary.run_id, "images")
+    assert sum(a.path.endswith(".png") for a in images) == 2  # epochs 1 and 2
+    assert summary.samples_per_s > 0 and "held-out population of 20 cells" in summary.format()
+    # Nothing went to ./mlruns or ~/ray_results: all under the data root.
+    assert (trained_home / "mlartifacts").is_dir() and (trained_home / "ray_results").is_dir()
+
+
+def fail_once_after_first_checkpoint(config: dict, marker: str, log: str) -> None:
+    """The production loop, except that world rank 0 dies right after its first report."""
+    import ray.train
+
+    report = ray.train.report
+
+    def report_then_fail(metrics, checkpoint=None, **kwargs):
+        report(metrics, checkpoint=checkpoint, **kwargs)
+        rank = ray.train.get_context().get_world_rank()
+        with open(log, "a") as f:
+            f.write(f"{rank} {metrics['epoch']} {metrics['first_epoch']}\n")
+        if rank == 0 and not os.path.exists(marker):
+            Path(marker).touch()
+            raise RuntimeError("planned worker failure after the first checkpoint")
+
+    ray.train.report = report_then_fail
+    try:
+        train_loop_per_worker(config)
+    finally:
+        ray.train.report = report
+
+
+@pytest.mark.slow
+def test_a_failed_worker_resumes_from_the_last_checkpoint(trained_home, tmp_path):
+    settings = TrainSettings(cohorts=("tiny",), max_failures=1, **{**TINY, "epochs": 3})
+    cells, split = prepare(settings)
+    marker, log = tmp_path / "failed-once", tmp_path / "reports.txt"
+    loop = functools.partial(fail_once_after_first_checkpoint, marker=str(marker), log=str(log))
+    trainer = build_trainer(
+        settings, crop_dataset(cells, split.autoencoder), CROP,
+        storage_path=tmp_path / "ray_results", name="resume", train_loop=loop,
+    )
+    # Train's workers cannot import this test module: ship its functions by value.
+    this_module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(this_module)
+    try:
+        result = trainer.fit()
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(this_module)
+
+    assert marker.exists()
+    rank0 = [line.split() for line in log.read_text().splitlines() if line.startswith("0 ")]
+    # Epoch 1, the failure, then epochs 2 and 3 in a new worker group that started at epoch 2:
+    # from the checkpoint, not from scratch.
+    assert [(int(e), int(first)) for _, e, first in rank0] == [(1, 1), (2, 2), (3, 2)]
+    assert result.metrics["epoch"] == 3 and result.metrics["first_epoch"] == 2
+    per_epoch = (int(split.autoencoder.sum()) // 2 // 8) * 8 * 2  # 2 workers x whole batches
+    assert result.metrics["total_samples"] == 3 * per_epoch
+    aae = load_trained_aae(result.checkpoint, CROP, settings)
+    ev = evaluate(aae, cells, split)
+    assert 0.0 <= ev.cell_auc <= 1.0 and ev.n_test_cells == split.test.sum()
