@@ -136,7 +136,7 @@ def convert_cohort(
     return IngestSummary(manifest.cohort, home, results, time.perf_counter() - started)
 
 
-def _submit(client, *, wait_s: float = 60.0, **job) -> str:
+def _submit(client, *, wait_s: float = 120.0, **job) -> str:
     """Submit a job, waiting while a freshly started head's job agent is not up yet."""
     deadline = time.monotonic() + wait_s
     while True:

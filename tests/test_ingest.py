@@ -161,15 +161,20 @@ def ray_head():
     try:
         from ray.job_submission import JobSubmissionClient
 
-        deadline = time.monotonic() + 90
+        # Ready means the job agent takes a job: the dashboard answers well before that.
+        deadline = time.monotonic() + 240
         while True:
             try:
-                JobSubmissionClient(address).list_jobs()
+                client = JobSubmissionClient(address)
+                job = client.submit_job(entrypoint="true")
                 break
             except Exception:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(1)
+        while not client.get_job_status(job).is_terminal():
+            assert time.monotonic() < deadline, "the warm-up job did not finish"
+            time.sleep(0.5)
         yield address, env
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
