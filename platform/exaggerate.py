@@ -40,7 +40,7 @@ from scipy import stats
 from skimage.transform import resize as _sk_resize
 
 from lch.classify import HIGH, LOW, binary_labels
-from lch.morphology import measure_crop
+from lch.morphology import POSITION_COLUMNS, measure_crop
 
 DEFAULT_SIGMAS: tuple[float, ...] = tuple(float(s) for s in range(-4, 5))
 # Features whose trend with s is reported by default: the planted ones (protrusions, halo)
@@ -55,18 +55,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "eccentricity",
     "body_contrast",
 )
-# Everything measure_crop returns that describes the cell rather than where it sits.
-_POSITION_COLUMNS = frozenset(
-    {
-        "label",
-        "centroid_y",
-        "centroid_x",
-        "bbox_min_row",
-        "bbox_min_col",
-        "bbox_max_row",
-        "bbox_max_col",
-    }
-)
+_POSITION_COLUMNS = frozenset(POSITION_COLUMNS)
 _IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff"})
 # Directional tolerance of the unit direction buffer (float32 round-off).
 _UNIT_TOLERANCE = 1e-3

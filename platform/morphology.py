@@ -46,7 +46,7 @@ RING_WIDTH = 3
 BACKGROUND_GAP = 8
 BACKGROUND_WIDTH = 10
 
-FEATURE_COLUMNS = [
+POSITION_COLUMNS = [
     "label",
     "centroid_y",
     "centroid_x",
@@ -54,6 +54,10 @@ FEATURE_COLUMNS = [
     "bbox_min_col",
     "bbox_max_row",
     "bbox_max_col",
+]
+"""The columns that say where a cell sits rather than what it looks like."""
+FEATURE_COLUMNS = [
+    *POSITION_COLUMNS,
     "area",
     "body_area",
     "perimeter",

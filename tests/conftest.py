@@ -29,6 +29,18 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module: tiny ops on a shared 2-core machine mostly wait on each
+    other's threads, and one thread also fixes the order of float reductions."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def lch_home(tmp_path, monkeypatch):
     """A fresh data root for one test."""

@@ -83,14 +83,6 @@ def synthetic_crops(seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(crops), np.array(labels)
 
 
-@pytest.fixture(scope="module")
-def single_thread():
-    # Tiny ops on a shared 2-core machine; one thread also fixes the float reduction order.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def trained(single_thread):

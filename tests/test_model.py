@@ -164,14 +164,6 @@ def _train(generator_on: bool, steps: int = 200) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def single_thread():
-    # Tiny ops: on a shared 2-core machine, intra-op threads mostly wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def trained(single_thread):
