@@ -3,8 +3,9 @@
 Run: ``.venv/bin/python bench/train.py [--home DIR --cohort NAME] [--epochs 6] [--workers 2]``
 
 Both sides train the same model (``lch train``'s defaults: width 1/8, latent 56, 64-px crops) on
-the same crops (the autoencoder cells of the cohort's patient split) with the same global batch
-(50; the Ray side gives each worker 25 and averages gradients with DDP) for the same epochs.
+the same crops (the autoencoder cells of the cohort's patient split) with the same batch per
+optimizer step (``--batch-size`` per worker x workers: 100 by default; the plain loop takes all
+100 at once, DDP averages the workers' gradients) for the same epochs.
 The Ray side is the production path: crops streamed from a Ray Dataset into
 ``train_loop_per_worker`` (checkpoint every epoch, losses and images logged to a throw-away
 MLflow store). The baseline is a plain loop over
@@ -59,12 +60,13 @@ def plain_loop(settings: TrainSettings, crops: np.ndarray, threads: int) -> tupl
     x_all = torch.from_numpy(crops).unsqueeze(1)
     rng = np.random.default_rng(settings.seed)
     steady_samples, steady_seconds, started = 0, 0.0, time.perf_counter()
+    batch = settings.global_batch()
     for epoch in range(settings.epochs):
         order = torch.from_numpy(rng.permutation(len(x_all)))
         t0, n = time.perf_counter(), 0
-        for i in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
-            aae_train_step(model, optimizers, x_all[order[i : i + settings.batch_size]])
-            n += settings.batch_size
+        for i in range(0, len(order) - batch + 1, batch):
+            aae_train_step(model, optimizers, x_all[order[i : i + batch]])
+            n += batch
         if epoch > 0:  # the first epoch warms up allocators and caches
             steady_samples += n
             steady_seconds += time.perf_counter() - t0
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--cohort", help="an ingested, segmented cohort (default: make one)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=50, help="per worker")
     args = parser.parse_args()
     quiet_environment()
 
@@ -118,7 +120,8 @@ def main() -> None:
         crops = read_rows(cells, np.flatnonzero(split.autoencoder))
         print(
             f"cohort {cohort}: {len(crops)} training crops {crops.shape[1]}x{crops.shape[2]}, "
-            f"global batch {settings.batch_size}, {settings.epochs} epochs, "
+            f"batch per step {settings.global_batch()} ({settings.workers} workers x "
+            f"{settings.batch_size}), {settings.epochs} epochs, "
             f"width {settings.width}, latent {settings.latent_dim}, {os.cpu_count()} cores",
             flush=True,
         )

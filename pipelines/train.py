@@ -4,9 +4,9 @@ Flow (DESIGN.md, step 2):
 
 1. Open the cohorts' cells and split them by patient, before anything starts (bad input fails
    here with a message naming the cohort or field).
-2. Stream the autoencoder's crops (never a held-out patient's) as a Ray Dataset: work items are
-   short row ranges of ``crops.zarr``, shuffled each epoch, read by ``map_batches``.
-3. ``TorchTrainer`` runs :func:`train_loop_per_worker` on N workers: DDP through
+2. Stream the autoencoder's crops (never a held-out patient's) as a Ray Dataset
+   (:mod:`lch.pipelines.train_data`).
+3. ``TorchTrainer`` runs the loop of :mod:`lch.pipelines.train_loop` on N workers: DDP through
    ``prepare_model``, a checkpoint every epoch, resumption from the last one after a failure
    (``FailureConfig``). World rank 0 logs parameters, per-epoch losses, a grid of crops and
    reconstructions, and the final checkpoint to the MLflow run the driver created.
@@ -18,78 +18,60 @@ Flow (DESIGN.md, step 2):
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import ray
 import ray.train
-import ray.train.torch
-import torch
-import torch.distributed as dist
-import zarr
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-from ray.data import RandomSeedConfig
+from mlflow.entities import Param
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from lch.classify import plot_population_curve
-from lch.model import AAE, MODE_AUTOENCODE, AAEConfig, aae_train_step, make_optimizers, unwrap
+from lch.model import AAEConfig
 from lch.paths import lch_home
 from lch.pipelines.runtime import cluster_cpus, init_ray
+from lch.pipelines.train_data import crop_dataset
+from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
 from lch.registry import log_lch_model, tracking_uri, use_tracking
 from lch.training import (
     CellSet,
     Evaluation,
     Split,
     TrainingInputError,
-    crop_items,
     evaluate,
     load_cells,
-    reconstruction_grid,
     split_by_patient,
 )
 
-# Defaults for the CPU demo, chosen on the synthetic demo cohort (2 cores): an eighth of the
-# paper's channels (8..64 for 64-px crops) trains ~850 crops/s per core; lr 1e-3 instead of the
-# paper's 2e-4 because 20 epochs of ~1,200 cells are ~500 steps, not the paper's ~10^5
-# (measured: held-out cell AUC 0.87-0.93 vs 0.83-0.85 at 2e-4, same population accuracy).
+__all__ = [
+    "TrainSettings",
+    "TrainSummary",
+    "TrainingInputError",
+    "build_trainer",
+    "cpus_per_worker",
+    "crop_dataset",
+    "load_trained_aae",
+    "prepare",
+    "train",
+    "train_loop_per_worker",
+]
+
+# Defaults for the CPU demo, chosen on the synthetic demo cohort (2 cores, ~1,200 training
+# cells): an eighth of the paper's channels (8..64 for 64-px crops) trains ~900 crops/s per core;
+# 30 epochs (~350 steps of 2 x 50 crops; the paper ran ~10^5) at lr 5e-4 rather than the paper's
+# 2e-4, too slow for so few steps. Longer (50 epochs) or wider (1/4) models did not separate
+# held-out patients better.
 DEFAULT_WIDTH = 0.125
-DEFAULT_LR = 1e-3
-DEFAULT_EPOCHS = 20
-DEFAULT_BATCH = 50  # the paper's; global, split over the workers
+DEFAULT_LR = 5e-4
+DEFAULT_EPOCHS = 30
+DEFAULT_BATCH = 50  # the paper's; per worker
 DEFAULT_WORKERS = 2
-# Rows per Ray Data work item: divides the cell store's 256-row chunks, so an item decodes one
-# chunk, and gives the per-epoch shuffle of items plenty of pieces to mix.
-ITEM_ROWS = 32
-# Items per read task, and crops mixed in each worker's local shuffle buffer.
-ITEMS_PER_READ = 4
-SHUFFLE_BATCHES = 8
-# Training crops taking at most this share of the object store are read once and kept there.
-CACHE_FRACTION = 0.25
-GRID_CELLS = 8
-# DistributedDataParallel for the three-phase AAE step (lch.model.aae_train_step): each phase
-# uses part of the network, hence find_unused_parameters, and skipping the all-reduce of the
-# unused part saves traffic. Batch-norm buffers are not re-broadcast from rank 0 on every
-# forward: the running statistics are recomputed after training (lch.training.evaluate), and
-# rank 0, whose buffers the checkpoint keeps, has the same ones either way. Gradients as bucket
-# views save a copy per step. Measured on 2 CPU workers: +10-15 % samples/s, parameters
-# bit-identical to the plain find_unused_parameters setting after 5 steps.
-DDP_OPTIONS = {
-    "find_unused_parameters": True,
-    "skip_all_reduce_unused_params": True,
-    "forward_sync_buffers": False,
-    "gradient_as_bucket_view": True,
-}
 GPU_WORKER_CPUS = 2
-CHECKPOINT_FILE = "checkpoint.pt"
-LOSSES = ("recon", "disc", "gen")
 
 
 @dataclass(frozen=True)
@@ -105,9 +87,11 @@ class TrainSettings:
     gpu : bool
         One GPU per worker.
     epochs, batch_size, latent_dim, width, lr
-        Training length, *global* mini-batch (split evenly over the workers, so a run means
-        the same with any worker count), latent dimension, channel multiplier and Adam
-        learning rate (see :class:`lch.model.AAEConfig`).
+        Training length, mini-batch *per worker* (DDP averages the workers' gradients, so a
+        step sees ``batch_size * workers`` crops), latent dimension, channel multiplier and
+        Adam learning rate (see :class:`lch.model.AAEConfig`). Per worker because batch norm
+        normalises over one worker's batch, which so stays the paper's 50 at any worker count
+        (one process trained at 25 separated held-out patients less well than at 50).
     seed : int
         Seed of the patient split, the weights and the population draws.
     image_every : int
@@ -142,7 +126,11 @@ class TrainSettings:
 
     def worker_batch(self) -> int:
         """Mini-batch of one worker."""
-        return self.batch_size // self.workers
+        return self.batch_size
+
+    def global_batch(self) -> int:
+        """Crops per optimizer step, over all workers."""
+        return self.batch_size * self.workers
 
     def check(self) -> None:
         """Raise :class:`TrainingInputError` for settings that cannot train."""
@@ -150,10 +138,9 @@ class TrainSettings:
             raise TrainingInputError(
                 f"--workers and --epochs must be >= 1, got {self.workers} and {self.epochs}"
             )
-        if self.worker_batch() < 2:
+        if self.batch_size < 2:
             raise TrainingInputError(
-                f"--batch-size {self.batch_size} is too small for {self.workers} workers: "
-                "each worker needs at least 2 crops per batch (batch norm)"
+                f"--batch-size must be >= 2 (batch norm needs 2 crops), got {self.batch_size}"
             )
 
 
@@ -179,7 +166,7 @@ class TrainSummary:
             f"  held-out patients {', '.join(self.test_patients)} ({ev.n_test_cells} cells; "
             f"classifier fit on {ev.n_train_cells} cells)",
             f"  held-out cell-level ROC AUC {ev.cell_auc:.3f} (training patients "
-            f"{ev.train_cell_auc:.3f})",
+            f"{ev.train_cell_auc:.3f}; classifier shrinkage {ev.shrinkage})",
             f"  held-out population of 20 cells: accuracy {ev.population_at(20):.3f}, "
             f"ROC AUC {ev.population_at(20, 'auc'):.3f}",
             "  population accuracy by k: "
@@ -192,223 +179,6 @@ class TrainSummary:
 
 # ---------------------------------------------------------------------------------------------
 # Data
-
-
-@cache
-def _open_crops(store: str) -> zarr.Array:
-    """One open array per store per worker process (opening reads its metadata)."""
-    return zarr.open_array(store, mode="r")
-
-
-def read_crop_items(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function: row-range items → ``{"crop": (n, S, S) float32}``."""
-    parts = [
-        _open_crops(str(store))[int(start) : int(stop)]
-        for store, start, stop in zip(batch["store"], batch["start"], batch["stop"], strict=True)
-    ]
-    return {"crop": np.concatenate(parts).astype(np.float32, copy=False)}
-
-
-def _fits_in_memory(n_bytes: int) -> bool:
-    """True if ``n_bytes`` take at most :data:`CACHE_FRACTION` of the object store."""
-    return n_bytes <= CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0)
-
-
-def crop_dataset(
-    cells: CellSet, mask: np.ndarray, seed: int = 0, cache: bool | None = None
-) -> ray.data.Dataset:
-    """The crops of the ``mask`` rows as a Ray Dataset with one column ``crop``.
-
-    Work items (short row ranges) are shuffled, so every block mixes several movies; each pass
-    (epoch) then visits the blocks in a new order, and the workers' local shuffle buffers mix
-    crops across blocks. Only the small items or whole blocks are shuffled, never single crops,
-    which keeps it cheap at any cohort size.
-
-    Parameters
-    ----------
-    cells : CellSet
-    mask : np.ndarray
-        Rows of ``cells.table`` to include.
-    seed : int
-        Seed of the orders (a different order every epoch, the same run after run).
-    cache : bool, optional
-        Read the crops once into the object store (then an epoch costs ~0.1 s of Ray Data
-        overhead instead of ~1 s for re-running the reads on 2 cores). Default: when they take
-        at most :data:`CACHE_FRACTION` of the object store; otherwise they stream from Zarr on
-        every epoch.
-    """
-    items = crop_items(cells, mask, ITEM_ROWS)
-    items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
-    if cache is None:
-        side = cells.crop_size
-        cache = _fits_in_memory(int(mask.sum()) * side * side * 4)
-    every_epoch = RandomSeedConfig(seed=seed, reseed_after_execution=True)
-    ds = ray.data.from_items(items)
-    # The workers print the Train loop's own progress; per-operator bars would flood the log.
-    ds.context.enable_progress_bars = False
-    if cache:
-        ds = ds.map_batches(read_crop_items, batch_size=ITEMS_PER_READ, batch_format="numpy")
-        ds = ds.materialize().randomize_block_order(seed=every_epoch)
-    else:
-        ds = ds.random_shuffle(seed=every_epoch)
-        ds = ds.map_batches(read_crop_items, batch_size=ITEMS_PER_READ, batch_format="numpy")
-    return ds
-
-
-# ---------------------------------------------------------------------------------------------
-# The training loop (runs on every Ray Train worker)
-
-
-def _restore(model: torch.nn.Module) -> dict:
-    """Load the latest checkpoint into ``model`` (bare); return its state or ``{}``."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return {}
-    with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    return state
-
-
-def _global_mean(sums: torch.Tensor, count: int, device: torch.device) -> torch.Tensor:
-    """Sums over this worker's steps → means over every worker's steps."""
-    both = torch.cat([sums, torch.tensor([float(count)])]).to(device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(both)
-    both = both.cpu()
-    return both[:-1] / max(float(both[-1]), 1.0)
-
-
-def _mlflow(config: dict) -> MlflowClient | None:
-    """The tracking client on world rank 0 when the run is tracked, else None."""
-    if config.get("run_id") is None or ray.train.get_context().get_world_rank() != 0:
-        return None
-    return MlflowClient(tracking_uri=config["tracking_uri"])
-
-
-def _log_params(client: MlflowClient, config: dict, world_size: int) -> None:
-    aae = config["aae"]
-    params = {f"aae.{k}": v for k, v in aae.items()}
-    params |= {"epochs": config["epochs"], "world_size": world_size,
-               "worker_batch": config["worker_batch"], "global_batch": config["batch_size"]}
-    client.log_batch(config["run_id"], params=[Param(k, str(v)) for k, v in params.items()])
-
-
-@torch.no_grad()
-def _log_grid(client: MlflowClient, run_id: str, model: torch.nn.Module, crops, epoch: int):
-    inner = unwrap(model)
-    was_training = inner.training
-    inner.eval()
-    recon, _ = inner(crops, mode=MODE_AUTOENCODE)
-    inner.train(was_training)
-    grid = reconstruction_grid(crops.squeeze(1).cpu().numpy(), recon.squeeze(1).cpu().numpy())
-    client.log_image(run_id, grid, key="reconstructions", step=epoch)
-
-
-def _save_checkpoint(folder: Path, model, optimizers, epoch: int, totals: dict) -> None:
-    state = {
-        "model": unwrap(model).state_dict(),
-        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-        "epoch": epoch,
-        **totals,
-    }
-    torch.save(state, folder / CHECKPOINT_FILE)
-
-
-def train_loop_per_worker(config: dict) -> None:
-    """Train the AAE on this worker's shard of ``"train"``; Ray Train calls it on every worker.
-
-    ``config`` (``train_loop_config``): ``aae`` (:meth:`AAEConfig.to_dict`), ``epochs``,
-    ``batch_size`` (global), ``worker_batch``, ``seed``, ``image_every``, and for tracking
-    ``run_id`` and ``tracking_uri`` (``run_id`` None: nothing is logged).
-
-    Every worker runs the same number of steps (the shards are split equally and the last
-    short batch is dropped) and reports once per epoch; rank 0 attaches the checkpoint.
-    """
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    aae_config = AAEConfig.from_dict(config["aae"])
-    torch.manual_seed(config["seed"])
-    model = AAE(aae_config)
-    state = _restore(model)
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=DDP_OPTIONS)
-    optimizers = make_optimizers(model, aae_config)
-    for name, opt in optimizers.items():
-        if name in state.get("optimizers", {}):
-            opt.load_state_dict(state["optimizers"][name])
-    first_epoch = state.get("epoch", 0)
-    totals = {"samples": state.get("samples", 0), "seconds": state.get("seconds", 0.0)}
-    client = _mlflow(config)
-    if client is not None and first_epoch == 0:
-        _log_params(client, config, world_size)
-
-    shard = ray.train.get_dataset_shard("train")
-    epochs = config["epochs"]
-    # An epoch's time runs from the end of the previous report, so the throughput includes
-    # each epoch's checkpoint and logging, not only its steps.
-    started = time.perf_counter()
-    for epoch in range(first_epoch + 1, epochs + 1):
-        sums, steps, preview = _train_epoch(model, optimizers, shard, config, device)
-        seconds = time.perf_counter() - started
-        means = _global_mean(sums, steps, device)
-        samples = steps * config["worker_batch"] * world_size
-        totals = {"samples": totals["samples"] + samples, "seconds": totals["seconds"] + seconds}
-        metrics = {name: float(v) for name, v in zip(LOSSES, means, strict=True)}
-        metrics |= {
-            "epoch": epoch,
-            "first_epoch": first_epoch + 1,
-            "samples_per_s": samples / max(seconds, 1e-9),
-            **{f"total_{k}": v for k, v in totals.items()},
-        }
-        if client is not None:
-            _log_epoch(client, config, model, preview, metrics, epoch)
-        if rank == 0:
-            _report_with_checkpoint(client, config, model, optimizers, metrics, totals)
-        else:
-            ray.train.report(metrics)
-        started = time.perf_counter()
-
-
-def _train_epoch(model, optimizers, shard, config: dict, device) -> tuple:
-    """One pass over this worker's shard: (loss sums, steps, first crops for the preview)."""
-    unwrap(model).train()
-    sums, steps, preview = torch.zeros(len(LOSSES)), 0, None
-    batches = shard.iter_torch_batches(
-        batch_size=config["worker_batch"],
-        dtypes=torch.float32,
-        device=device,
-        drop_last=True,  # every worker takes the same number of steps (DDP)
-        local_shuffle_buffer_size=SHUFFLE_BATCHES * config["worker_batch"],
-    )
-    for batch in batches:
-        x = batch["crop"].unsqueeze(1)
-        losses = aae_train_step(model, optimizers, x)
-        sums += torch.tensor([losses[k] for k in LOSSES])
-        steps += 1
-        if preview is None:
-            preview = x[:GRID_CELLS].detach().clone()
-    return sums, steps, preview
-
-
-def _report_with_checkpoint(client, config, model, optimizers, metrics: dict, totals: dict):
-    """Rank 0's report: the metrics and this epoch's checkpoint (also to MLflow after the last)."""
-    epoch = metrics["epoch"]
-    with tempfile.TemporaryDirectory() as folder:
-        _save_checkpoint(Path(folder), model, optimizers, epoch, totals)
-        if client is not None and epoch == config["epochs"]:
-            client.log_artifacts(config["run_id"], folder, artifact_path="checkpoint")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-
-def _log_epoch(client, config, model, preview, metrics: dict, epoch: int) -> None:
-    now = int(time.time() * 1000)
-    logged = {k: metrics[k] for k in (*LOSSES, "samples_per_s")}
-    client.log_batch(
-        config["run_id"], metrics=[Metric(k, float(v), now, epoch) for k, v in logged.items()]
-    )
-    if preview is not None and (epoch % config["image_every"] == 0 or epoch == config["epochs"]):
-        _log_grid(client, config["run_id"], model, preview, epoch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,7 +232,7 @@ def build_trainer(
     config = {
         "aae": settings.aae_config(crop_size).to_dict(),
         "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
+        "global_batch": settings.global_batch(),
         "worker_batch": settings.worker_batch(),
         "seed": settings.seed,
         "image_every": max(1, settings.image_every),
@@ -486,16 +256,6 @@ def build_trainer(
         ),
         datasets={"train": dataset},
     )
-
-
-def load_trained_aae(checkpoint: ray.train.Checkpoint, crop_size: int, settings) -> AAE:
-    """The AAE of a training checkpoint, on this process's best device."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AAE(settings.aae_config(crop_size))
-    with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    return model.to(device)
 
 
 def _start_run(settings: TrainSettings, cells: CellSet, split: Split) -> str:
@@ -524,6 +284,7 @@ def _finish(run_id: str, evaluation: Evaluation, settings: TrainSettings, extra:
     metrics = evaluation.metrics() | extra
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
+        mlflow.log_param("classifier_shrinkage", evaluation.shrinkage)
         mlflow.log_table(evaluation.population, artifact_file="population.json")
         mlflow.log_figure(plot_population_curve(evaluation.population), "population_curve.png")
         return log_lch_model(
@@ -541,10 +302,11 @@ def prepare(settings: TrainSettings, home: Path | None = None) -> tuple[CellSet,
     cells = load_cells(settings.cohorts, home)
     split = split_by_patient(cells, settings.n_test_per_class, settings.seed)
     n = int(split.autoencoder.sum())
-    if n < settings.batch_size:
+    if n < settings.global_batch():
         raise TrainingInputError(
             f"cohort(s) {', '.join(cells.cohorts)}: {n} cells to train the autoencoder on, "
-            f"fewer than one batch of {settings.batch_size}"
+            f"fewer than one step of {settings.global_batch()} ({settings.workers} workers x "
+            f"{settings.batch_size})"
         )
     return cells, split
 
@@ -574,7 +336,7 @@ def train(
             settings, dataset, cells.crop_size, run_id=run_id, train_loop=train_loop
         )
         result = trainer.fit()
-        aae = load_trained_aae(result.checkpoint, cells.crop_size, settings)
+        aae = load_trained_aae(result.checkpoint, settings.aae_config(cells.crop_size))
         evaluation = evaluate(aae, cells, split, seed=settings.seed)
         train_seconds = float(result.metrics["total_seconds"])
         samples_per_s = float(result.metrics["total_samples"]) / max(train_seconds, 1e-9)

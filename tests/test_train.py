@@ -35,10 +35,13 @@ from lch.pipelines.train import (
 from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model
 from lch.synth import make_cohort
 from lch.training import (
+    SHRINKAGE_GRID,
     TrainingInputError,
     crop_items,
     evaluate,
+    fit_classifier,
     load_cells,
+    patient_pair_folds,
     read_rows,
     reconstruction_grid,
     row_ranges,
@@ -46,7 +49,7 @@ from lch.training import (
 )
 
 CROP = 64
-TINY = {"latent_dim": 8, "width": 1 / 16, "batch_size": 16, "epochs": 2, "workers": 2}
+TINY = {"latent_dim": 8, "width": 1 / 16, "batch_size": 8, "epochs": 2, "workers": 2}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,10 +122,10 @@ def test_settings_and_size_checks(lch_home):
     ids, labels = balanced(5, FOUR)
     write_cells(lch_home, "small", ids, labels)
     write_cells(lch_home, "other", ids, labels)
-    with pytest.raises(TrainingInputError, match="fewer than one batch of 50"):
-        prepare(TrainSettings(cohorts=("small",)))  # 10 cells outside the held-out patients
-    with pytest.raises(TrainingInputError, match="--batch-size 3 is too small for 2 workers"):
-        prepare(TrainSettings(cohorts=("small",), batch_size=3))
+    with pytest.raises(TrainingInputError, match=r"10 cells .* fewer than one step of 100"):
+        prepare(TrainSettings(cohorts=("small",)))  # 2 workers x 50 crops
+    with pytest.raises(TrainingInputError, match="--batch-size must be >= 2"):
+        prepare(TrainSettings(cohorts=("small",), batch_size=1))
     cells = load_cells(["small", "other", "small"])
     assert cells.cohorts == ("small", "other") and len(cells.table) == 40
 
@@ -156,6 +159,42 @@ def test_row_ranges_items_and_reads(lch_home):
     _, crops = open_cells(cohort_dir("rows"))
     index = np.array([21, 3, 39])
     np.testing.assert_array_equal(read_rows(cells, index), crops[:][index])
+
+
+def test_classifier_folds_leave_out_one_patient_of_each_class():
+    patients = np.array(["h1", "h1", "h2", "l1", "l2", "l2", "l3"], dtype=object)
+    y = np.array([1, 1, 1, 0, 0, 0, 0])
+    folds = patient_pair_folds(patients, y)
+    assert len(folds) == 2 * 3
+    for train_index, test_index in folds:
+        held = set(patients[test_index])
+        assert len(held) == 2 and set(y[test_index]) == {0, 1}
+        assert not held & set(patients[train_index])
+        assert len(train_index) + len(test_index) == len(patients)
+    assert len(patient_pair_folds(patients, y, max_folds=4)) == 4
+    assert patient_pair_folds(patients[2:], y[2:]) == []  # one high patient: nothing to leave out
+
+
+def test_classifier_generalises_to_a_new_patient_and_matches_its_weights():
+    rng = np.random.default_rng(0)
+    patients, labels, codes = [], [], []
+    for i, label in enumerate([1, 0, 1, 0, 1, 0]):
+        z = rng.normal(size=(60, 8))
+        z[:, 0] += 1.5 if label else -1.5  # the class signal, shared by every patient
+        z[:, 1] += rng.normal(0, 2)  # a per-patient offset unrelated to the class
+        patients += [f"p{i}"] * 60
+        labels += [label] * 60
+        codes.append(z)
+    z, y, patients = np.concatenate(codes), np.array(labels), np.array(patients, dtype=object)
+    train = ~np.isin(patients, ["p4", "p5"])
+    w, b, estimator, shrinkage = fit_classifier(z[train], y[train], patients[train])
+    assert shrinkage in SHRINKAGE_GRID
+    p = estimator.predict_proba(z[~train])[:, 1]
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-(z[~train] @ w + b))), atol=1e-9)
+    assert cell_auc(p, y[~train]) > 0.9
+    # One patient per class: Ledoit-Wolf's shrinkage, as in lch.classify.
+    pair = np.isin(patients, ["p0", "p1"])
+    assert fit_classifier(z[pair], y[pair], patients[pair])[3] == "auto"
 
 
 def test_cpu_share_leaves_one_cpu_for_the_data_reads():
@@ -193,9 +232,10 @@ def trained_home(ray_session, tmp_path_factory):
         yield home
 
 
-def test_dataset_holds_exactly_the_autoencoder_crops(trained_home):
+@pytest.mark.parametrize("in_memory", [True, False], ids=["cached", "streamed"])
+def test_dataset_holds_exactly_the_autoencoder_crops(trained_home, in_memory):
     cells, split = prepare(TrainSettings(cohorts=("tiny",), **TINY))
-    rows = crop_dataset(cells, split.autoencoder, seed=0).take_all()
+    rows = crop_dataset(cells, split.autoencoder, seed=0, in_memory=in_memory).take_all()
     got = np.stack([r["crop"] for r in rows])
     expected = read_rows(cells, np.flatnonzero(split.autoencoder))
     assert got.shape == expected.shape == (split.autoencoder.sum(), CROP, CROP)
@@ -242,6 +282,8 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     assert run.info.status == "FINISHED"
     assert run.data.params["aae.latent_dim"] == "8" and run.data.params["world_size"] == "2"
     assert run.data.params["test_patients"] == ",".join(summary.test_patients)
+    # One training patient per class: nothing to cross-validate the shrinkage on.
+    assert run.data.params["classifier_shrinkage"] == "auto" == ev.shrinkage
     history = client.get_metric_history(summary.run_id, "recon")
     assert [m.step for m in history] == [1, 2]
     assert all(0 < m.value < 1 for m in history)
@@ -301,8 +343,8 @@ def test_a_failed_worker_resumes_from_the_last_checkpoint(trained_home, tmp_path
     # from the checkpoint, not from scratch.
     assert [(int(e), int(first)) for _, e, first in rank0] == [(1, 1), (2, 2), (3, 2)]
     assert result.metrics["epoch"] == 3 and result.metrics["first_epoch"] == 2
-    per_epoch = (int(split.autoencoder.sum()) // 2 // 8) * 8 * 2  # 2 workers x whole batches
+    per_epoch = (int(split.autoencoder.sum()) // 2 // 8) * 8 * 2  # 2 equal shards, whole batches
     assert result.metrics["total_samples"] == 3 * per_epoch
-    aae = load_trained_aae(result.checkpoint, CROP, settings)
+    aae = load_trained_aae(result.checkpoint, settings.aae_config(CROP))
     ev = evaluate(aae, cells, split)
     assert 0.0 <= ev.cell_auc <= 1.0 and ev.n_test_cells == split.test.sum()
