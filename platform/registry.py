@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import torch
 import yaml
+from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
@@ -173,6 +174,25 @@ def _weights_path(mlmodel: Path) -> str:
         raise ValueError(message) from None
 
 
+def _model_location(uri: str, tracking_uri: str) -> str:
+    """Where the artifacts of ``models:/name/version`` or ``models:/name@alias`` are stored.
+
+    Resolved with a client bound to ``tracking_uri``: MLflow's own ``models:/`` artifact
+    repository asks the process-wide registry URI instead (``./mlflow.db`` when nothing set it),
+    whatever ``registry_uri`` ``download_artifacts`` is given.
+    """
+    name, sep, ref = uri.removeprefix("models:/").rstrip("/").partition("/")
+    if not uri.startswith("models:/"):
+        raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if not sep and "@" in name:
+        name, alias = name.split("@", 1)
+        ref = client.get_model_version_by_alias(name, alias).version
+    elif not sep or not ref:
+        raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return client.get_model_version_download_uri(name, ref).rstrip("/")
+
+
 def load_lch_model(uri: str, tracking_uri: str | None = None) -> LCHModel:
     """Load a registered model from its weights file alone, without unpickling anything.
 
@@ -190,12 +210,15 @@ def load_lch_model(uri: str, tracking_uri: str | None = None) -> LCHModel:
         On CPU, in eval mode.
     """
     tracking_uri = tracking_uri or _current_store()
-    where = {"tracking_uri": tracking_uri, "registry_uri": tracking_uri}
-    base = uri.rstrip("/")
+    base = _model_location(uri, tracking_uri)
     # Two small downloads (MLmodel, then the weights), never the rest of the model folder.
     with tempfile.TemporaryDirectory() as tmp:
-        mlmodel = mlflow.artifacts.download_artifacts(f"{base}/MLmodel", dst_path=tmp, **where)
+        mlmodel = mlflow.artifacts.download_artifacts(
+            f"{base}/MLmodel", dst_path=tmp, tracking_uri=tracking_uri
+        )
         relative = _weights_path(Path(mlmodel))
-        weights = mlflow.artifacts.download_artifacts(f"{base}/{relative}", dst_path=tmp, **where)
+        weights = mlflow.artifacts.download_artifacts(
+            f"{base}/{relative}", dst_path=tmp, tracking_uri=tracking_uri
+        )
         state = torch.load(weights, map_location="cpu", weights_only=True)
     return LCHModel.from_state(state)
