@@ -283,10 +283,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_error(exc: BaseException) -> bool:
+    """An unusable data root or tracking store: the user's environment, not a bug."""
+    from lch.paths import StorageError
+    from lch.registry import TrackingConfigError
+
+    return isinstance(exc, StorageError | TrackingConfigError)
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        if not _setup_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

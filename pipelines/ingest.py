@@ -1,4 +1,8 @@
-"""`lch ingest`: a cohort's movies → OME-Zarr, as Ray tasks (stage A), locally or as a Ray Job."""
+"""`lch ingest`: a cohort's movies → OME-Zarr, as Ray tasks (stage A), locally or as a Ray Job.
+
+The data root may be a local folder or an object-store URL (``LCH_HOME=s3://bucket/prefix``); the
+source movies are always read from a (shared) file system.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,25 @@ from tqdm.auto import tqdm
 
 from lch.conversion import ConversionResult, convert_movie, remove_leftovers
 from lch.manifest import Manifest, MovieEntry, load_manifest
-from lch.paths import cohort_dir, lch_home, movie_store, movies_dir
+from lch.paths import (
+    Location,
+    check_root,
+    cohort_dir,
+    filesystem,
+    is_url,
+    join,
+    lch_home,
+    movie_store,
+    movies_dir,
+    storage_options_from_env,
+)
 from lch.pipelines.runtime import init_ray
 
 MANIFEST_NAME = "manifest.yaml"
+# Passed on to a submitted job when set here. Not the S3 secrets: a job's runtime_env is shown
+# by the dashboard, and the cluster's pods get credentials their own way (secret, role).
+JOB_ENV = ("LCH_HOME", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION",
+           "AWS_REGION")
 
 
 @dataclass
@@ -27,7 +46,7 @@ class IngestSummary:
     """The outcome of one ingestion: one result per manifest entry."""
 
     cohort: str
-    data_root: Path
+    data_root: Location
     results: list[ConversionResult] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -70,10 +89,13 @@ def _provenance(manifest: Manifest, movie: MovieEntry) -> dict:
 
 
 @ray.remote(num_cpus=1, max_retries=3)
-def _convert_task(source: str, dest: str, movie: str, provenance: dict, px, dt) -> ConversionResult:
+def _convert_task(
+    source: str, dest: str, movie: str, provenance: dict, px, dt, storage_options: dict
+) -> ConversionResult:
     # max_retries covers a worker or node dying; user errors come back as "failed" results.
     return convert_movie(
-        source, dest, movie=movie, provenance=provenance, pixel_size_um=px, frame_interval_s=dt
+        source, dest, movie=movie, provenance=provenance, pixel_size_um=px, frame_interval_s=dt,
+        storage_options=storage_options,
     )
 
 
@@ -87,23 +109,31 @@ def _gather(refs: list, progress: bool) -> list[ConversionResult]:
     return results
 
 
-def _store_manifest(manifest: Manifest, results: list[ConversionResult], home: Path) -> None:
-    """Record the entries now stored, merged with those stored by earlier runs (atomic write)."""
-    target = cohort_dir(manifest.cohort, home) / MANIFEST_NAME
+def _store_manifest(
+    manifest: Manifest, results: list[ConversionResult], home: Location, options: dict
+) -> None:
+    """Record the entries now stored, merged with those stored by earlier runs (atomic write:
+    a rename locally, a single-object write on an object store)."""
+    fs, target = filesystem(join(cohort_dir(manifest.cohort, home), MANIFEST_NAME), options)
     stored = {}
-    if target.exists():
-        stored = {m["id"]: m for m in (yaml.safe_load(target.read_text()) or {}).get("movies", [])}
+    if fs.exists(target):
+        text = fs.cat_file(target).decode()
+        stored = {m["id"]: m for m in (yaml.safe_load(text) or {}).get("movies", [])}
     landed = {r.movie for r in results if r.status in ("ok", "skipped")}
     for entry in manifest.to_dict()["movies"]:
         if entry["id"] in landed:
             stored[entry["id"]] = entry
-    tmp = target.with_name(f".{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(yaml.safe_dump({"cohort": manifest.cohort, "movies": list(stored.values())}))
+    text = yaml.safe_dump({"cohort": manifest.cohort, "movies": list(stored.values())})
+    if is_url(home):
+        fs.pipe_file(target, text.encode())
+        return
+    tmp = Path(target).with_name(f".{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
     os.replace(tmp, target)
 
 
 def convert_cohort(
-    manifest_path: str | Path, *, home: Path | None = None, progress: bool = True
+    manifest_path: str | Path, *, home: Location | None = None, progress: bool = True
 ) -> IngestSummary:
     """Stage A: validate the manifest and convert every movie to OME-Zarr in parallel Ray tasks.
 
@@ -111,13 +141,18 @@ def convert_cohort(
     ------
     lch.manifest.ManifestError
         If the manifest as a whole is unusable; bad single entries are reported as failures.
+    lch.paths.StorageError
+        If the data root is an object store that cannot be reached or has no such bucket.
     """
     manifest = load_manifest(manifest_path)
     home = home or lch_home()
+    options = storage_options_from_env(home)
+    check_root(home, options)
     started = time.perf_counter()
     folder = movies_dir(manifest.cohort, home)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(folder)
+    if not is_url(folder):  # an object store has no folders to create
+        folder.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(folder, options)
     init_ray()
     refs = [
         _convert_task.remote(
@@ -127,12 +162,15 @@ def convert_cohort(
             _provenance(manifest, m),
             m.pixel_size_um,
             m.frame_interval_s,
+            options,
         )
         for m in manifest.movies
     ]
     results = _gather(refs, progress)
+    # An attempt lost with its node (then retried elsewhere) leaves its write-aside store.
+    remove_leftovers(folder, options)
     results += [ConversionResult(e.movie, "failed", message=e.message) for e in manifest.errors]
-    _store_manifest(manifest, results, home)
+    _store_manifest(manifest, results, home, options)
     return IngestSummary(manifest.cohort, home, results, time.perf_counter() - started)
 
 
@@ -152,8 +190,9 @@ def submit_ingest_job(manifest_path: str | Path, address: str, *, extra_args: li
     """Run ``lch ingest`` on the cluster at ``address`` through the Ray Jobs API.
 
     The manifest and the movies must be readable at the same absolute paths on the cluster
-    (a shared file system). ``LCH_HOME`` is passed on only if it is set here, as written (a
-    local default would mean nothing on the cluster). Logs are followed until the job ends.
+    (a shared file system). ``LCH_HOME`` (and the S3 endpoint and region of :data:`JOB_ENV`) are
+    passed on only if set here, as written (a local default would mean nothing on the cluster).
+    Logs are followed until the job ends.
     Returns 0 if the job succeeded.
     """
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -164,7 +203,7 @@ def submit_ingest_job(manifest_path: str | Path, address: str, *, extra_args: li
     job_id = _submit(
         client,
         entrypoint=entrypoint,
-        runtime_env={"env_vars": {k: os.environ[k] for k in ("LCH_HOME",) if k in os.environ}},
+        runtime_env={"env_vars": {k: os.environ[k] for k in JOB_ENV if k in os.environ}},
         submission_id=f"lch-ingest-{uuid.uuid4().hex[:12]}",
     )
     print(f"submitted Ray job {job_id} to {address}: {entrypoint}", flush=True)

@@ -1,10 +1,19 @@
-"""Starting or joining Ray, sized for the machine it runs on."""
+"""Starting or joining Ray, sized for the machine it runs on; a local multi-node cluster."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import ray
+
+if TYPE_CHECKING:
+    from ray.cluster_utils import Cluster
 
 # Defaults that keep Ray and MLflow from writing outside the project or phoning home;
 # a user's own setting of any of them wins.
@@ -56,3 +65,72 @@ def init_ray(address: str | None = None, **kwargs) -> None:
 def cluster_cpus() -> int:
     """Whole CPUs the joined cluster offers (at least 1)."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def local_cluster(
+    workers: int = 2,
+    *,
+    cpus_per_worker: float = 1,
+    head_cpus: float = 0,
+    dashboard: bool = False,
+    object_store_mb: int = 150,
+) -> Iterator[Cluster]:
+    """A multi-node Ray cluster on this machine (Ray's own ``ray.cluster_utils.Cluster``).
+
+    For tests and benchmarks of cluster mode: a head node and ``workers`` worker nodes, each a
+    raylet with its own object store and worker processes, as on separate machines. Join it
+    with ``init_ray(cluster.address)`` (or ``$RAY_ADDRESS``); :func:`ray.shutdown` and the
+    nodes' teardown happen on exit.
+
+    Parameters
+    ----------
+    workers : int
+        Worker nodes to add.
+    cpus_per_worker, head_cpus : float
+        Logical CPUs of each worker node and of the head (0: tasks never run on the head, as
+        on a cluster whose head only coordinates).
+    dashboard : bool
+        Start the dashboard (needed by the state API, ``ray.util.state``) on a free port of
+        127.0.0.1.
+    object_store_mb : int
+        Object store of each node.
+    """
+    from ray.cluster_utils import Cluster
+
+    quiet_environment()
+    # Cluster records its head's address in <RAY_TMPDIR>/ray/ray_current_cluster, where any
+    # plain ray.init() on this machine would find and join it: keep that file, the sessions and
+    # their unix sockets in a short folder of our own.
+    temp_root = tempfile.mkdtemp(prefix="lchc", dir="/tmp")
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_root
+    store = object_store_mb << 20
+    # The default ports may be held by another Ray instance on this machine (the workers'
+    # agents get free ones from Cluster itself).
+    head = {
+        "num_cpus": head_cpus, "object_store_memory": store, "include_dashboard": dashboard,
+        "dashboard_port": _free_port(), "dashboard_agent_listen_port": _free_port(),
+    }
+    cluster = None
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        for _ in range(workers):
+            cluster.add_node(num_cpus=cpus_per_worker, object_store_memory=store)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()  # a driver left connected would wait on the dead nodes
+        if cluster is not None:
+            cluster.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = previous
+        shutil.rmtree(temp_root, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,16 @@ from lch.cells import DEFAULT_CROP_SIZE, frame_cells
 from lch.cellstore import CellStoreWriter
 from lch.morphology import FEATURE_COLUMNS
 from lch.omezarr import open_movie, read_provenance
-from lch.paths import cohort_dir, lch_home, movies_dir
+from lch.paths import (
+    Location,
+    check_root,
+    cohort_dir,
+    filesystem,
+    is_url,
+    lch_home,
+    movies_dir,
+    storage_options_from_env,
+)
 from lch.pipelines.runtime import cluster_cpus, init_ray
 
 FRAMES_PER_BATCH = 4
@@ -68,18 +76,22 @@ def _marker(movie: str, frame: int, reason: str, crop_size: int) -> tuple[pd.Dat
 class FrameSegmenter:
     """Ray Data callable class: a batch of (store, movie, frame) items → one row per cell.
 
-    Stores stay open across batches (the actor's state). Every cell of every frame comes back,
-    dropped ones with their reason; a frame that yields no cell comes back as one marker row
+    Stores stay open across batches (the actor's state); ``storage_options`` reach stores on an
+    object store (the actor's environment is not the driver's). Every cell of every frame comes
+    back, dropped ones with their reason; a frame that yields no cell comes back as one marker row
     (``label == -1``) whose ``drop_reason`` says why, so the driver can count it.
     """
 
-    def __init__(self, crop_size: int = DEFAULT_CROP_SIZE) -> None:
+    def __init__(
+        self, crop_size: int = DEFAULT_CROP_SIZE, storage_options: dict | None = None
+    ) -> None:
         self.crop_size = crop_size
+        self.storage_options = storage_options
         self._arrays: dict[str, object] = {}
 
     def _frame(self, store: str, t: int) -> np.ndarray:
         if store not in self._arrays:
-            self._arrays[store] = open_movie(store)
+            self._arrays[store] = open_movie(store, self.storage_options)
         return self._arrays[store][t, 0]
 
     def _cells(self, store: str, movie: str, t: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -111,18 +123,28 @@ class FrameSegmenter:
         return columns
 
 
-def _movie_items(cohort: str, home: Path, summary: SegmentSummary) -> tuple[list, dict]:
+def _stores(folder: Location, options: dict) -> list[tuple[str, Location]]:
+    """``(movie, store)`` for every ``<movie>.ome.zarr`` in ``folder``, hidden ones aside."""
+    if is_url(folder):
+        fs, root = filesystem(folder, options)
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+        found = [(n, f"{folder}/{n}") for n in names if n.endswith(".ome.zarr")]
+    else:
+        found = [(p.name, p) for p in folder.glob("*.ome.zarr")]
+    return sorted((n.removesuffix(".ome.zarr"), s) for n, s in found if not n.startswith("."))
+
+
+def _movie_items(
+    cohort: str, home: Location, summary: SegmentSummary, options: dict
+) -> tuple[list, dict]:
     """One work item per frame of every readable stored movie; failures go in the summary."""
     items, meta = [], {}
-    folder = movies_dir(cohort, home)
-    stores = sorted(p for p in folder.glob("*.ome.zarr") if not p.name.startswith("."))
-    for store in stores:
-        movie = store.name.removesuffix(".ome.zarr")
-        provenance = read_provenance(store)
+    for movie, store in _stores(movies_dir(cohort, home), options):
+        provenance = read_provenance(store, options)
         try:
             if provenance is None:
                 raise ValueError("missing or unreadable OME-Zarr metadata")
-            frames = open_movie(store).shape[0]
+            frames = open_movie(store, options).shape[0]
         except Exception as exc:
             summary.movies_failed[movie] = f"{store}: cannot open store ({exc})"
             continue
@@ -159,7 +181,7 @@ def _table(block: dict[str, np.ndarray], kept: np.ndarray, meta: dict) -> pd.Dat
 def segment_cohort(
     cohort: str,
     *,
-    home: Path | None = None,
+    home: Location | None = None,
     crop_size: int = DEFAULT_CROP_SIZE,
     frames_per_batch: int = FRAMES_PER_BATCH,
     progress: bool = True,
@@ -170,26 +192,31 @@ def segment_cohort(
     ------
     FileNotFoundError
         If the cohort has no stored movies folder.
+    lch.paths.StorageError
+        If the data root is an object store that cannot be reached or has no such bucket.
     """
     home = home or lch_home()
-    if not movies_dir(cohort, home).is_dir():
+    options = storage_options_from_env(home)
+    check_root(home, options)
+    fs, movies = filesystem(movies_dir(cohort, home), options)
+    if not fs.isdir(movies):
         raise FileNotFoundError(
             f"{cohort_dir(cohort, home)}: no ingested movies for cohort {cohort!r}"
         )
     started = time.perf_counter()
     summary = SegmentSummary(cohort)
-    items, meta = _movie_items(cohort, home, summary)
+    items, meta = _movie_items(cohort, home, summary, options)
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # crop indices are reproducible run to run
     ctx.enable_progress_bars = progress
-    writer = CellStoreWriter(cohort_dir(cohort, home), crop_size)
+    writer = CellStoreWriter(cohort_dir(cohort, home), crop_size, options)
     try:
         if items:
             ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // frames_per_batch))
             ds = ds.map_batches(
                 FrameSegmenter,
-                fn_constructor_kwargs={"crop_size": crop_size},
+                fn_constructor_kwargs={"crop_size": crop_size, "storage_options": options},
                 batch_size=frames_per_batch,
                 compute=ray.data.ActorPoolStrategy(size=min(cluster_cpus(), len(items))),
                 num_cpus=1,

@@ -18,12 +18,14 @@ Flow (DESIGN.md, step 2):
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import ray
 import ray.train
 from mlflow import MlflowClient
@@ -32,8 +34,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from lch.classify import plot_population_curve
+from lch.exaggerate import exaggerate, pick_cells, spearman_table, write_report
 from lch.model import AAEConfig
-from lch.paths import lch_home
+from lch.paths import join, lch_home, pyarrow_filesystem
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pipelines.train_data import crop_dataset
 from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
@@ -45,6 +48,7 @@ from lch.training import (
     TrainingInputError,
     evaluate,
     load_cells,
+    read_rows,
     split_by_patient,
 )
 
@@ -72,6 +76,9 @@ DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 50  # the paper's; per worker
 DEFAULT_WORKERS = 2
 GPU_WORKER_CPUS = 2
+# Held-out cells in the exaggeration report logged with every run (artifact folder below).
+REPORT_CELLS = 8
+REPORT_FOLDER = "exaggeration"
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,9 @@ class TrainSettings:
         Worker-group failures to recover from (from the last checkpoint).
     n_test_per_class : int
         Patients of each class held out.
+    placement_strategy : str
+        How Ray places the workers: "PACK" (fewest nodes: GPUs of one machine talk fastest)
+        or "SPREAD" (one per node while nodes last: CPU workers each get a node's cores).
     """
 
     cohorts: tuple[str, ...]
@@ -114,6 +124,7 @@ class TrainSettings:
     image_every: int = 5
     max_failures: int = 2
     n_test_per_class: int = 1
+    placement_strategy: str = "PACK"
 
     def aae_config(self, crop_size: int) -> AAEConfig:
         return AAEConfig(
@@ -220,7 +231,7 @@ def build_trainer(
         Side of the crops.
     run_id : str, optional
         MLflow run that world rank 0 logs to (at :func:`lch.registry.tracking_uri`).
-    storage_path : path, optional
+    storage_path : path or URL, optional
         Where Ray Train keeps checkpoints; default ``$LCH_HOME/ray_results``.
     name : str, optional
         The Ray Train run name (a folder under ``storage_path``); default from ``run_id``.
@@ -239,7 +250,8 @@ def build_trainer(
         "run_id": run_id,
         "tracking_uri": tracking_uri() if run_id else None,
     }
-    storage = Path(storage_path) if storage_path else lch_home() / "ray_results"
+    # A URL root (s3://...) goes to Ray Train as a pyarrow file system plus a bare path.
+    storage, storage_fs = pyarrow_filesystem(storage_path or join(lch_home(), "ray_results"))
     return TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -247,10 +259,12 @@ def build_trainer(
             num_workers=settings.workers,
             use_gpu=settings.gpu,
             resources_per_worker={"CPU": cpus},
+            placement_strategy=settings.placement_strategy,
         ),
         run_config=RunConfig(
             name=name or f"lch-train-{(run_id or 'untracked')[:12]}",
-            storage_path=str(storage),
+            storage_path=storage,
+            storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=settings.max_failures),
         ),
@@ -279,14 +293,40 @@ def _start_run(settings: TrainSettings, cells: CellSet, split: Split) -> str:
     return run.info.run_id
 
 
-def _finish(run_id: str, evaluation: Evaluation, settings: TrainSettings, extra: dict) -> str:
-    """Log the held-out figures and register the model in the training run; return the version."""
+def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed: int) -> None:
+    """Exaggerate held-out cells (half high, half low) with the new model; log the montage, the
+    morphology table and the Spearman trends to the active run, and each rho as a metric."""
+    held_out = np.flatnonzero(split.test)
+    rows = pick_cells(
+        cells.table.iloc[held_out].assign(position=held_out), REPORT_CELLS, seed, column="position"
+    )
+    ids = [f"{cells.table['patient'].iloc[r]} cell {r}" for r in rows]
+    result = exaggerate(evaluation.model, read_rows(cells, rows), cells=ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(result, tmp)
+        mlflow.log_artifacts(tmp, artifact_path=REPORT_FOLDER)
+    trends = spearman_table(result.table).dropna(subset=["rho"])
+    rhos = dict(zip(trends.feature, trends.rho, strict=True))
+    mlflow.log_metrics({f"exaggeration_rho_{feature}": rho for feature, rho in rhos.items()})
+
+
+def _finish(
+    run_id: str,
+    evaluation: Evaluation,
+    settings: TrainSettings,
+    extra: dict,
+    cells: CellSet,
+    split: Split,
+) -> str:
+    """Log the held-out figures and the exaggeration report, and register the model in the
+    training run; return the version."""
     metrics = evaluation.metrics() | extra
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
         mlflow.log_param("classifier_shrinkage", evaluation.shrinkage)
         mlflow.log_table(evaluation.population, artifact_file="population.json")
         mlflow.log_figure(plot_population_curve(evaluation.population), "population_curve.png")
+        _log_exaggeration(evaluation, cells, split, settings.seed)
         return log_lch_model(
             evaluation.model,
             cohorts=list(settings.cohorts),
@@ -326,6 +366,7 @@ def train(
         If training failed more than ``settings.max_failures`` times (the run is marked failed).
     """
     started = time.perf_counter()
+    tracking_uri()  # no usable tracking store (a URL LCH_HOME alone) fails before any reading
     cells, split = prepare(settings)
     run_id = _start_run(settings, cells, split)
     client = MlflowClient()
@@ -341,7 +382,7 @@ def train(
         train_seconds = float(result.metrics["total_seconds"])
         samples_per_s = float(result.metrics["total_samples"]) / max(train_seconds, 1e-9)
         extra = {"train_samples_per_s": samples_per_s, "train_seconds": train_seconds}
-        version = _finish(run_id, evaluation, settings, extra)
+        version = _finish(run_id, evaluation, settings, extra, cells, split)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -6,6 +6,7 @@ them in ``map_batches`` (Ray Data's own ``read_zarr`` reads Zarr v2 only).
 
 from __future__ import annotations
 
+import json
 from functools import cache
 
 import numpy as np
@@ -13,6 +14,7 @@ import ray
 import zarr
 from ray.data import RandomSeedConfig
 
+from lch.paths import zarr_store
 from lch.training import CellSet, crop_items
 
 # Rows per work item: divides the cell store's 256-row chunks, so an item decodes one chunk,
@@ -24,15 +26,25 @@ CACHE_FRACTION = 0.25
 
 
 @cache
-def _open_crops(store: str) -> zarr.Array:
-    """One open array per store per worker process (opening reads its metadata)."""
-    return zarr.open_array(store, mode="r")
+def _open_crops(store: str, options: str) -> zarr.Array:
+    """One open array per store per worker process (opening reads its metadata).
+
+    ``options`` are the fsspec storage options as JSON (a hashable cache key).
+    """
+    return zarr.open_array(zarr_store(store, json.loads(options), read_only=True), mode="r")
 
 
-def read_crop_items(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function: row-range items → ``{"crop": (n, S, S) float32}``."""
+def read_crop_items(
+    batch: dict[str, np.ndarray], storage_options: dict | None = None
+) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function: row-range items → ``{"crop": (n, S, S) float32}``.
+
+    ``storage_options`` open stores on an object store (a Ray worker's environment is not the
+    driver's); None takes them from the worker's environment.
+    """
+    options = json.dumps(storage_options, sort_keys=True)
     parts = [
-        _open_crops(str(store))[int(start) : int(stop)]
+        _open_crops(str(store), options)[int(start) : int(stop)]
         for store, start, stop in zip(batch["store"], batch["start"], batch["stop"], strict=True)
     ]
     return {"crop": np.concatenate(parts).astype(np.float32, copy=False)}
@@ -72,13 +84,18 @@ def crop_dataset(
         side = cells.crop_size
         in_memory = _fits_in_memory(int(mask.sum()) * side * side * 4)
     every_epoch = RandomSeedConfig(seed=seed, reseed_after_execution=True)
+    read = {"fn_kwargs": {"storage_options": cells.storage_options}}
     ds = ray.data.from_items(items)
     # The workers print the Train loop's own progress; per-operator bars would flood the log.
     ds.context.enable_progress_bars = False
     if in_memory:
-        ds = ds.map_batches(read_crop_items, batch_size=ITEMS_PER_READ, batch_format="numpy")
+        ds = ds.map_batches(
+            read_crop_items, batch_size=ITEMS_PER_READ, batch_format="numpy", **read
+        )
         ds = ds.materialize().randomize_block_order(seed=every_epoch)
     else:
         ds = ds.random_shuffle(seed=every_epoch)
-        ds = ds.map_batches(read_crop_items, batch_size=ITEMS_PER_READ, batch_format="numpy")
+        ds = ds.map_batches(
+            read_crop_items, batch_size=ITEMS_PER_READ, batch_format="numpy", **read
+        )
     return ds

@@ -4,6 +4,11 @@ Row ``i`` of the table is crop ``i``. Both are written aside while the segmentat
 committed by rename at the end, so a re-run replaces them whole. Both carry the same run id
 (Parquet key-value metadata and the Zarr attributes): :func:`open_cells` refuses a pair from two
 different runs, so a reader can never mix old rows with new crops.
+
+The cohort folder may be an object-store URL. There, the crops are committed by an ordered copy
+with their metadata last (:func:`lch.paths.commit_aside`) and the table by a copy of one object,
+which replaces it whole: in between, :func:`open_cells` sees new crops with old rows and refuses
+them by their run ids, exactly the check that guards local readers.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec
+
+from lch.paths import Location, commit_aside, filesystem, is_url, join, zarr_store
 
 CELLS_FILE = "cells.parquet"
 CROPS_STORE = "crops.zarr"
@@ -50,6 +57,7 @@ CELL_SCHEMA = pa.schema(
         ("solidity", _F),
         ("protrusion_count", _I),
         ("protrusion_length", _F),
+        ("protrusion_reach", _F),
         ("mean_intensity", _F),
         ("background", _F),
         ("body_contrast", _F),
@@ -70,20 +78,27 @@ class CellStoreWriter:
 
     Parameters
     ----------
-    folder : Path
-        The cohort folder (``cohorts/<cohort>``).
+    folder : Path or str
+        The cohort folder (``cohorts/<cohort>``), local or a URL.
     crop_size : int
         Side of the square crops.
+    storage_options : dict, optional
+        fsspec options for a URL ``folder``; default from the environment.
     """
 
-    def __init__(self, folder: Path, crop_size: int) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self, folder: Location, crop_size: int, storage_options: dict | None = None
+    ) -> None:
+        self.folder = folder if is_url(folder) else Path(folder)
+        self._options = storage_options
+        self._fs, _ = filesystem(self.folder, storage_options)
+        if not is_url(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.run_id = uuid.uuid4().hex
-        self._tmp_cells = self.folder / f".tmp-{self.run_id}-{CELLS_FILE}"
-        self._tmp_crops = self.folder / f".tmp-{self.run_id}-{CROPS_STORE}"
+        self._tmp_cells = join(self.folder, f".tmp-{self.run_id}-{CELLS_FILE}")
+        self._tmp_crops = join(self.folder, f".tmp-{self.run_id}-{CROPS_STORE}")
         self._crops = zarr.create_array(
-            str(self._tmp_crops),
+            zarr_store(self._tmp_crops, storage_options),
             shape=(0, crop_size, crop_size),
             chunks=(CROP_CHUNK_ROWS, crop_size, crop_size),
             dtype="float32",
@@ -95,8 +110,18 @@ class CellStoreWriter:
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._schema = CELL_SCHEMA.with_metadata({RUN_KEY: self.run_id})
-        self._writer = pq.ParquetWriter(self._tmp_cells, self._schema)
+        self._writer = pq.ParquetWriter(
+            self._path(self._tmp_cells), self._schema, filesystem=self._arrow_fs()
+        )
         self.rows = 0
+
+    def _path(self, location: Location) -> str:
+        """``location`` as a path within :attr:`_fs`."""
+        return filesystem(location, self._options)[1]
+
+    def _arrow_fs(self):
+        """The file system for pyarrow: None (its own) locally, else the fsspec one."""
+        return self._fs if is_url(self.folder) else None
 
     def add(self, table: pd.DataFrame, crops: np.ndarray) -> None:
         """Append rows (the columns of :data:`CELL_SCHEMA` but ``crop_index``, which is
@@ -130,12 +155,24 @@ class CellStoreWriter:
         """Finish both files and move them into place (replacing the previous outputs)."""
         self._flush(whole_chunks=False)
         self._writer.close()
+        if is_url(self.folder):
+            path = self._path
+            commit_aside(self._fs, path(self._tmp_crops), path(join(self.folder, CROPS_STORE)))
+            self._fs.mv(path(self._tmp_cells), path(join(self.folder, CELLS_FILE)))
+            return
         _replace(self._tmp_crops, self.folder / CROPS_STORE)
         _replace(self._tmp_cells, self.folder / CELLS_FILE)
 
     def abort(self) -> None:
         """Remove what was written; the previous outputs stay as they were."""
         self._writer.close()
+        if is_url(self.folder):
+            for location in (self._tmp_crops, self._tmp_cells):
+                try:
+                    self._fs.rm(self._path(location), recursive=True)
+                except Exception:  # cleanup must not hide the error that caused it
+                    pass
+            return
         shutil.rmtree(self._tmp_crops, ignore_errors=True)
         self._tmp_cells.unlink(missing_ok=True)
 
@@ -150,20 +187,32 @@ def _replace(new: Path, target: Path) -> None:
         os.replace(new, target)
 
 
-def open_cells(folder: str | Path) -> tuple[pd.DataFrame, zarr.Array]:
+def open_cells(
+    folder: Location, storage_options: dict | None = None
+) -> tuple[pd.DataFrame, zarr.Array]:
     """Open a cohort's cell table and crops, checking they come from the same run.
+
+    Parameters
+    ----------
+    folder : Path or str
+        The cohort folder, local or a URL.
+    storage_options : dict, optional
+        fsspec options for a URL ``folder``; default from the environment.
 
     Raises
     ------
     CellStoreError
         If either is missing, or they were written by different runs.
     """
-    folder = Path(folder)
-    cells, crops_path = folder / CELLS_FILE, folder / CROPS_STORE
-    if not cells.exists() or not crops_path.exists():
+    folder = folder if is_url(folder) else Path(folder)
+    fs, root = filesystem(folder, storage_options)
+    cells = f"{root}/{CELLS_FILE}"
+    # The crops' metadata is written last when they are committed: without it there are none.
+    if not fs.exists(cells) or not fs.exists(f"{root}/{CROPS_STORE}/zarr.json"):
         raise CellStoreError(f"{folder}: no segmentation outputs (run `lch segment` first)")
-    table = pq.read_table(cells)
-    crops = zarr.open_array(str(crops_path), mode="r")
+    table = pq.read_table(cells, filesystem=fs if is_url(folder) else None)
+    store = zarr_store(join(folder, CROPS_STORE), storage_options, read_only=True)
+    crops = zarr.open_array(store, mode="r")
     run = (table.schema.metadata or {}).get(RUN_KEY.encode(), b"").decode()
     if run != crops.attrs.get(RUN_KEY) or len(table) != crops.shape[0]:
         raise CellStoreError(

@@ -4,6 +4,11 @@ The store is written aside (``.tmp-<movie>-<uuid>`` in the same folder) and comm
 rename, so a reader never sees a half-written movie and a killed run leaves only a hidden folder
 that the next run removes. The source's SHA-256 is stored in the provenance: converting the same
 file again is a no-op.
+
+On an object store (``dest`` a URL) there is no rename: the store is still written aside, then
+copied into place with its group metadata last (:func:`lch.paths.commit_aside`). That metadata
+holds the provenance, so the completeness test of readers and the idempotency test are one and
+the same: a store without it (a commit killed half-way) is neither read nor skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from lch.omezarr import (
     store_bytes,
     write_frames,
 )
+from lch.paths import Location, commit_aside, filesystem, is_committed, is_url
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
@@ -45,13 +51,20 @@ class ConversionResult:
         return asdict(self)
 
 
-def _aside(dest: Path, prefix: str) -> Path:
-    return dest.parent / f"{prefix}{dest.name}-{uuid.uuid4().hex[:8]}"
+def _aside(dest: Location, prefix: str) -> Location:
+    tag = uuid.uuid4().hex[:8]
+    if is_url(dest):
+        parent, name = str(dest).rsplit("/", 1)
+        return f"{parent}/{prefix}{name}-{tag}"
+    return dest.parent / f"{prefix}{dest.name}-{tag}"
 
 
-def _commit(tmp: Path, dest: Path) -> None:
+def _commit(tmp: Location, dest: Location, storage_options: dict | None = None) -> None:
     """Move a finished store into place, replacing an older version of it if there is one."""
-    if dest.exists():
+    if is_url(dest):
+        fs, tmp_path = filesystem(tmp, storage_options)
+        commit_aside(fs, tmp_path, filesystem(dest, storage_options)[1])
+    elif dest.exists():
         old = _aside(dest, OLD_PREFIX)
         os.rename(dest, old)
         os.rename(tmp, dest)
@@ -60,11 +73,26 @@ def _commit(tmp: Path, dest: Path) -> None:
         os.rename(tmp, dest)
 
 
-def remove_leftovers(folder: Path) -> list[Path]:
+def _remove(location: Location, storage_options: dict | None = None) -> None:
+    """Delete a store if it is there, best effort (it is only ever a leftover)."""
+    if not is_url(location):
+        shutil.rmtree(location, ignore_errors=True)
+        return
+    try:
+        fs, path = filesystem(location, storage_options)
+        fs.rm(path, recursive=True)
+    except Exception:  # cleanup must not hide the error that caused it
+        pass
+
+
+def remove_leftovers(folder: Location, storage_options: dict | None = None) -> list[Location]:
     """Delete hidden stores left by killed runs in ``folder``; return what was removed.
 
+    On an object store, a store whose commit was killed half-way (no group metadata) goes too.
     Only call this when no other ingestion of the same cohort is running.
     """
+    if is_url(folder):
+        return _remove_remote_leftovers(folder, storage_options)
     removed = []
     if folder.is_dir():
         for path in folder.iterdir():
@@ -74,14 +102,29 @@ def remove_leftovers(folder: Path) -> list[Path]:
     return removed
 
 
+def _remove_remote_leftovers(folder: str, storage_options: dict | None) -> list[str]:
+    fs, root = filesystem(folder, storage_options)
+    if not fs.exists(root):
+        return []
+    removed = []
+    for path in fs.ls(root, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        hidden = name.startswith((TMP_PREFIX, OLD_PREFIX))
+        if hidden or (name.endswith(".ome.zarr") and not is_committed(fs, path)):
+            fs.rm(path, recursive=True)
+            removed.append(f"{folder}/{name}")
+    return removed
+
+
 def convert_movie(
     source: str | Path,
-    dest: str | Path,
+    dest: Location,
     *,
     movie: str,
     provenance: dict,
     pixel_size_um: float | None = None,
     frame_interval_s: float | None = None,
+    storage_options: dict | None = None,
 ) -> ConversionResult:
     """Convert one TIFF movie into an OME-Zarr store at ``dest``.
 
@@ -89,8 +132,8 @@ def convert_movie(
     ----------
     source : path
         The TIFF / OME-TIFF movie (T×Y×X or Y×X, one channel).
-    dest : path
-        The ``<movie>.ome.zarr`` folder to create or replace.
+    dest : path or URL
+        The ``<movie>.ome.zarr`` folder (or object-store prefix) to create or replace.
     movie : str
         The movie id (used in messages and the NGFF ``name``).
     provenance : dict
@@ -98,6 +141,8 @@ def convert_movie(
         SHA-256, size, shape and the conversion time are added.
     pixel_size_um, frame_interval_s : float, optional
         Physical scale of y/x and t, written to the NGFF coordinate transformations.
+    storage_options : dict, optional
+        fsspec options for a URL ``dest``; default from the environment.
 
     Returns
     -------
@@ -105,17 +150,19 @@ def convert_movie(
         "skipped" if ``dest`` already holds this exact source, "ok" after a conversion, or
         "failed" with a message naming the file; a failure leaves ``dest`` as it was.
     """
-    source, dest = Path(source), Path(dest)
+    source = Path(source)
+    dest = str(dest) if is_url(dest) else Path(dest)
     started = time.perf_counter()
     tmp = _aside(dest, TMP_PREFIX)
     try:
         info = read_movie_info(source)
         sha = file_sha256(source)
-        existing = read_provenance(dest)
+        existing = read_provenance(dest, storage_options)
         if existing and existing.get("source_sha256") == sha:
             return ConversionResult(
                 movie, "skipped", existing.get("frames", info.frames), source.stat().st_size,
-                store_bytes(dest), time.perf_counter() - started, "already stored",
+                store_bytes(dest, storage_options), time.perf_counter() - started,
+                "already stored",
             )
         attrs = {
             **provenance,
@@ -126,7 +173,8 @@ def convert_movie(
             "frames": info.frames,
             "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not is_url(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True)
         array = create_movie_store(
             tmp,
             frames=info.frames,
@@ -137,20 +185,21 @@ def convert_movie(
                 movie, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
             ),
             provenance=attrs,
+            storage_options=storage_options,
         )
         written = write_frames(array, iter_frames(source))
         if written != info.frames:
             raise MovieError(f"{source}: {written} frames read, {info.frames} declared")
-        _commit(tmp, dest)
+        _commit(tmp, dest, storage_options)
     except (MovieError, OSError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp, storage_options)
         return ConversionResult(
             movie, "failed", seconds=time.perf_counter() - started, message=str(exc)
         )
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp, storage_options)
         raise
     return ConversionResult(
-        movie, "ok", info.frames, attrs["source_bytes"], store_bytes(dest),
+        movie, "ok", info.frames, attrs["source_bytes"], store_bytes(dest, storage_options),
         time.perf_counter() - started,
     )

@@ -10,9 +10,20 @@ movies and patients; it represents up to twice the background brightness (phase-
 stay well below), fits a sigmoid / binary cross-entropy decoder, and keeps intensity ratios to
 the background unchanged, so :func:`lch.morphology.measure_crop` on a crop gives the same halo
 and body contrast as :func:`lch.morphology.measure_cells` on the frame.
+
+Orientation: each crop is centred on the cell's centroid and rotated so that the point of the
+cell farthest from it (the tip of its longest arm, or the long end of the body) points along
++x. Arms grow at random angles; unaligned, "has an arm" is no direction in the autoencoder's
+latent space and exaggeration blurs arms into a faint ring. Aligned, the dominant arm sits at
+one place, the latent space carries it, and pushing a code towards "high" draws it out
+(measured on synthetic cells, Spearman rho of the shift vs the protrusion measures of the
+decoded images: -0.2 unaligned, 0.8 aligned; see tests/test_exaggerate.py). The morphometrics
+are rotation-invariant, so the cell table does not depend on it.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -47,6 +58,59 @@ def normalise_frame(frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.clip(BACKGROUND_VALUE * img / background, 0.0, 1.0).astype(np.float32)
 
 
+def farthest_angle(mask: np.ndarray, centre: tuple[float, float]) -> float:
+    """Direction (radians, from +x towards +y, image rows pointing down) of the ``mask`` pixel
+    farthest from ``centre`` (row, col); 0 for an empty mask."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return 0.0
+    dy, dx = rows - centre[0], cols - centre[1]
+    k = int(np.argmax(dy * dy + dx * dx))
+    return math.atan2(float(dy[k]), float(dx[k]))
+
+
+def oriented_crop(
+    image: np.ndarray, centre: tuple[float, float], angle: float, size: int, fill: float
+) -> np.ndarray:
+    """The ``size`` x ``size`` window of ``image`` centred on ``centre`` (row, col, sub-pixel)
+    and rotated so that direction ``angle`` points along +x; outside the image is ``fill``.
+
+    One linear interpolation does both the sub-pixel centring and the rotation.
+    """
+    cos, sin = math.cos(angle), math.sin(angle)
+    # Output (row, col) relative to the crop centre → input offset from ``centre``: output +x
+    # (0, 1) samples the input along (sin, cos), i.e. along ``angle``.
+    matrix = np.array([[cos, sin], [-sin, cos]])
+    half = (size - 1) / 2.0
+    offset = np.asarray(centre, dtype=float) - matrix @ np.array([half, half])
+    out = ndimage.affine_transform(
+        np.asarray(image, dtype=np.float32),
+        matrix,
+        offset=offset,
+        output_shape=(size, size),
+        order=1,
+        mode="constant",
+        cval=fill,
+    )
+    return out.astype(np.float32, copy=False)
+
+
+def align_crop(crop: np.ndarray, fill: float = BACKGROUND_VALUE) -> np.ndarray:
+    """Re-centre a single-cell crop on its cell and rotate it as :func:`cut_crops` does.
+
+    For crops cut by other tools. The cell is the object nearest the centre
+    (:func:`lch.segmentation.segment_frame`); a crop without one is returned unchanged.
+    """
+    from lch.morphology import central_mask  # morphology imports this module's neighbours
+
+    arr = check_frame(crop)
+    mask = central_mask(arr)
+    if mask is None:
+        return np.asarray(crop, dtype=np.float32)
+    centre = ndimage.center_of_mass(mask)
+    return oriented_crop(arr, centre, farthest_angle(mask, centre), arr.shape[0], fill)
+
+
 def _drop_reason(row: pd.Series, size: int, shape, min_area: int, max_area: int) -> str:
     if row["area"] < min_area:
         return "too_small"
@@ -73,7 +137,8 @@ def cut_crops(
     min_area: int = DEFAULT_MIN_AREA,
     max_area: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut one normalised ``size`` x ``size`` crop per cell, centred on its centroid.
+    """Cut one normalised ``size`` x ``size`` crop per cell, centred on its centroid and
+    rotated so that its farthest point lies along +x (see the module docstring).
 
     Parameters
     ----------
@@ -108,6 +173,14 @@ def cut_crops(
     if not keep.any():
         return np.zeros((0, size, size), np.float32), keep, drop_reason
     norm = normalise_frame(frame, labels)
-    corners = [_corner(row, size) for _, row in table.loc[keep].iterrows()]
-    crops = np.stack([norm[y : y + size, x : x + size] for y, x in corners])
-    return crops.astype(np.float32), keep, drop_reason
+    crops = np.stack([_cell_crop(norm, labels, row, size) for _, row in table.loc[keep].iterrows()])
+    return crops, keep, drop_reason
+
+
+def _cell_crop(norm: np.ndarray, labels: np.ndarray, row: pd.Series, size: int) -> np.ndarray:
+    r0, c0 = int(row["bbox_min_row"]), int(row["bbox_min_col"])
+    window = (slice(r0, int(row["bbox_max_row"])), slice(c0, int(row["bbox_max_col"])))
+    centre = (float(row["centroid_y"]), float(row["centroid_x"]))
+    local = (centre[0] - r0, centre[1] - c0)
+    angle = farthest_angle(np.asarray(labels)[window] == row["label"], local)
+    return oriented_crop(norm, centre, angle, size, BACKGROUND_VALUE)

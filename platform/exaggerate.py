@@ -48,6 +48,7 @@ DEFAULT_SIGMAS: tuple[float, ...] = tuple(float(s) for s in range(-4, 5))
 DEFAULT_FEATURES: tuple[str, ...] = (
     "protrusion_count",
     "protrusion_length",
+    "protrusion_reach",
     "halo_intensity",
     "area",
     "body_area",
@@ -198,7 +199,9 @@ def load_crop(
         A 2-D array (singleton axes, e.g. (1, S, S), are squeezed), or the path of a PNG or
         TIFF file holding one greyscale crop. Float pixels must already be normalised to
         [0, 1] (background at 0.5, as :mod:`lch.crops` makes them); integer pixels (8-/16-bit
-        PNG or TIFF) are divided by their dtype's maximum.
+        PNG or TIFF) are divided by their dtype's maximum. The crop is used as it is: a crop
+        cut by another tool should first go through :func:`lch.crops.align_crop`, which
+        centres and turns it as the model's training crops were.
     crop_size : int
         The model's crop side ``S``.
     resize : bool
@@ -533,7 +536,7 @@ _TILE_SCALE = 2
 _GAP = 2
 _HEADER = 14
 _CAPTION = 12
-_ROW_LABEL = 64
+_MIN_ROW_LABEL = 64
 
 
 def _probability_colour(p: float) -> tuple[int, int, int]:
@@ -566,26 +569,28 @@ def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
     Returns
     -------
     PIL.Image.Image
-        RGB image of width ``_ROW_LABEL + K * (S * scale + gap)`` and height
-        ``header + C * (S * scale + caption + gap)``.
+        RGB image of width ``label + K * (S * scale + gap)`` (the label column fits the longest
+        cell id) and height ``header + C * (S * scale + caption + gap)``.
     """
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
     n_cells, n_sigmas, side = result.images.shape[:3]
     tile = side * scale
-    width = _ROW_LABEL + n_sigmas * (tile + _GAP)
+    font = ImageFont.load_default()
+    longest = max((font.getlength(cell) for cell in result.cells), default=0.0)
+    label = max(_MIN_ROW_LABEL, math.ceil(longest) + 6)
+    width = label + n_sigmas * (tile + _GAP)
     height = _HEADER + n_cells * (tile + _CAPTION + _GAP)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
     for j, s in enumerate(result.sigmas):
-        x = _ROW_LABEL + j * (tile + _GAP)
+        x = label + j * (tile + _GAP)
         draw.text((x + 2, 1), f"s={s:+g}", fill=(0, 0, 0), font=font)
     for i, cell in enumerate(result.cells):
         y = _HEADER + i * (tile + _CAPTION + _GAP)
-        draw.text((2, y + tile // 2 - 5), cell[:10], fill=(0, 0, 0), font=font)
+        draw.text((2, y + tile // 2 - 5), cell, fill=(0, 0, 0), font=font)
         for j in range(n_sigmas):
-            x = _ROW_LABEL + j * (tile + _GAP)
+            x = label + j * (tile + _GAP)
             canvas.paste(_tile(result.images[i, j], scale).convert("RGB"), (x, y))
             p = float(result.probability[i, j])
             draw.rectangle(
@@ -608,9 +613,11 @@ def save_montage(result: Exaggeration, path: str | Path, *, scale: int = _TILE_S
 # ---------------------------------------------------------------- cohort report
 
 
-def pick_cells(table: pd.DataFrame, n: int, seed: int = 0) -> np.ndarray:
-    """Crop indices of ``n`` cells drawn at random, half from "high" and half from "low" lines
-    where both exist (deterministic for ``seed``)."""
+def pick_cells(
+    table: pd.DataFrame, n: int, seed: int = 0, *, column: str = "crop_index"
+) -> np.ndarray:
+    """The ``column`` values (default: crop indices) of ``n`` rows drawn at random, half from
+    "high" and half from "low" lines where both exist (deterministic for ``seed``)."""
     rng = np.random.default_rng(seed)
     labels = binary_labels(table["label"].to_numpy())
     groups = [np.flatnonzero(labels == c) for c in (LOW, HIGH)]
@@ -619,7 +626,7 @@ def pick_cells(table: pd.DataFrame, n: int, seed: int = 0) -> np.ndarray:
     picked = [rng.choice(g, size=min(k, len(g)), replace=False) for g, k in zip(groups, share,
                                                                                 strict=True)]
     rows = np.sort(np.concatenate(picked))
-    return table["crop_index"].to_numpy()[rows]
+    return table[column].to_numpy()[rows]
 
 
 def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:

@@ -13,6 +13,10 @@ Features (one row per label; lengths in px, intensities as noted):
   largest distance of its pixels from the opened body, i.e. how far it reaches beyond the body
   edge. Candidates shorter than ``min_protrusion_length`` (outline ruggedness) are ignored.
   ``protrusion_length`` is the mean length of the counted arms (0 when there are none).
+- ``protrusion_reach``: how far the longest thin extension reaches beyond the body, in px, with
+  no minimum (0 when the mask has no part narrower than the opening). Unlike the count and the
+  mean length it grows smoothly as an arm grows out of the body, which is what a decoded image
+  shows as a code moves along the discriminant direction.
 - ``mean_intensity``: mean raw intensity inside the mask.
 - ``background``: local background, the median intensity in an annulus ``background_gap`` to
   ``background_gap + background_width`` px outside the mask (other cells and their surroundings
@@ -65,6 +69,7 @@ FEATURE_COLUMNS = [
     "solidity",
     "protrusion_count",
     "protrusion_length",
+    "protrusion_reach",
     "mean_intensity",
     "background",
     "body_contrast",
@@ -73,21 +78,18 @@ FEATURE_COLUMNS = [
 ]
 
 
-def split_arms(
-    mask: np.ndarray,
-    *,
-    opening_radius: int = OPENING_RADIUS,
-    min_length: float = MIN_PROTRUSION_LENGTH,
+def extension_reaches(
+    mask: np.ndarray, *, opening_radius: int = OPENING_RADIUS
 ) -> tuple[np.ndarray, list[float]]:
-    """Split one cell mask into its body and its thin arm-like extensions.
+    """Split one cell mask into its body and its thin extensions (see the module docstring).
 
     Returns
     -------
     body : numpy.ndarray of bool
         The mask opened by a disk of radius ``opening_radius`` (same shape as ``mask``).
-    lengths : list of float
-        For each extension reaching at least ``min_length`` px beyond the body edge, that
-        reach in px.
+    reaches : list of float
+        For every part of the mask outside the body, how far it reaches beyond the body edge
+        in px (no minimum: arms are the ones reaching ``min_protrusion_length``).
     """
     pad = opening_radius + 1
     padded = np.pad(np.asarray(mask, dtype=bool), pad)
@@ -95,12 +97,12 @@ def split_arms(
     if not body.any():
         return body[pad:-pad, pad:-pad], []
     thin, n = ndimage.label(padded & ~body, structure=np.ones((3, 3)))
-    lengths: list[float] = []
+    reaches: list[float] = []
     if n:
         from_body = ndimage.distance_transform_edt(~body)
         reach = np.atleast_1d(ndimage.maximum(from_body, thin, index=np.arange(1, n + 1)))
-        lengths = [float(v) for v in reach if v >= min_length]
-    return body[pad:-pad, pad:-pad], lengths
+        reaches = [float(v) for v in reach]
+    return body[pad:-pad, pad:-pad], reaches
 
 
 def _rings(
@@ -145,9 +147,8 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
     win = _window(region.bbox, pad, labels.shape)
     lab = labels[win]
     cell = lab == region.label
-    body, arms = split_arms(
-        region.image, opening_radius=params["opening_radius"], min_length=params["min_length"]
-    )
+    body, reaches = extension_reaches(region.image, opening_radius=params["opening_radius"])
+    arms = [r for r in reaches if r >= params["min_length"]]
     r0, c0, r1, c1 = region.bbox
     row = {
         "label": int(region.label),
@@ -164,6 +165,7 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
         "solidity": float(region.solidity),
         "protrusion_count": len(arms),
         "protrusion_length": float(np.mean(arms)) if arms else 0.0,
+        "protrusion_reach": max(reaches, default=0.0),
     }
     row.update(
         _halo_features(
@@ -263,13 +265,34 @@ def measure_crop(crop: np.ndarray, **kwargs: Any) -> dict[str, Any]:
     ValueError
         If the crop is not 2-D or contains NaN/inf.
     """
-    arr = np.asarray(crop, dtype=np.float64)
-    if arr.ndim == 2 and np.all(np.isfinite(arr)) and arr.size and arr.max() == arr.min():
-        return _nan_features()
-    arr = check_frame(arr)
-    labels = segment_frame(arr)
-    target = _central_label(labels)
+    arr, labels, target = _segment_crop(crop)
     if target == 0:
         return _nan_features()
     table = measure_cells(arr, labels, **kwargs)
     return table.loc[table["label"] == target].iloc[0].to_dict()
+
+
+def _segment_crop(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The crop as float64, its labels and the label nearest the centre (0: none).
+
+    A finite constant crop holds no object rather than being an error.
+    """
+    arr = np.asarray(crop, dtype=np.float64)
+    if arr.ndim == 2 and np.all(np.isfinite(arr)) and arr.size and arr.max() == arr.min():
+        return arr, np.zeros(arr.shape, np.int32), 0
+    arr = check_frame(arr)
+    labels = segment_frame(arr)
+    return arr, labels, _central_label(labels)
+
+
+def central_mask(crop: np.ndarray) -> np.ndarray | None:
+    """Mask of the object nearest the centre of a single-cell crop, as :func:`measure_crop`
+    segments it; None when the crop holds no object (or is constant).
+
+    Raises
+    ------
+    ValueError
+        If the crop is not 2-D or contains NaN/inf.
+    """
+    _, labels, target = _segment_crop(crop)
+    return labels == target if target else None

@@ -25,7 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from lch.model import LCHModel
-from lch.paths import lch_home
+from lch.paths import is_url, join, lch_home
 
 REGISTERED_MODEL = "lch-aae"
 EXPERIMENT = "lch"
@@ -46,9 +46,29 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch_version}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
 
 
+class TrackingConfigError(RuntimeError):
+    """No usable MLflow tracking store; the message says which variable to set."""
+
+
 def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, or the SQLite store ``$LCH_HOME/mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{lch_home() / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI``, or the SQLite store ``$LCH_HOME/mlflow.db``.
+
+    Raises
+    ------
+    TrackingConfigError
+        ``LCH_HOME`` is an object-store URL and ``MLFLOW_TRACKING_URI`` is not set: SQLite
+        needs a local file, so a remote data root needs a tracking server (or database).
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    home = lch_home()
+    if is_url(home):
+        raise TrackingConfigError(
+            f"LCH_HOME={home} is an object store, which cannot hold MLflow's default SQLite "
+            "tracking store: set MLFLOW_TRACKING_URI to a tracking server (http://host:5000) "
+            "or a database URI"
+        )
+    return f"sqlite:///{home / 'mlflow.db'}"
 
 
 def _current_store() -> str:
@@ -59,10 +79,19 @@ def _current_store() -> str:
 
 def artifact_location() -> str | None:
     """Where the ``lch`` experiment keeps artifacts: ``$LCH_HOME/mlartifacts`` for the embedded
-    store, None (the server's choice) when ``MLFLOW_TRACKING_URI`` is set."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    store, None (the server's choice) when ``MLFLOW_TRACKING_URI`` is set.
+
+    With an object-store ``LCH_HOME`` and a database ``MLFLOW_TRACKING_URI`` (no server to
+    choose), artifacts go to ``<LCH_HOME>/mlartifacts`` too, not to ``./mlruns``; MLflow writes
+    them with boto3, which reads the same ``AWS_*`` variables (or ``MLFLOW_S3_ENDPOINT_URL``).
+    """
+    tracking, home = os.environ.get("MLFLOW_TRACKING_URI"), lch_home()
+    if is_url(home):
+        served = (tracking or "").startswith(("http://", "https://", "databricks"))
+        return None if served else str(join(home, "mlartifacts"))
+    if tracking:
         return None
-    return (lch_home() / "mlartifacts").as_uri()
+    return (home / "mlartifacts").as_uri()
 
 
 def use_tracking() -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,7 +33,15 @@ from lch.classify import (
     population_table,
 )
 from lch.model import LCHModel, refresh_batch_norm, unwrap
-from lch.paths import cohort_dir
+from lch.paths import (
+    Location,
+    cohort_dir,
+    filesystem,
+    join,
+    lch_home,
+    storage_options_from_env,
+    zarr_store,
+)
 
 # Cells read at once on the driver (refresh and encoding): bounded memory at any cohort size.
 READ_ROWS = 1024
@@ -56,13 +63,15 @@ class CellSet:
     """The cells of one or more cohorts, and where their crops are.
 
     ``table`` has the cohorts' cell rows concatenated plus ``store`` (index into ``stores``) and
-    ``row`` (the crop's row in that store).
+    ``row`` (the crop's row in that store). ``stores`` are paths or URLs; ``storage_options``
+    are the fsspec options that open URLs (they travel to Ray workers with the work items).
     """
 
     cohorts: tuple[str, ...]
     table: pd.DataFrame
     stores: tuple[str, ...]
     crop_size: int
+    storage_options: dict | None = None
 
 
 @dataclass
@@ -76,14 +85,17 @@ class Split:
     labels: np.ndarray
 
 
-def _open_cohort(cohort: str, home: Path | None) -> tuple[pd.DataFrame, zarr.Array]:
+def _open_cohort(
+    cohort: str, home: Location | None, options: dict
+) -> tuple[pd.DataFrame, zarr.Array]:
     folder = cohort_dir(cohort, home)
-    if not folder.is_dir():
+    fs, path = filesystem(folder, options)
+    if not fs.isdir(path):
         raise TrainingInputError(
             f"cohort {cohort!r}: not found ({folder} does not exist); ingest it first"
         )
     try:
-        table, crops = open_cells(folder)
+        table, crops = open_cells(folder, options)
     except CellStoreError as exc:
         raise TrainingInputError(f"cohort {cohort!r}: {exc}") from None
     if table.empty:
@@ -91,7 +103,7 @@ def _open_cohort(cohort: str, home: Path | None) -> tuple[pd.DataFrame, zarr.Arr
     return table, crops
 
 
-def load_cells(cohorts: Sequence[str], home: Path | None = None) -> CellSet:
+def load_cells(cohorts: Sequence[str], home: Location | None = None) -> CellSet:
     """Open the cell tables and crops of ``cohorts`` (under ``home``, default ``LCH_HOME``).
 
     Raises
@@ -103,16 +115,17 @@ def load_cells(cohorts: Sequence[str], home: Path | None = None) -> CellSet:
     cohorts = tuple(dict.fromkeys(cohorts))  # once each, in the order given
     if not cohorts:
         raise TrainingInputError("no cohort given (--cohort NAME)")
+    options = storage_options_from_env(home or lch_home())
     tables, stores, sizes = [], [], {}
     for i, cohort in enumerate(cohorts):
-        table, crops = _open_cohort(cohort, home)
+        table, crops = _open_cohort(cohort, home, options)
         sizes[cohort] = crops.shape[1]
         tables.append(table.assign(store=i, row=np.arange(len(table))))
-        stores.append(str(cohort_dir(cohort, home) / CROPS_STORE))
+        stores.append(str(join(cohort_dir(cohort, home), CROPS_STORE)))
     if len(set(sizes.values())) > 1:
         raise TrainingInputError(f"cohorts have different crop sizes: {sizes}")
     table = pd.concat(tables, ignore_index=True)
-    return CellSet(cohorts, table, tuple(stores), next(iter(sizes.values())))
+    return CellSet(cohorts, table, tuple(stores), next(iter(sizes.values())), options)
 
 
 def split_by_patient(cells: CellSet, n_test_per_class: int = 1, seed: int = 0) -> Split:
@@ -176,7 +189,10 @@ def read_rows(cells: CellSet, index: np.ndarray) -> np.ndarray:
     for store in np.unique(stores):
         at = np.flatnonzero(stores == store)
         order = np.argsort(rows[at])
-        array = zarr.open_array(cells.stores[int(store)], mode="r")
+        location = cells.stores[int(store)]
+        array = zarr.open_array(
+            zarr_store(location, cells.storage_options, read_only=True), mode="r"
+        )
         out[at[order]] = array.oindex[rows[at][order]]
     return out
 

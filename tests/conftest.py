@@ -47,3 +47,54 @@ def lch_home(tmp_path, monkeypatch):
     home = tmp_path / "lch-home"
     monkeypatch.setenv("LCH_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1: SQLite backend, artifacts proxied by the
+    server to a local folder, as a team server would run (see infra/mlflow/).
+
+    Yields ``(url, root)``: the tracking URI and the folder holding ``mlflow.db`` and
+    ``artifacts/``.
+    """
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from helpers import free_port, stop_session
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        # Clients read and write artifacts through the server (mlflow-artifacts:/ URIs),
+        # never the folder itself: the usual setup with an object store behind it.
+        "--artifacts-destination", str(root / "artifacts"),
+    ]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (root / "server.log").open("w")
+    # A session of its own: the server's worker processes stop with it.
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=root)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).text.strip() == "OK":
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up:\n{(root / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield url, root
+    finally:
+        stop_session(proc)
+        log.close()

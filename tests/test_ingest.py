@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +19,7 @@ from lch.paths import cohort_dir, movie_store
 from lch.pipelines.cli import main as lch_main
 from lch.pipelines.ingest import convert_cohort
 
+from helpers import free_port, stop_session
 from movies import entry, random_movie, write_manifest, write_tiff
 
 BAD_INPUTS = {
@@ -133,12 +132,6 @@ def test_all_good_cohort_exits_0(ray_session, lch_home, tmp_path, capsys):
     assert "1 converted" in capsys.readouterr().out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head():
     """A separate single-node Ray cluster on 127.0.0.1 with the dashboard (Jobs API)."""
@@ -182,11 +175,7 @@ def ray_head():
             time.sleep(0.5)
         yield address, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_session(proc)
 
 
 @pytest.mark.slow

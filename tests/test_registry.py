@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from lch.model import AAE, AAEConfig, LCHModel
+from lch.model import LCHModel
 from lch.registry import (
     POPULATION_METRIC_TAG,
     REGISTERED_MODEL,
@@ -19,14 +19,9 @@ from lch.registry import (
     use_tracking,
 )
 
+from helpers import tiny_model
+
 CROP = 32
-
-
-def tiny_model(seed: int) -> LCHModel:
-    torch.manual_seed(seed)
-    aae = AAE(AAEConfig(crop_size=CROP, latent_dim=8, width=1 / 16)).eval()
-    rng = np.random.default_rng(seed)
-    return LCHModel.from_aae(aae, rng.normal(size=8), 0.2, rng.normal(size=(40, 8)))
 
 
 def p_high(model: LCHModel, crops: np.ndarray) -> np.ndarray:
@@ -50,7 +45,7 @@ def crops():
 
 
 def test_versions_register_with_tags_and_load_by_version_alias_and_pyfunc(store, crops):
-    first, second = tiny_model(1), tiny_model(2)
+    first, second = tiny_model(1, CROP), tiny_model(2, CROP)
     v1 = log_lch_model(first, cohorts=["a", "b"], population_accuracy=0.9,
                        tags={"heldout_cell_auc": "0.81"})
     v2 = log_lch_model(second, cohorts=["a"], population_accuracy=0.975)
@@ -87,7 +82,7 @@ def test_versions_register_with_tags_and_load_by_version_alias_and_pyfunc(store,
 def test_logs_into_the_active_run_without_ending_it(store):
     use_tracking()
     with mlflow.start_run() as run:
-        version = log_lch_model(tiny_model(3), cohorts=["c"], population_accuracy=1.0)
+        version = log_lch_model(tiny_model(3, CROP), cohorts=["c"], population_accuracy=1.0)
         assert mlflow.active_run().info.run_id == run.info.run_id
     assert MlflowClient().get_model_version(REGISTERED_MODEL, version).run_id == run.info.run_id
 
@@ -96,7 +91,7 @@ def test_mlflow_tracking_uri_wins_and_lch_home_still_moves(lch_home, tmp_path, m
     elsewhere = tmp_path / "team" / "mlflow.db"
     elsewhere.parent.mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere}")
-    log_lch_model(tiny_model(4), cohorts=["d"], population_accuracy=0.5)
+    log_lch_model(tiny_model(4, CROP), cohorts=["d"], population_accuracy=0.5)
     assert elsewhere.is_file() and not (lch_home / "mlflow.db").exists()
 
     # MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI; use_tracking must not leave that
@@ -105,12 +100,12 @@ def test_mlflow_tracking_uri_wins_and_lch_home_still_moves(lch_home, tmp_path, m
     use_tracking()
     assert "MLFLOW_TRACKING_URI" not in os.environ
     monkeypatch.setenv("LCH_HOME", str(tmp_path / "second-home"))
-    assert log_lch_model(tiny_model(5), cohorts=["e"], population_accuracy=0.5) == "1"
+    assert log_lch_model(tiny_model(5, CROP), cohorts=["e"], population_accuracy=0.5) == "1"
     assert (tmp_path / "second-home" / "mlflow.db").is_file()
 
 
 def test_loads_from_the_store_it_is_given_whatever_mlflow_points_at(store, crops, tmp_path):
-    model = tiny_model(4)
+    model = tiny_model(4, CROP)
     log_lch_model(model, cohorts=["a"], population_accuracy=0.9)
     MlflowClient().set_registered_model_alias(REGISTERED_MODEL, "champion", "1")
     ours = mlflow.get_tracking_uri()

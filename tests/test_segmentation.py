@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from scipy.stats import mannwhitneyu
 
-from lch.crops import BACKGROUND_VALUE, cut_crops
+from lch.crops import BACKGROUND_VALUE, align_crop, cut_crops, farthest_angle
 from lch.morphology import FEATURE_COLUMNS, measure_cells, measure_crop
 from lch.segmentation import object_f1, segment_frame
 from lch.synth import CellShape, make_cohort, read_truth, render_frame
@@ -147,6 +147,29 @@ def test_crops_are_normalised_fixed_size():
     corners = np.concatenate([crops[0, :6, :6].ravel(), crops[0, -6:, -6:].ravel()])
     assert abs(float(np.median(corners)) - BACKGROUND_VALUE) < 0.02
     assert crops[0, 32, 32] < 0.4  # dark body at the centre
+
+
+@pytest.mark.parametrize("angle", [0.5, 2.0, -2.4])
+def test_crops_turn_the_longest_arm_to_plus_x(angle):
+    cell = CellShape(label=1, y=47.3, x=48.6, radius=10, arm_angles=(angle, angle + 2.5),
+                     arm_lengths=(14.0, 7.0))
+    frame, _ = render_frame([cell], (96, 96), background=900.0, rng=np.random.default_rng(2))
+    labels = segment_frame(frame)
+    crops, keep, _ = cut_crops(frame, labels, measure_cells(frame, labels), size=64)
+    assert keep.tolist() == [True]
+    crop = crops[0]
+    mask = crop < 0.45  # the dark cell
+    centre = (31.5, 31.5)
+    assert abs(farthest_angle(mask, centre)) < 0.15  # the long arm's tip on +x
+    assert crop[32, 32 + 10 + 8] < 0.45 and crop[32, 32 - 10 - 8] > 0.45  # arm right, not left
+    # Rotation-invariant features survive the resampling.
+    got, source = measure_crop(crop), measure_cells(frame, labels).iloc[0]
+    assert source["protrusion_count"] == 2
+    assert got["protrusion_count"] >= 1  # the short arm may fall just below the minimum length
+    assert got["area"] == pytest.approx(source["area"], rel=0.05)
+    # A crop turned some other way is brought back to the same orientation.
+    turned = np.rot90(crop).copy()
+    assert abs(farthest_angle(align_crop(turned) < 0.45, centre)) < 0.15
 
 
 def test_crops_drop_border_and_size_outliers():

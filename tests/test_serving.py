@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,8 @@ from lch.serving.client import LCHClient, LCHClientError
 from lch.serving.contract import MAX_BODY_BYTES, MAX_CELLS, MAX_SIGMAS
 from lch.synth import CellShape, render_frame
 
+from helpers import free_port
+
 CROP = 64
 
 
@@ -34,12 +35,6 @@ def tiny_model(seed: int) -> LCHModel:
     aae = AAE(AAEConfig(crop_size=CROP, latent_dim=8, width=0.0625)).eval()
     rng = np.random.default_rng(seed)
     return LCHModel.from_aae(aae, rng.normal(size=8), 0.1 * seed, rng.normal(size=(50, 8)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

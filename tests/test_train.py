@@ -292,6 +292,21 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     assert {"population_curve.png", "checkpoint", "images"} <= artifacts
     images = client.list_artifacts(summary.run_id, "images")
     assert sum(a.path.endswith(".png") for a in images) == 2  # epochs 1 and 2
+    # The exaggeration report of held-out cells, with the trends as metrics.
+    report = {a.path.split("/")[-1] for a in client.list_artifacts(summary.run_id, "exaggeration")}
+    assert report == {"exaggeration_montage.png", "exaggeration_morphology.csv",
+                      "exaggeration_spearman.csv"}
+    trends = pd.read_csv(client.download_artifacts(
+        summary.run_id, "exaggeration/exaggeration_spearman.csv", str(trained_home)))
+    finite = trends.dropna(subset=["rho"])
+    assert len(finite) >= 1
+    for feature, rho in zip(finite.feature, finite.rho, strict=True):
+        assert run.data.metrics[f"exaggeration_rho_{feature}"] == pytest.approx(rho)
+    morphology = pd.read_csv(client.download_artifacts(
+        summary.run_id, "exaggeration/exaggeration_morphology.csv", str(trained_home)))
+    assert len(morphology) == 8 * 9 and set(morphology.sigma) == set(range(-4, 5))
+    held_out = set(summary.test_patients)
+    assert {cell.split(" ")[0] for cell in morphology.cell} <= held_out
     assert summary.samples_per_s > 0 and "held-out population of 20 cells" in summary.format()
     # Nothing went to ./mlruns or ~/ray_results: all under the data root.
     assert (trained_home / "mlartifacts").is_dir() and (trained_home / "ray_results").is_dir()

@@ -1,0 +1,38 @@
+"""Small helpers shared by test modules: throw-away models and subprocess clean-up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+import numpy as np
+import torch
+
+from lch.model import AAE, AAEConfig, LCHModel
+
+
+def tiny_model(seed: int, crop_size: int) -> LCHModel:
+    """An untrained served model with a random classifier (distinct for each seed)."""
+    torch.manual_seed(seed)
+    aae = AAE(AAEConfig(crop_size=crop_size, latent_dim=8, width=1 / 16)).eval()
+    rng = np.random.default_rng(seed)
+    return LCHModel.from_aae(aae, rng.normal(size=8), 0.2, rng.normal(size=(40, 8)))
+
+
+def stop_session(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it started."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
