@@ -104,20 +104,19 @@ def test_mlflow_tracking_uri_wins_and_lch_home_still_moves(lch_home, tmp_path, m
     assert (tmp_path / "second-home" / "mlflow.db").is_file()
 
 
-def test_loads_from_the_store_it_is_given_whatever_mlflow_points_at(store, crops, tmp_path):
+def test_loads_from_the_store_it_is_given_whatever_mlflow_points_at(
+    store, crops, tmp_path, monkeypatch
+):
     model = tiny_model(4, CROP)
     log_lch_model(model, cohorts=["a"], population_accuracy=0.9)
     MlflowClient().set_registered_model_alias(REGISTERED_MODEL, "champion", "1")
     ours = mlflow.get_tracking_uri()
-    # A process that never pointed MLflow anywhere resolves models:/ URIs against ./mlflow.db.
-    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    try:
-        for uri in (f"models:/{REGISTERED_MODEL}/1", f"models:/{REGISTERED_MODEL}@champion"):
-            np.testing.assert_allclose(
-                p_high(load_lch_model(uri, tracking_uri=ours), crops), p_high(model, crops),
-                atol=1e-7,
-            )
-        with pytest.raises(ValueError, match="expected models:/NAME/VERSION"):
-            load_lch_model(f"runs:/{REGISTERED_MODEL}", tracking_uri=ours)
-    finally:
-        mlflow.set_registry_uri(ours)
+    # MLflow's own models:/ resolution asks the process-wide registry (here: elsewhere).
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    for uri in (f"models:/{REGISTERED_MODEL}/1", f"models:/{REGISTERED_MODEL}@champion"):
+        np.testing.assert_allclose(
+            p_high(load_lch_model(uri, tracking_uri=ours), crops), p_high(model, crops),
+            atol=1e-7,
+        )
+    with pytest.raises(ValueError, match="expected models:/NAME/VERSION"):
+        load_lch_model(f"runs:/{REGISTERED_MODEL}", tracking_uri=ours)
