@@ -36,3 +36,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def assert_same_crops(got: np.ndarray, expected: np.ndarray) -> None:
+    """The same crops in any order (a Ray Dataset shuffles them): compare sorted fingerprints."""
+    assert got.shape == expected.shape
+    key = np.array([0.37, 1.0, 2.3])
+
+    def fingerprints(a: np.ndarray) -> np.ndarray:
+        return np.sort(a.reshape(len(a), -1)[:, :3] @ key + a.sum((1, 2)))
+
+    np.testing.assert_allclose(fingerprints(got), fingerprints(expected), rtol=1e-6)
