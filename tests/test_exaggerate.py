@@ -173,7 +173,7 @@ def test_planted_features_grow_towards_high(result, feature):
         "shift and v its spread between cells; for a decoder faithful to the data m / sqrt(v) "
         "is about the feature's correlation with the discriminant score among real cells, "
         "measured 0.90-0.94 for the halo (bound ~0.92) and 0.65-0.76 for the arm reach (a "
-        "Poisson number of arms per cell: bound ~0.86); this one-minute model gives 0.85 and "
+        "Poisson number of arms per cell: bound 0.86-0.89); this one-minute model gives 0.85 and "
         "0.82 (halo 0.96 but reach 0.76 after twice the steps); see the issue note"
     ),
 )
