@@ -2,8 +2,8 @@
 
 A tiny AAE is trained once per module on single-cell crops rendered with :mod:`lch.synth`
 (high patients: more/longer arms and brighter halos; body size not planted), an LDA is fit on
-its codes with the true labels and, as the control, with shuffled labels, and a handful of cells
-is exaggerated from s = -4 to +4. The trends are measured on the decoded images with
+its codes with the true labels and, as the control, with shuffled labels, and one cell of every
+patient is exaggerated from s = -4 to +4. The trends are measured on the decoded images with
 :func:`lch.morphology.measure_crop`, the function used on real segmented cells.
 """
 
@@ -37,12 +37,17 @@ from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers,
 
 CROP = 64  # a cell with its arms and the halo's background annulus needs ~60 px
 BACKGROUND = 1000.0
-N_PATIENTS = 8  # alternating high, low
-CELLS_PER_PATIENT = 100
-N_EXAGGERATED = 8
+# Alternating high, low. With 8 patients the LDA also read patient quirks (mean radius) into
+# the direction: body area then swung by -0.9..+0.6 with the seed.
+N_PATIENTS = 16
+CELLS_PER_PATIENT = 50
+N_EXAGGERATED = N_PATIENTS
 # Tiny model, 10x the paper's learning rate: the phenotype must show after ~a minute on CPU.
-CONFIG = {"latent_dim": 16, "channels": (8, 16, 32, 64), "disc_hidden": (64, 64, 32), "lr": 2e-3}
-STEPS = 1200
+# 8 latent dimensions rather than 16 leave less room for per-cell detail along the direction,
+# so cells agree more at the same shift. Pooled halo rho over seeds 0-2: 0.93-0.95 with these
+# settings, 0.87-0.92 with 8 patients, 16 dimensions and 1,200 steps.
+CONFIG = {"latent_dim": 8, "channels": (8, 16, 32, 64), "disc_hidden": (64, 64, 32), "lr": 2e-3}
+STEPS = 2400
 BATCH = 32
 SEED = 0
 RHO_PLANTED = 0.9
@@ -116,7 +121,7 @@ def _lch_model(trained: dict, labels: np.ndarray) -> LCHModel:
 
 
 def _exaggerated_cells(trained: dict) -> np.ndarray:
-    """A handful of cells spread over all patients, both classes (not hand-picked)."""
+    """The first cell of every patient, both classes (not hand-picked)."""
     step = len(trained["crops"]) // N_EXAGGERATED
     return trained["crops"][::step][:N_EXAGGERATED]
 
@@ -152,9 +157,9 @@ def _report(name: str, result) -> None:
 # ---------------------------------------------------------------- the planted phenotype
 
 
-# What this tiny model reliably shows (measured 0.85 halo, 0.82 arm reach); see
-# RHO_PLANTED for the issue's criterion.
-PLANTED_FLOOR = {"halo_intensity": 0.8, "protrusion_reach": 0.75}
+# The issue's criterion holds for the halo. For the arm reach this model shows 0.67-0.81
+# (seeds 0-2; 0.76 at the seed used); see test_arm_reach_reaches_the_issue_criterion.
+PLANTED_FLOOR = {"halo_intensity": RHO_PLANTED, "protrusion_reach": 0.7}
 
 
 @pytest.mark.parametrize("feature", sorted(PLANTED_FLOOR))
@@ -168,18 +173,17 @@ def test_planted_features_grow_towards_high(result, feature):
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "the issue's rho >= 0.9 pooled over cells of both classes: pooled rho^2 is about "
-        "6.67 m^2 / (6.67 m^2 + v) for s in -4..4, m the decoded feature's change per SD of "
-        "shift and v its spread between cells; for a decoder faithful to the data m / sqrt(v) "
-        "is about the feature's correlation with the discriminant score among real cells, "
-        "measured 0.90-0.94 for the halo (bound ~0.92) and 0.65-0.76 for the arm reach (a "
-        "Poisson number of arms per cell: bound 0.86-0.89); this one-minute model gives 0.85 and "
-        "0.82 (halo 0.96 but reach 0.76 after twice the steps); see the issue note"
+        "the issue's rho >= 0.9 for the arm reach, pooled over cells of both classes: each "
+        "cell's reach grows with s, but from where that cell starts (a Poisson number of arms "
+        "per cell, high cells already at the longest arms the data hold at s = 0), so cells "
+        "disagree at the same s; pooled rho^2 is about 6.67 m^2 / (6.67 m^2 + v) for s in "
+        "-4..4 (m the change per SD of shift, v the spread between cells), and for a decoder "
+        "faithful to the data m / sqrt(v) is about the reach's correlation with the "
+        "discriminant score among real cells, 0.71-0.76 (bound 0.88-0.89); see the issue note"
     ),
 )
-@pytest.mark.parametrize("feature", sorted(PLANTED_FLOOR))
-def test_planted_features_reach_the_issue_criterion(result, feature):
-    assert _rho(result, feature) >= RHO_PLANTED
+def test_arm_reach_reaches_the_issue_criterion(result):
+    assert _rho(result, "protrusion_reach") >= RHO_PLANTED
 
 
 def test_probability_rises_monotonically(result):
@@ -195,12 +199,15 @@ def test_probability_rises_monotonically(result):
     assert np.all(np.diff(logit, axis=1)[unsaturated] > 0)
 
 
-def test_control_feature_is_reported(result):
-    # Cell size was not planted. Reported, not asserted: the segmentation's outline moves
-    # inwards as the halo brightens (PSF blur), so measured area is coupled to the halo.
+def test_unplanted_body_size_trends_clearly_weaker(result):
+    # Body size was not planted. Total area is no control: it includes the (planted) arms.
+    # Before the outline was placed at the steepest edge, body area fell with the halo
+    # (rho -0.86) because the halo's blur pulled the outline inwards.
     table = spearman_table(result.table, ["area", "body_area", "halo_intensity"])
     print("\ncontrol:", table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     assert table["n"].min() == len(result.table)  # every decoded image holds one cell
+    rho = table.set_index("feature")["rho"]
+    assert abs(rho["body_area"]) < rho["halo_intensity"] - 0.3
 
 
 def test_shuffled_labels_fail_the_criterion(result, shuffled_result):
