@@ -17,7 +17,7 @@ uint16 counts, or float crops in [0, 1]) because every threshold is derived from
    the bright halo into the cell's rim, so the darkness test alone puts the outline further
    inside the brighter the halo (a 10-px-radius cell measured 386 px at halo gain 0.1 and 303 px
    at 0.6; true 314) and loses thin arms between bright halos; the LoG zero crossing stays at the
-   edge (316 to 310 px);
+   edge (317 to 310 px);
 6. small closing, hole filling, small-object removal, labelling.
 """
 

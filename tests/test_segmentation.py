@@ -76,19 +76,18 @@ def test_size_separates_less_than_planted_features(measured):
     assert abs(aucs["body_area"] - 0.5) < 0.25
 
 
-def _single_cell(halo_gain: float, seed: int, arm_length: float | None = None) -> np.ndarray:
+def _single_cell(halo_gain: float, seed: int, arm_lengths: tuple[float, ...] = ()) -> np.ndarray:
     """A 10-px-radius cell (true area 314 px) in a 64x64 crop, normalised like lch.crops."""
     shape = CellShape(
         label=1,
         y=31.5,
         x=31.5,
         radius=10.0,
-        darkness=0.35,
         halo_gain=halo_gain,
         wobble=(0.05, 0.02, 0.01),
         wobble_phase=(0.0, 1.0, 2.0),
-        arm_angles=() if arm_length is None else (0.0,),
-        arm_lengths=() if arm_length is None else (arm_length,),
+        arm_angles=(0.0,) * len(arm_lengths),
+        arm_lengths=arm_lengths,
     )
     frame, _ = render_frame([shape], (64, 64), background=1000.0, rng=np.random.default_rng(seed))
     return np.clip(0.5 * frame / 1000.0, 0.0, 1.0)
@@ -109,7 +108,7 @@ def test_outline_does_not_move_with_the_halo():
 
 def test_thin_arm_keeps_its_reach():
     # The darkness test alone measured 9.3 px: the arm's tip between bright halos blurs positive.
-    crops = [_single_cell(0.3, seed, arm_length=14.0) for seed in range(4)]
+    crops = [_single_cell(0.3, seed, arm_lengths=(14.0,)) for seed in range(4)]
     reach = np.mean([measure_crop(crop)["protrusion_reach"] for crop in crops])
     print(f"\nreach of a 14-px arm: {reach:.1f} px")
     assert 12.0 <= reach <= 15.0
