@@ -132,8 +132,8 @@ def segment_frame(
     texture_window
         Side (px) of the local standard deviation window.
     min_texture_ratio
-        The Otsu threshold of the texture image must be this many times the median texture
-        (the background's) for the frame to be considered to contain cells at all.
+        The Otsu threshold of the texture image must be this many times the lower-quartile
+        texture (the background's) for the frame to be considered to contain cells at all.
     noise_factor
         Cell pixels are darker than the background by this many background noise SDs.
     edge_sigma
@@ -156,7 +156,9 @@ def segment_frame(
     flat = filters.gaussian(flattened, sigma=smoothing, preserve_range=True)
     texture = local_std(flat, texture_window)
     threshold = filters.threshold_otsu(texture)
-    if threshold <= min_texture_ratio * np.median(texture):
+    # The lower quartile, not the median: a single-cell crop whose arms and halo fill more than
+    # half of it (an exaggerated decoded cell) still has background in its corners.
+    if threshold <= min_texture_ratio * np.percentile(texture, 25):
         return np.zeros(img.shape, dtype=np.int32)
     near_cells = texture > threshold
     # Halos extend a few px beyond the textured band; keep them out of the noise estimate.

@@ -114,6 +114,27 @@ def test_thin_arm_keeps_its_reach():
     assert 12.0 <= reach <= 15.0
 
 
+def test_cell_filling_most_of_its_crop_is_measured():
+    # Five long arms and a bright halo texture more than half of the crop, as in decoded cells
+    # exaggerated to s = +3..+4. Measured against the median texture the crop held no cell
+    # (NaN), which dropped the most exaggerated steps from the trends.
+    arms = 5
+    shape = CellShape(
+        label=1,
+        y=31.5,
+        x=31.5,
+        radius=12.0,
+        halo_gain=1.2,
+        arm_angles=tuple(2 * math.pi * k / arms for k in range(arms)),
+        arm_lengths=(16.0,) * arms,
+    )
+    for seed in range(3):
+        frame, truth = render_frame([shape], (64, 64), rng=np.random.default_rng(seed))
+        got = measure_crop(np.clip(0.5 * frame / 1000.0, 0.0, 1.0))
+        assert got["protrusion_count"] == arms
+        assert got["area"] == pytest.approx((truth > 0).sum(), rel=0.15)
+
+
 def test_measure_table_has_documented_columns(measured):
     _, table, _ = measured
     assert list(table.columns[: len(FEATURE_COLUMNS)]) == FEATURE_COLUMNS
