@@ -168,7 +168,13 @@ def _model_uri(value: str) -> str:
 
 def _cmd_exaggerate(args: argparse.Namespace) -> int:
     from lch.cellstore import CellStoreError, open_cells
-    from lch.exaggerate import exaggerate, pick_cells, spearman_table, write_report
+    from lch.exaggerate import (
+        REPORT_CELLS,
+        exaggerate,
+        pick_cells,
+        spearman_table,
+        write_report,
+    )
     from lch.paths import cohort_dir
     from lch.registry import load_lch_model
 
@@ -179,7 +185,8 @@ def _cmd_exaggerate(args: argparse.Namespace) -> int:
         model = load_lch_model(_model_uri(args.model))
         if args.cohort:
             table, crops = open_cells(cohort_dir(args.cohort))
-            indices = np.array(args.cell) if args.cell else pick_cells(table, args.cells, args.seed)
+            n = REPORT_CELLS if args.cells is None else args.cells
+            indices = np.array(args.cell) if args.cell else pick_cells(table, n, args.seed)
             if len(indices) and (indices.min() < 0 or indices.max() >= crops.shape[0]):
                 raise ValueError(f"cell ids must lie in 0..{crops.shape[0] - 1}")
             sources = crops.get_orthogonal_selection((indices, slice(None), slice(None)))
@@ -269,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models:/lch-aae@champion",
                    help="a models:/ URI or a version number (default the champion)")
     p.add_argument("--cohort", help="take cells from this stored cohort")
-    p.add_argument("--cells", type=int, default=8, help="how many cells (half high, half low)")
+    p.add_argument("--cells", type=int,
+                   help="how many cells, half high, half low (default: as many as the report "
+                        "logged with every training run)")
     p.add_argument("--cell", type=int, action="append", help="a cell's crop_index (repeatable)")
     p.add_argument("--crop", type=Path, action="append", help="a PNG/TIFF crop (repeatable)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[-4, -3, -2, -1, 0, 1, 2, 3, 4])

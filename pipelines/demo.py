@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from lch.cellstore import open_cells
-from lch.exaggerate import exaggerate, pick_cells, spearman_table, write_report
+from lch.exaggerate import REPORT_CELLS, exaggerate, pick_cells, spearman_table, write_report
 from lch.paths import cohort_dir, lch_home
 from lch.promotion import PromotionRefused, promote
 from lch.registry import load_lch_model, tracking_uri
@@ -35,10 +35,11 @@ def _free_port() -> int:
 
 
 def _exaggeration_report(version: str, out: Path) -> Path:
-    """Exaggerate 8 cells (half high, half low) with ``version``; print the trends."""
+    """Exaggerate :data:`REPORT_CELLS` cells (half high, half low) with ``version``; print the
+    trends."""
     model = load_lch_model(f"models:/lch-aae/{version}")
     table, crops = open_cells(cohort_dir(COHORT))
-    indices = pick_cells(table, 8, seed=0)
+    indices = pick_cells(table, REPORT_CELLS, seed=0)
     result = exaggerate(model, crops.get_orthogonal_selection((indices, slice(None), slice(None))),
                         cells=[f"cell {i} ({table['label'].iloc[i]})" for i in indices])
     paths = write_report(result, out)

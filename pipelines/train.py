@@ -34,7 +34,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from lch.classify import plot_population_curve
-from lch.exaggerate import exaggerate, pick_cells, spearman_table, write_report
+from lch.exaggerate import REPORT_CELLS, exaggerate, pick_cells, spearman_table, write_report
 from lch.model import AAEConfig
 from lch.paths import join, lch_home, pyarrow_filesystem
 from lch.pipelines.runtime import cluster_cpus, init_ray
@@ -76,8 +76,7 @@ DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 50  # the paper's; per worker
 DEFAULT_WORKERS = 2
 GPU_WORKER_CPUS = 2
-# Held-out cells in the exaggeration report logged with every run (artifact folder below).
-REPORT_CELLS = 8
+# The exaggeration report logged with every run (held-out cells) goes in this artifact folder.
 REPORT_FOLDER = "exaggeration"
 
 

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from lch.cellstore import CELL_SCHEMA, CellStoreWriter, open_cells
 from lch.classify import cell_auc
+from lch.exaggerate import DEFAULT_SIGMAS, REPORT_CELLS
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
 from lch.pipelines.ingest import convert_cohort
@@ -300,7 +301,8 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
         assert run.data.metrics[f"exaggeration_rho_{feature}"] == pytest.approx(rho)
     morphology = pd.read_csv(client.download_artifacts(
         summary.run_id, "exaggeration/exaggeration_morphology.csv", str(trained_home)))
-    assert len(morphology) == 8 * 9 and set(morphology.sigma) == set(range(-4, 5))
+    assert len(morphology) == REPORT_CELLS * len(DEFAULT_SIGMAS)
+    assert set(morphology.sigma) == set(DEFAULT_SIGMAS)
     held_out = set(summary.test_patients)
     assert {cell.split(" ")[0] for cell in morphology.cell} <= held_out
     assert summary.samples_per_s > 0 and "held-out population of 20 cells" in summary.format()
