@@ -171,6 +171,7 @@ def _cmd_exaggerate(args: argparse.Namespace) -> int:
     from lch.exaggerate import (
         REPORT_CELLS,
         exaggerate,
+        exaggerate_stored_cells,
         pick_cells,
         spearman_table,
         write_report,
@@ -187,13 +188,10 @@ def _cmd_exaggerate(args: argparse.Namespace) -> int:
             table, crops = open_cells(cohort_dir(args.cohort))
             n = REPORT_CELLS if args.cells is None else args.cells
             indices = np.array(args.cell) if args.cell else pick_cells(table, n, args.seed)
-            if len(indices) and (indices.min() < 0 or indices.max() >= crops.shape[0]):
-                raise ValueError(f"cell ids must lie in 0..{crops.shape[0] - 1}")
-            sources = crops.get_orthogonal_selection((indices, slice(None), slice(None)))
-            names = [f"cell {i} ({table['label'].iloc[i]})" for i in indices]
+            result = exaggerate_stored_cells(model, table, crops, indices, args.sigmas)
         else:
-            sources, names = [str(c) for c in args.crop], [c.name for c in args.crop]
-        result = exaggerate(model, sources, args.sigmas, cells=names)
+            names = [c.name for c in args.crop]
+            result = exaggerate(model, [str(c) for c in args.crop], args.sigmas, cells=names)
     except (CellStoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,13 @@ from pathlib import Path
 import yaml
 
 from lch.cellstore import open_cells
-from lch.exaggerate import REPORT_CELLS, exaggerate, pick_cells, spearman_table, write_report
+from lch.exaggerate import (
+    REPORT_CELLS,
+    exaggerate_stored_cells,
+    pick_cells,
+    spearman_table,
+    write_report,
+)
 from lch.paths import cohort_dir, lch_home
 from lch.promotion import PromotionRefused, promote
 from lch.registry import load_lch_model, tracking_uri
@@ -39,9 +45,7 @@ def _exaggeration_report(version: str, out: Path) -> Path:
     trends."""
     model = load_lch_model(f"models:/lch-aae/{version}")
     table, crops = open_cells(cohort_dir(COHORT))
-    indices = pick_cells(table, REPORT_CELLS, seed=0)
-    result = exaggerate(model, crops.get_orthogonal_selection((indices, slice(None), slice(None))),
-                        cells=[f"cell {i} ({table['label'].iloc[i]})" for i in indices])
+    result = exaggerate_stored_cells(model, table, crops, pick_cells(table, REPORT_CELLS, seed=0))
     paths = write_report(result, out)
     print("Spearman rho between the shift s (SDs along the discriminant direction) and what "
           "the decoded cells show:")

@@ -632,6 +632,29 @@ def pick_cells(
     return table[column].to_numpy()[rows]
 
 
+def exaggerate_stored_cells(
+    model: torch.nn.Module,
+    table: pd.DataFrame,
+    crops: Any,
+    indices: Sequence[int] | np.ndarray,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+) -> Exaggeration:
+    """:func:`exaggerate` the cells ``indices`` (crop indices) of a stored cohort, as opened by
+    :func:`lch.cellstore.open_cells` (``table``, ``crops``); each is named by id and label.
+
+    Raises
+    ------
+    ValueError
+        If an index lies outside the stored crops.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= crops.shape[0]):
+        raise ValueError(f"cell ids must lie in 0..{crops.shape[0] - 1}")
+    sources = crops.get_orthogonal_selection((indices, slice(None), slice(None)))
+    names = [f"cell {i} ({table['label'].iloc[i]})" for i in indices]
+    return exaggerate(model, sources, sigmas, cells=names)
+
+
 def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:
     """Write the montage (PNG), the morphology table and the Spearman trends (CSV) to
     ``out_dir``; return their paths by kind."""

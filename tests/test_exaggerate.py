@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
+import zarr
 from PIL import Image
 
 from lch import synth
@@ -28,6 +29,7 @@ from lch.exaggerate import (
     exaggerate,
     exaggerate_class_means,
     exaggerate_codes,
+    exaggerate_stored_cells,
     load_crop,
     montage,
     save_montage,
@@ -266,6 +268,18 @@ def test_zero_shift_is_the_reconstruction(model, trained):
     with torch.no_grad():
         recon = model.decode(model.encode(torch.from_numpy(crops[:, None])))[:, 0].numpy()
     assert np.allclose(out.images[:, 0], recon, atol=1e-6)
+
+
+def test_stored_cells_are_named_by_id_and_label(model, trained):
+    # A cohort's crops.zarr and cells table, as lch.cellstore.open_cells returns them.
+    crops = zarr.array(trained["crops"][:60], chunks=(16, CROP, CROP))
+    table = pd.DataFrame({"label": trained["labels"][:60]})
+    out = exaggerate_stored_cells(model, table, crops, [3, 55], sigmas=[0.0])
+    assert out.cells == ["cell 3 (high)", "cell 55 (low)"]
+    direct = exaggerate(model, trained["crops"][[3, 55]], sigmas=[0.0], measure=False)
+    assert np.array_equal(out.images, direct.images)
+    with pytest.raises(ValueError, match=r"cell ids must lie in 0\.\.59"):
+        exaggerate_stored_cells(model, table, crops, [60])
 
 
 def test_class_means(model, trained):
