@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import lch.pipelines  # noqa: E402, F401, I001  (first: local Ray on loopback)
+
 import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import ray._private.internal_api  # noqa: E402

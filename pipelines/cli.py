@@ -1,4 +1,4 @@
-"""The `lch` command line: one subcommand per step of DESIGN.md's flow."""
+"""The `lch` command line: one subcommand per step of the flow in ARCHITECTURE.md."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lch.cells import DEFAULT_CROP_SIZE
+from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS
 from lch.pipelines.runtime import quiet_environment
 
 
@@ -35,10 +36,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from lch.pipelines.segment import segment_cohort
 
     if args.address:
-        extra = ["--crop-size", str(args.crop_size)] + (["--no-segment"] if args.no_segment else [])
+        extra = ["--crop-size", str(args.crop_size), "--max-frame-pixels",
+                 str(args.max_frame_pixels)] + (["--no-segment"] if args.no_segment else [])
         return submit_ingest_job(args.manifest, args.address, extra_args=extra)
     try:
-        summary = convert_cohort(args.manifest, progress=not args.quiet)
+        summary = convert_cohort(
+            args.manifest, progress=not args.quiet, max_frame_pixels=args.max_frame_pixels
+        )
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -127,7 +131,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     init_ray()
     serve.start(http_options={"host": args.host, "port": args.port})
-    app = build_app({"model_alias": args.model_alias, "poll_interval_s": args.poll_interval})
+    app = build_app({"model_alias": args.model_alias, "poll_interval_s": args.poll_interval,
+                     "public_docs": args.public_docs})
     serve.run(app, name="lch", route_prefix="/")
     print(f"serving models:/lch-aae@{args.model_alias} on http://{args.host}:{args.port} "
           f"(OpenAPI: /docs); Ctrl-C stops", flush=True)
@@ -203,7 +208,9 @@ def _cmd_exaggerate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lch", description="Live-cell histology on Ray, MLflow and Zarr (see DESIGN.md)."
+        prog="lch",
+        description="Live-cell histology on Ray, MLflow and Zarr (see the repository's "
+        "ARCHITECTURE.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -226,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-segment", action="store_true", help="stage A only (no cells/crops)")
     p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="crop side in px")
+    p.add_argument("--max-frame-pixels", type=int, default=DEFAULT_MAX_FRAME_PIXELS,
+                   help="refuse movies whose frames (height x width) exceed this, judged from "
+                        "the file's header (default %(default)s = 16384 x 16384)")
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("segment", help="segment a cohort's stored movies into cells and crops")
@@ -262,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-alias", default="champion")
     p.add_argument("--poll-interval", type=float, default=10.0,
                    help="seconds between checks for a newly promoted version")
+    p.add_argument("--public-docs", action="store_true",
+                   help="serve /docs and /openapi.json without $LCH_API_TOKEN (default: with a "
+                        "token set, they need it like every route but /healthz)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("classify", help="classify a TIFF movie/frame through the Serve endpoint")
@@ -291,11 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_error(exc: BaseException) -> bool:
-    """An unusable data root or tracking store: the user's environment, not a bug."""
+    """An unusable data root, tracking store or Ray token, or a cohort another run is writing:
+    the user's environment, not a bug."""
+    from lch.cohort_lock import CohortLocked
     from lch.paths import StorageError
+    from lch.pipelines.runtime import RaySecurityError
     from lch.registry import TrackingConfigError
 
-    return isinstance(exc, StorageError | TrackingConfigError)
+    return isinstance(exc, StorageError | TrackingConfigError | RaySecurityError | CohortLocked)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,10 @@ import ray
 import yaml
 from tqdm.auto import tqdm
 
+from lch.cohort_lock import cohort_lock
 from lch.conversion import ConversionResult, convert_movie, remove_leftovers
 from lch.manifest import Manifest, MovieEntry, load_manifest
+from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS
 from lch.paths import (
     Location,
     check_root,
@@ -32,7 +34,7 @@ from lch.paths import (
     movies_dir,
     storage_options_from_env,
 )
-from lch.pipelines.runtime import init_ray
+from lch.pipelines.runtime import init_ray, require_token_auth
 
 MANIFEST_NAME = "manifest.yaml"
 # Passed on to a submitted job when set here. Not the S3 secrets: a job's runtime_env is shown
@@ -90,12 +92,13 @@ def _provenance(manifest: Manifest, movie: MovieEntry) -> dict:
 
 @ray.remote(num_cpus=1, max_retries=3)
 def _convert_task(
-    source: str, dest: str, movie: str, provenance: dict, px, dt, storage_options: dict
+    source: str, dest: str, movie: str, provenance: dict, px, dt, storage_options: dict,
+    max_frame_pixels: int | None,
 ) -> ConversionResult:
     # max_retries covers a worker or node dying; user errors come back as "failed" results.
     return convert_movie(
         source, dest, movie=movie, provenance=provenance, pixel_size_um=px, frame_interval_s=dt,
-        storage_options=storage_options,
+        storage_options=storage_options, max_frame_pixels=max_frame_pixels,
     )
 
 
@@ -133,12 +136,21 @@ def _store_manifest(
 
 
 def convert_cohort(
-    manifest_path: str | Path, *, home: Location | None = None, progress: bool = True
+    manifest_path: str | Path,
+    *,
+    home: Location | None = None,
+    progress: bool = True,
+    max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
 ) -> IngestSummary:
     """Stage A: validate the manifest and convert every movie to OME-Zarr in parallel Ray tasks.
 
+    The cohort's lock (:func:`lch.cohort_lock.cohort_lock`) is held throughout; a movie whose
+    frames exceed ``max_frame_pixels`` fails before any pixel is decoded.
+
     Raises
     ------
+    lch.cohort_lock.CohortLocked
+        If another live run is writing the cohort.
     lch.manifest.ManifestError
         If the manifest as a whole is unusable; bad single entries are reported as failures.
     lch.paths.StorageError
@@ -152,25 +164,30 @@ def convert_cohort(
     folder = movies_dir(manifest.cohort, home)
     if not is_url(folder):  # an object store has no folders to create
         folder.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(folder, options)
-    init_ray()
-    refs = [
-        _convert_task.remote(
-            str(manifest.source_path(m)),
-            str(movie_store(manifest.cohort, m.id, home)),
-            m.id,
-            _provenance(manifest, m),
-            m.pixel_size_um,
-            m.frame_interval_s,
-            options,
-        )
-        for m in manifest.movies
-    ]
-    results = _gather(refs, progress)
-    # An attempt lost with its node (then retried elsewhere) leaves its write-aside store.
-    remove_leftovers(folder, options)
-    results += [ConversionResult(e.movie, "failed", message=e.message) for e in manifest.errors]
-    _store_manifest(manifest, results, home, options)
+    with cohort_lock(cohort_dir(manifest.cohort, home), "lch ingest", options):
+        # Holding the lock, every write-aside store here is a dead run's.
+        remove_leftovers(folder, options)
+        init_ray()
+        refs = [
+            _convert_task.remote(
+                str(manifest.source_path(m)),
+                str(movie_store(manifest.cohort, m.id, home)),
+                m.id,
+                _provenance(manifest, m),
+                m.pixel_size_um,
+                m.frame_interval_s,
+                options,
+                max_frame_pixels,
+            )
+            for m in manifest.movies
+        ]
+        results = _gather(refs, progress)
+        # An attempt lost with its node (then retried elsewhere) leaves its write-aside store.
+        remove_leftovers(folder, options)
+        results += [
+            ConversionResult(e.movie, "failed", message=e.message) for e in manifest.errors
+        ]
+        _store_manifest(manifest, results, home, options)
     return IngestSummary(manifest.cohort, home, results, time.perf_counter() - started)
 
 
@@ -192,11 +209,13 @@ def submit_ingest_job(manifest_path: str | Path, address: str, *, extra_args: li
     The manifest and the movies must be readable at the same absolute paths on the cluster
     (a shared file system). ``LCH_HOME`` (and the S3 endpoint and region of :data:`JOB_ENV`) are
     passed on only if set here, as written (a local default would mean nothing on the cluster).
-    Logs are followed until the job ends.
+    Logs are followed until the job ends. The Jobs API is called with Ray's token
+    authentication (:func:`lch.pipelines.runtime.require_token_auth`).
     Returns 0 if the job succeeded.
     """
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    require_token_auth(address)
     manifest_path = Path(manifest_path).resolve()
     client = JobSubmissionClient(address)
     entrypoint = shlex.join(["lch", "ingest", str(manifest_path), *extra_args])

@@ -1,8 +1,17 @@
-"""Starting or joining Ray, sized for the machine it runs on; a local multi-node cluster."""
+"""Starting or joining Ray, sized for the machine it runs on and closed by default.
+
+A local instance binds every Ray component to 127.0.0.1 (see :mod:`lch.pipelines`, which sets
+this before Ray is imported) and requires Ray's token authentication, with a random token per
+session in a private file; joining a cluster (``RAY_ADDRESS``) also asks for token
+authentication, with the operator's ``RAY_AUTH_TOKEN``.
+"""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -19,9 +28,13 @@ if TYPE_CHECKING:
 # a user's own setting of any of them wins.
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
+# Ray's own variables for token authentication (Ray >= 2.52).
+AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+LOOPBACK = "127.0.0.1"
+
+log = logging.getLogger(__name__)
 
 
 def quiet_environment() -> None:
@@ -35,18 +48,92 @@ def quiet_environment() -> None:
 WORKER_ENV = {"ZARR_THREADING__MAX_WORKERS": "1", "BLOSC_NTHREADS": "1"}
 
 
+class RaySecurityError(RuntimeError):
+    """Ray would start or be reached without its protections; the message says how to fix it."""
+
+
+def _auth_mode() -> str:
+    """Ray's authentication mode for this process (:mod:`lch.pipelines` defaults it to token)."""
+    return os.environ.get(AUTH_MODE_ENV, "token").lower()
+
+
+def has_auth_token() -> bool:
+    """Whether this process has a Ray token from the operator (variable or file)."""
+    return bool(os.environ.get(TOKEN_ENV)) or bool(os.environ.get(TOKEN_PATH_ENV))
+
+
+def require_token_auth(address: str) -> None:
+    """Ask for token authentication towards the cluster at ``address``, unless the operator
+    opted out with ``RAY_AUTH_MODE=disabled``; without a token, say how to provide one."""
+    if _auth_mode() == "token" and not has_auth_token():
+        raise RaySecurityError(
+            f"the Ray cluster at {address} needs its authentication token: set {TOKEN_ENV} "
+            f"(or {TOKEN_PATH_ENV}, a file holding it), e.g. from the cluster's KubeRay secret; "
+            f"only for a cluster started without authentication, set {AUTH_MODE_ENV}=disabled"
+        )
+
+
+def ensure_local_token(folder: str | None = None) -> str | None:
+    """Token authentication for a Ray instance this process starts.
+
+    The operator's ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` is used if set; otherwise a random
+    token is written, readable by this user only, to a new private folder under ``folder`` (default
+    the system's temp dir), removed when this process exits. Ray's processes inherit the setting.
+    An explicit ``RAY_AUTH_MODE=disabled`` is respected, with a warning.
+
+    Returns
+    -------
+    str or None
+        The token file written, or None if none was needed.
+    """
+    if _auth_mode() != "token":
+        log.warning("%s=%s: the local Ray instance takes jobs from anyone who can reach it",
+                    AUTH_MODE_ENV, _auth_mode())
+        return None
+    if has_auth_token():
+        return None
+    private = tempfile.mkdtemp(prefix="lch-ray-auth-", dir=folder)  # mode 0700
+    path = os.path.join(private, "auth_token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    os.environ[TOKEN_PATH_ENV] = path
+    return path
+
+
+def _check_loopback() -> None:
+    """Refuse to go on with a local instance that advertises (and so binds) a network address."""
+    ip = ray.util.get_node_ip_address()
+    if ip != LOOPBACK:
+        ray.shutdown()
+        raise RaySecurityError(
+            f"the local Ray instance bound {ip}, not {LOOPBACK}: Ray was imported before "
+            "lch.pipelines could keep it on loopback; import lch.pipelines first, or set "
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before starting Python"
+        )
+
+
 def init_ray(address: str | None = None, **kwargs) -> None:
     """Join the Ray cluster at ``address`` / ``$RAY_ADDRESS``, or start a local one.
 
-    A local instance gets one logical CPU per core and no dashboard (the Jobs API is only needed
-    on a cluster started with ``ray start --head``). Workers get :data:`WORKER_ENV`.
-    Calling it again is a no-op.
+    A local instance gets one logical CPU per core, no dashboard (the Jobs API is only needed
+    on a cluster started with ``ray start --head``), every component on 127.0.0.1 and token
+    authentication (:func:`ensure_local_token`). Joining a cluster asks for token authentication
+    (:func:`require_token_auth`). Workers get :data:`WORKER_ENV`. Calling it again is a no-op.
+
+    Raises
+    ------
+    RaySecurityError
+        If the cluster needs a token that is not set, or a local instance would not be on
+        loopback.
     """
     if ray.is_initialized():
         return
     quiet_environment()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        require_token_auth(address)
         # A cluster's workers inherit their node's environment, not ours: pass it along.
         runtime_env = kwargs.pop("runtime_env", None) or {}
         env_vars = {**WORKER_ENV, **runtime_env.get("env_vars", {})}
@@ -59,7 +146,9 @@ def init_ray(address: str | None = None, **kwargs) -> None:
         os.environ.setdefault(key, value)
     kwargs.setdefault("num_cpus", os.cpu_count())
     kwargs.setdefault("include_dashboard", False)
+    ensure_local_token(os.environ.get("RAY_TMPDIR"))
     ray.init(logging_level="WARNING", **kwargs)
+    _check_loopback()
 
 
 def cluster_cpus() -> int:
@@ -111,6 +200,7 @@ def local_cluster(
     temp_root = tempfile.mkdtemp(prefix="lchc", dir="/tmp")
     previous = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp_root
+    token_path = ensure_local_token(temp_root)
     store = object_store_mb << 20
     # The default ports may be held by another Ray instance on this machine (the workers'
     # agents get free ones from Cluster itself).
@@ -133,4 +223,6 @@ def local_cluster(
             os.environ.pop("RAY_TMPDIR", None)
         else:
             os.environ["RAY_TMPDIR"] = previous
+        if token_path is not None:
+            os.environ.pop(TOKEN_PATH_ENV, None)
         shutil.rmtree(temp_root, ignore_errors=True)

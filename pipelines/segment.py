@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 
 from lch.cells import DEFAULT_CROP_SIZE, frame_cells
 from lch.cellstore import CellStoreWriter
+from lch.cohort_lock import cohort_lock
+from lch.conversion import remove_leftovers
 from lch.morphology import FEATURE_COLUMNS
 from lch.omezarr import open_movie, read_provenance
 from lch.paths import (
@@ -178,6 +180,32 @@ def _table(block: dict[str, np.ndarray], kept: np.ndarray, meta: dict) -> pd.Dat
     return table
 
 
+def _stream_cells(
+    items: list, meta: dict, writer: CellStoreWriter, summary: SegmentSummary, crop_size: int,
+    frames_per_batch: int, options: dict, progress: bool,
+) -> None:
+    """Segment the frames of ``items`` with Ray Data, streaming the kept cells into ``writer``."""
+    init_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # crop indices are reproducible run to run
+    ctx.enable_progress_bars = progress
+    ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // frames_per_batch))
+    ds = ds.map_batches(
+        FrameSegmenter,
+        fn_constructor_kwargs={"crop_size": crop_size, "storage_options": options},
+        batch_size=frames_per_batch,
+        compute=ray.data.ActorPoolStrategy(size=min(cluster_cpus(), len(items))),
+        num_cpus=1,
+        batch_format="numpy",
+    )
+    bar = tqdm(total=len(items), desc="frames → cells", unit="frame", disable=not progress)
+    with bar:
+        for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            kept = _count(block, summary)
+            writer.add(_table(block, kept, meta), block["crop"][kept])
+            bar.update(len(set(zip(block["movie"], block["frame"], strict=True))))
+
+
 def segment_cohort(
     cohort: str,
     *,
@@ -188,10 +216,15 @@ def segment_cohort(
 ) -> SegmentSummary:
     """Segment every stored movie of a cohort and replace its ``cells.parquet``/``crops.zarr``.
 
+    The cohort's lock (:func:`lch.cohort_lock.cohort_lock`) is held throughout, and write-aside
+    outputs of killed runs are removed first.
+
     Raises
     ------
     FileNotFoundError
         If the cohort has no stored movies folder.
+    lch.cohort_lock.CohortLocked
+        If another live run is writing the cohort.
     lch.paths.StorageError
         If the data root is an object store that cannot be reached or has no such bucket.
     """
@@ -205,33 +238,19 @@ def segment_cohort(
         )
     started = time.perf_counter()
     summary = SegmentSummary(cohort)
-    items, meta = _movie_items(cohort, home, summary, options)
-    init_ray()
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # crop indices are reproducible run to run
-    ctx.enable_progress_bars = progress
-    writer = CellStoreWriter(cohort_dir(cohort, home), crop_size, options)
-    try:
-        if items:
-            ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // frames_per_batch))
-            ds = ds.map_batches(
-                FrameSegmenter,
-                fn_constructor_kwargs={"crop_size": crop_size, "storage_options": options},
-                batch_size=frames_per_batch,
-                compute=ray.data.ActorPoolStrategy(size=min(cluster_cpus(), len(items))),
-                num_cpus=1,
-                batch_format="numpy",
-            )
-            bar = tqdm(total=len(items), desc="frames → cells", unit="frame", disable=not progress)
-            with bar:
-                for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    kept = _count(block, summary)
-                    writer.add(_table(block, kept, meta), block["crop"][kept])
-                    bar.update(len(set(zip(block["movie"], block["frame"], strict=True))))
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    with cohort_lock(cohort_dir(cohort, home), "lch segment", options):
+        # Holding the lock, write-aside outputs here are a killed run's.
+        remove_leftovers(cohort_dir(cohort, home), options)
+        items, meta = _movie_items(cohort, home, summary, options)
+        writer = CellStoreWriter(cohort_dir(cohort, home), crop_size, options)
+        try:
+            if items:
+                _stream_cells(items, meta, writer, summary, crop_size, frames_per_batch,
+                              options, progress)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
     summary.frames = len(items)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -1,6 +1,6 @@
 """`lch train`: the AAE on Ray Train (DDP), then the patient-held-out classifier, in MLflow.
 
-Flow (DESIGN.md, step 2):
+Flow (ARCHITECTURE.md, step 2):
 
 1. Open the cohorts' cells and split them by patient, before anything starts (bad input fails
    here with a message naming the cohort or field).

@@ -21,7 +21,13 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lch.movie_io import MovieError, file_sha256, iter_frames, read_movie_info
+from lch.movie_io import (
+    DEFAULT_MAX_FRAME_PIXELS,
+    MovieError,
+    file_sha256,
+    iter_frames,
+    read_movie_info,
+)
 from lch.omezarr import (
     create_movie_store,
     ngff_metadata,
@@ -89,7 +95,8 @@ def remove_leftovers(folder: Location, storage_options: dict | None = None) -> l
     """Delete hidden stores left by killed runs in ``folder``; return what was removed.
 
     On an object store, a store whose commit was killed half-way (no group metadata) goes too.
-    Only call this when no other ingestion of the same cohort is running.
+    Call it holding the cohort's lock (:func:`lch.cohort_lock.cohort_lock`): another live run's
+    write-aside stores look the same.
     """
     if is_url(folder):
         return _remove_remote_leftovers(folder, storage_options)
@@ -125,6 +132,7 @@ def convert_movie(
     pixel_size_um: float | None = None,
     frame_interval_s: float | None = None,
     storage_options: dict | None = None,
+    max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
 ) -> ConversionResult:
     """Convert one TIFF movie into an OME-Zarr store at ``dest``.
 
@@ -143,6 +151,8 @@ def convert_movie(
         Physical scale of y/x and t, written to the NGFF coordinate transformations.
     storage_options : dict, optional
         fsspec options for a URL ``dest``; default from the environment.
+    max_frame_pixels : int or None
+        Largest frame accepted (judged from the file's header, before any pixel is decoded).
 
     Returns
     -------
@@ -155,7 +165,7 @@ def convert_movie(
     started = time.perf_counter()
     tmp = _aside(dest, TMP_PREFIX)
     try:
-        info = read_movie_info(source)
+        info = read_movie_info(source, max_frame_pixels=max_frame_pixels)
         sha = file_sha256(source)
         existing = read_provenance(dest, storage_options)
         if existing and existing.get("source_sha256") == sha:
@@ -187,7 +197,7 @@ def convert_movie(
             provenance=attrs,
             storage_options=storage_options,
         )
-        written = write_frames(array, iter_frames(source))
+        written = write_frames(array, iter_frames(source, max_frame_pixels=max_frame_pixels))
         if written != info.frames:
             raise MovieError(f"{source}: {written} frames read, {info.frames} declared")
         _commit(tmp, dest, storage_options)

@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lch.paths import NAME_PATTERN
+from lch.paths import NAME_PATTERN, is_valid_name
 
 
 class ManifestError(ValueError):
@@ -35,6 +35,13 @@ class MovieEntry(BaseModel):
     pixel_size_um: float | None = Field(default=None, gt=0)
     frame_interval_s: float | None = Field(default=None, gt=0)
 
+    @field_validator("id")
+    @classmethod
+    def _id_is_a_name(cls, value: str) -> str:
+        if not is_valid_name(value):
+            raise ValueError("must not contain '..' (it becomes a folder name)")
+        return value
+
     @field_validator("patient", "cell_line", mode="before")
     @classmethod
     def _ids_are_text(cls, value):
@@ -43,7 +50,7 @@ class MovieEntry(BaseModel):
 
     @property
     def line(self) -> str:
-        """The cell line, defaulting to the patient (as DESIGN.md specifies)."""
+        """The cell line, defaulting to the patient (the README's manifest format)."""
         return self.cell_line or self.patient
 
 
@@ -105,10 +112,10 @@ def _cohort_name(path: Path, data: dict) -> str:
     if cohort is None:
         raise ManifestError(f"{path}: missing field 'cohort'")
     cohort = str(cohort)
-    if not NAME_PATTERN.match(cohort):
+    if not is_valid_name(cohort):
         raise ManifestError(
-            f"{path}: field 'cohort' = {cohort!r} must match {NAME_PATTERN.pattern} "
-            "(it becomes a folder name)"
+            f"{path}: field 'cohort' = {cohort!r} must match {NAME_PATTERN.pattern} without "
+            "'..' (it becomes a folder name)"
         )
     return cohort
 

@@ -20,12 +20,19 @@ import tifffile
 TIME_AXES = {"T", "I", "Q"}
 SUPPORTED_KINDS = {"u", "i", "f"}
 HASH_BLOCK = 4 << 20
+DEFAULT_MAX_FRAME_PIXELS = 16384 * 16384
+"""Largest frame ingestion decodes by default (1 GiB as float32): a file's header can declare far
+more pixels than the file holds, and each worker decodes a whole frame at once."""
 # What tifffile logs (instead of raising) when a file's page chain or declared shape is broken.
 TRUNCATION_SIGNS = ("invalid page offset", "failed to reshape", "corrupted", "truncated")
 
 
 class MovieError(ValueError):
     """A movie file that cannot be ingested; the message names the file and the reason."""
+
+
+class FrameTooLarge(MovieError):
+    """A movie whose header declares frames beyond the allowed size (found before decoding)."""
 
 
 @dataclass(frozen=True)
@@ -116,8 +123,11 @@ def _open(source: Source, path: str) -> Iterator[tifffile.TiffFile]:
     try:
         tif = tifffile.TiffFile(source)
         series = tif.series  # reading the series walks every page
-    except Exception as exc:  # tifffile raises several types for non-TIFF input
-        raise MovieError(f"{path}: not a readable TIFF file ({exc})") from exc
+    except tifffile.TiffFileError as exc:
+        # Its message quotes the file's first bytes: never echo those (any file could be named).
+        raise MovieError(f"{path}: not a readable TIFF file (no valid TIFF header)") from exc
+    except Exception as exc:  # tifffile raises several types for damaged TIFFs
+        raise MovieError(f"{path}: not a readable TIFF file ({type(exc).__name__})") from exc
     finally:
         logger.removeHandler(collect)
     with tif:
@@ -129,12 +139,17 @@ def _open(source: Source, path: str) -> Iterator[tifffile.TiffFile]:
         yield tif
 
 
-def _info(path: str, tif: tifffile.TiffFile) -> MovieInfo:
+def _info(path: str, tif: tifffile.TiffFile, max_frame_pixels: int | None) -> MovieInfo:
     series = tif.series[0]
     shape, axes = tuple(series.shape), series.axes
     if 0 in shape:
         raise MovieError(f"{path}: empty movie (shape {shape})")
     frames, height, width = _movie_axes(path, shape, axes)
+    if max_frame_pixels is not None and height * width > max_frame_pixels:
+        raise FrameTooLarge(
+            f"{path}: frames of {height}x{width} = {height * width} pixels exceed the limit of "
+            f"{max_frame_pixels} pixels"
+        )
     dtype = np.dtype(series.dtype)
     if dtype.kind not in SUPPORTED_KINDS or dtype.itemsize > 8:
         raise MovieError(f"{path}: unsupported pixel type {dtype}")
@@ -143,7 +158,10 @@ def _info(path: str, tif: tifffile.TiffFile) -> MovieInfo:
     return MovieInfo(Path(path), frames, height, width, stored_dtype(dtype), axes)
 
 
-def read_movie_info(source: Source, name: str | None = None) -> MovieInfo:
+def read_movie_info(
+    source: Source, name: str | None = None, *,
+    max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
+) -> MovieInfo:
     """Open a movie and check that it can be ingested, without reading its pixels.
 
     Parameters
@@ -152,16 +170,20 @@ def read_movie_info(source: Source, name: str | None = None) -> MovieInfo:
         The TIFF / OME-TIFF.
     name : str, optional
         What to call it in messages (default: the path).
+    max_frame_pixels : int or None
+        Largest frame (height × width) accepted, judged from the header; None: no limit.
 
     Raises
     ------
+    FrameTooLarge
+        Frames declared larger than ``max_frame_pixels``.
     MovieError
         Missing file, not a TIFF, empty, RGB/multi-channel, more than 3-D, Z-stack,
         unsupported pixel type, or fewer pages than the declared frame count.
     """
     path = _name(source, name)
     with _open(source, path) as tif:
-        return _info(path, tif)
+        return _info(path, tif, max_frame_pixels)
 
 
 def _check_frame(path: str, index: int, frame: np.ndarray, info: MovieInfo) -> np.ndarray:
@@ -173,10 +195,14 @@ def _check_frame(path: str, index: int, frame: np.ndarray, info: MovieInfo) -> n
     return frame
 
 
-def iter_frames(source: Source, name: str | None = None) -> Iterator[np.ndarray]:
+def iter_frames(
+    source: Source, name: str | None = None, *,
+    max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
+) -> Iterator[np.ndarray]:
     """Yield the frames of a movie one at a time (never the whole movie in memory).
 
-    ``source`` and ``name`` are as in :func:`read_movie_info`.
+    ``source``, ``name`` and ``max_frame_pixels`` are as in :func:`read_movie_info`; the size is
+    checked before the first frame is decoded.
 
     Raises
     ------
@@ -186,7 +212,7 @@ def iter_frames(source: Source, name: str | None = None) -> Iterator[np.ndarray]
     """
     path = _name(source, name)
     with _open(source, path) as tif:
-        info = _info(path, tif)
+        info = _info(path, tif, max_frame_pixels)
         for t in range(info.frames):
             try:
                 frame = tif.asarray(key=t, series=0)

@@ -1,4 +1,4 @@
-"""Where things live under the data root (``LCH_HOME``), per DESIGN.md's data model.
+"""Where things live under the data root (``LCH_HOME``), per ARCHITECTURE.md's data model.
 
 ``LCH_HOME`` is a local folder (default ``./.lch``) or an fsspec URL such as
 ``s3://bucket/prefix``. A *location* is then a :class:`~pathlib.Path` for a local root and a URL

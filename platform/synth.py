@@ -8,7 +8,7 @@ classes, while populations of about 20 cells separate cleanly.
 
 Written layout (paths in the manifest are relative to it)::
 
-    out_dir/cohort.yaml                   manifest (DESIGN.md format)
+    out_dir/cohort.yaml                   manifest (the format in README.md)
     out_dir/truth.yaml                    every planted parameter, seed and generator version
     out_dir/raw/<movie>.tif               T x Y x X uint16 phase-contrast-like movie
     out_dir/truth/<movie>_labels.tif      T x Y x X uint16 ground-truth labels (0 = background)

@@ -16,11 +16,18 @@ from typing import Annotated
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
 from pydantic import BaseModel
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from ray.serve.handle import DeploymentHandle
 
 from lch.cells import frame_cells
@@ -39,6 +46,10 @@ CLASSIFIER_AUTOSCALING = {
 }
 EXAGGERATOR_AUTOSCALING = {**CLASSIFIER_AUTOSCALING, "target_ongoing_requests": 2}
 INGRESS_AUTOSCALING = {**CLASSIFIER_AUTOSCALING, "target_ongoing_requests": 16}
+# A model deployment that cannot take the request now (replicas dead or restarting, queue full).
+UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError,
+               ReplicaUnavailableError)
+RETRY_AFTER_S = 5
 
 
 def _cells_of_frames(frames: np.ndarray, crop_size: int) -> tuple[list[dict], np.ndarray]:
@@ -125,11 +136,13 @@ class Exaggerator(_FollowsModel):
         return loaded.version, result
 
 
+# FastAPI's own docs routes are off: the ones below honour the bearer token.
 api = FastAPI(
     title="LCH",
     description="Classify melanoma cells as highly/lowly metastatic from label-free images, "
     "and exaggerate what the classifier relies on (Zaritsky et al., Cell Systems 2021).",
     version="1",
+    docs_url=None, redoc_url=None, openapi_url=None,
 )
 bearer = HTTPBearer(auto_error=False, description=f"needed when {TOKEN_ENV} is set on the server")
 
@@ -145,10 +158,36 @@ def require_token(
         raise RequestError("missing or wrong bearer token", status=401)
 
 
+def require_token_for_docs(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    if not request.app.state.public_docs:
+        require_token(request, credentials)
+
+
 @api.exception_handler(RequestError)
 async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+
+
+@api.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token_for_docs)])
+async def openapi_schema() -> JSONResponse:
+    return JSONResponse(api.openapi())
+
+
+@api.get("/docs", include_in_schema=False, dependencies=[Depends(require_token_for_docs)])
+async def swagger_ui(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="LCH")
+
+
+@api.get("/redoc", include_in_schema=False, dependencies=[Depends(require_token_for_docs)])
+async def redoc(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_redoc_html(openapi_url=f"{root}/openapi.json", title="LCH")
 
 
 async def _body(request: Request) -> bytes:
@@ -206,12 +245,13 @@ class Ingress:
     """HTTP routes (OpenAPI at /docs); the models run in the composed deployments."""
 
     def __init__(self, classifier: DeploymentHandle, exaggerator: DeploymentHandle,
-                 token: str | None = None) -> None:
+                 token: str | None = None, public_docs: bool = False) -> None:
         self.classifier, self.exaggerator = classifier, exaggerator
         api.state.token = token
+        api.state.public_docs = public_docs
 
     async def _crop_size(self) -> int:
-        return (await self.classifier.info.remote())["crop_size"]
+        return (await self._call(self.classifier.info.remote()))["crop_size"]
 
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
@@ -219,7 +259,7 @@ class Ingress:
 
     @api.get("/v1/model", response_model=contract.ModelInfo, dependencies=[Depends(require_token)])
     async def model(self) -> contract.ModelInfo:
-        return contract.ModelInfo(**await self.classifier.info.remote())
+        return contract.ModelInfo(**await self._call(self.classifier.info.remote()))
 
     @api.post(
         "/v1/classify", response_model=contract.ClassifyResponse,
@@ -232,11 +272,12 @@ class Ingress:
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             data, name, _ = await _upload(request)
-            frames = contract.tiff_frames(data, name)
-            version, p, cells = await self.classifier.classify_frames.remote(frames)
+            frames = await asyncio.to_thread(contract.tiff_frames, data, name)
+            version, p, cells = await self._call(self.classifier.classify_frames.remote(frames))
         elif kind.startswith("application/json"):
-            crops = contract.request_crops(
-                contract.parse_json(body), await self._crop_size(), "crops"
+            size = await self._crop_size()
+            crops = await asyncio.to_thread(
+                lambda: contract.request_crops(contract.parse_json(body), size, "crops")
             )
             version, p = await self._call(self.classifier.classify_crops.remote(crops))
             cells = [{} for _ in p]
@@ -260,20 +301,24 @@ class Ingress:
         """Decode one crop moved along the discriminant direction by each sigma."""
         body = await _body(request)
         kind = request.headers.get("content-type", "")
+        size = await self._crop_size()
         if kind.startswith("multipart/form-data"):
             data, name, fields = await _upload(request)
-            raw, sigmas = contract.image_crop(data, name), fields.get("sigmas")
+            raw = await asyncio.to_thread(contract.image_crop, data, name)
+            sigmas = fields.get("sigmas")
         elif kind.startswith("application/json"):
-            payload = contract.parse_json(body)
+            payload = await asyncio.to_thread(contract.parse_json, body)
             sigmas = payload.get("sigmas")
-            raw = contract.request_crops(payload, await self._crop_size(), "crop", max_cells=1)[0]
+            raw = (await asyncio.to_thread(
+                contract.request_crops, payload, size, "crop", max_cells=1
+            ))[0]
         else:
             raise RequestError("send an application/json crop or a multipart/form-data image", 415)
+        sigmas = contract.sigmas_list(sigmas)
         try:
-            crop = load_crop(np.asarray(raw), await self._crop_size())
+            crop = await asyncio.to_thread(load_crop, np.asarray(raw), size)
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
-        sigmas = contract.sigmas_list(sigmas)
         version, result = await self._call(self.exaggerator.exaggerate.remote(crop, sigmas))
         if "image/png" in request.headers.get("accept", ""):
             buffer = io.BytesIO()
@@ -296,10 +341,17 @@ class Ingress:
 
     @staticmethod
     async def _call(response):
+        """Await a model deployment: its input errors are the client's (422), its absence a
+        503 with Retry-After."""
         try:
             return await response
         except ValueError as exc:  # a replica's own input check (e.g. crop size after a swap)
             raise RequestError(str(exc).splitlines()[-1]) from exc
+        except UNAVAILABLE as exc:
+            raise RequestError(
+                f"the model is not available right now ({type(exc).__name__}); retry shortly",
+                503,
+            ) from exc
 
 
 class AppArgs(BaseModel):
@@ -309,13 +361,16 @@ class AppArgs(BaseModel):
     tracking_uri: str | None = None
     poll_interval_s: float = 10.0
     token_env: str = TOKEN_ENV
+    public_docs: bool = False
+    """Serve /docs, /redoc and /openapi.json without the token (they describe, never act)."""
 
 
 def build_app(args: dict | None = None):
     """The application: ``Ingress(Classifier, Exaggerator)``, each following the alias.
 
     The bearer token is read from the environment variable named by ``token_env`` (by default
-    ``LCH_API_TOKEN``) of the process that builds the app; none means no authentication.
+    ``LCH_API_TOKEN``) of the process that builds the app; none means no authentication. With a
+    token, the API description routes need it too, unless ``public_docs``.
     """
     from lch.registry import tracking_uri
 
@@ -326,6 +381,7 @@ def build_app(args: dict | None = None):
         Classifier.bind(*model_args),
         Exaggerator.bind(*model_args),
         os.environ.get(config.token_env) or None,
+        config.public_docs,
     )
 
 

@@ -2,7 +2,10 @@
 
 Everything a client sends is checked here, in the ingress, before any replica sees it: bodies,
 frames, cells and sigmas are bounded (413 / 422 with a message saying which limit), and arrays
-must be finite and of the model's crop size. Nothing here reads a server-side path.
+must be finite and of the model's crop size. Image sizes are judged from the file's header (TIFF
+pages, PNG header, npy header) before anything is decoded, so a small file declaring a huge image
+costs milliseconds. The parsers here block: the ingress runs them off its event loop. Nothing
+here reads a server-side path.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from lch.movie_io import MovieError, iter_frames
+from lch.movie_io import FrameTooLarge, MovieError, iter_frames, read_movie_info
 
 MAX_BODY_BYTES = 64 << 20
 MAX_FRAMES = 20
 MAX_FRAME_PIXELS = 2048 * 2048
+MAX_CROP_PIXELS = 1024 * 1024
+"""Largest uploaded crop (PNG/TIFF); it is resized to the model's crop size."""
 MAX_CELLS = 500
 MAX_SIGMAS = 25
 MAX_ABS_SIGMA = 20.0
@@ -134,7 +139,9 @@ def check_body_size(size: int) -> None:
 def parse_json(body: bytes) -> dict:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:
+        raise RequestError("body is not valid JSON (nested too deeply)") from exc
+    except ValueError as exc:  # also an integer of more digits than Python converts
         raise RequestError(f"body is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise RequestError("JSON body must be an object")
@@ -149,7 +156,7 @@ def crops_array(
         raise RequestError(f"missing field '{field}'")
     try:
         array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise RequestError(f"'{field}' must be numbers in nested lists ({exc})") from exc
     if array.ndim == 2:
         array = array[None]
@@ -168,21 +175,40 @@ def crops_array(
     return array
 
 
+def _npy_array(encoded: Any, field: str, max_values: int) -> np.ndarray:
+    """A base64 ``.npy`` → array, its header checked (format, dtype, size) before it is read."""
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+        buffer = io.BytesIO(raw)
+        version = np.lib.format.read_magic(buffer)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"npy format version {version} is not supported")
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = header(buffer)
+    except (ValueError, TypeError, binascii.Error, EOFError) as exc:
+        raise RequestError(f"'{field}' is not a base64-encoded .npy array ({exc})") from exc
+    if dtype.hasobject:
+        raise RequestError(f"'{field}' holds Python objects; send float or uint8 pixels")
+    if dtype != np.uint8 and dtype.kind != "f":
+        raise RequestError(f"'{field}' must hold float or uint8 pixels, not {dtype}")
+    if int(np.prod(shape, dtype=np.float64)) > max_values:
+        raise RequestError(f"'{field}' declares shape {shape}; the limit is {max_values} values",
+                           413)
+    try:
+        value = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, EOFError) as exc:
+        raise RequestError(f"'{field}' is not a complete .npy array ({exc})") from exc
+    return value.astype(np.float32) / 255.0 if dtype == np.uint8 else value
+
+
 def request_crops(data: dict, crop_size: int, field: str, *, max_cells: int = MAX_CELLS):
     """The crops of a JSON body: ``<field>`` as nested lists, or ``<field>_npy``, a base64
     ``.npy`` array (read without pickle) that spares both sides parsing thousands of floats."""
     encoded = data.get(f"{field}_npy")
     if encoded is None:
         return crops_array(data.get(field), crop_size, field, max_cells=max_cells)
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-        value = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, TypeError, binascii.Error, EOFError) as exc:
-        raise RequestError(f"'{field}_npy' is not a base64-encoded .npy array ({exc})") from exc
-    if value.dtype == np.uint8:
-        value = value.astype(np.float32) / 255.0
-    elif value.dtype.kind != "f":
-        raise RequestError(f"'{field}_npy' must hold float or uint8 pixels, not {value.dtype}")
+    value = _npy_array(encoded, f"{field}_npy", max_cells * crop_size * crop_size)
     return crops_array(value, crop_size, f"{field}_npy", max_cells=max_cells)
 
 
@@ -199,9 +225,11 @@ def sigmas_list(value: Any) -> list[float]:
         return list(DEFAULT_SIGMAS)
     if isinstance(value, str):
         value = [v for v in value.replace(",", " ").split() if v]
+    if not isinstance(value, list | tuple):
+        raise RequestError(f"'sigmas' must be a list of numbers, not {type(value).__name__}")
     try:
         sigmas = [float(v) for v in value]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise RequestError(f"'sigmas' must be a list of numbers ({exc})") from exc
     if not sigmas:
         raise RequestError("'sigmas' is empty")
@@ -212,18 +240,18 @@ def sigmas_list(value: Any) -> list[float]:
     return sigmas
 
 
-def tiff_frames(data: bytes, filename: str) -> np.ndarray:
-    """An uploaded TIFF movie or frame → (T, Y, X), with the ingestion checks and limits."""
-    frames = []
+def tiff_frames(data: bytes, filename: str, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
+    """An uploaded TIFF movie or frame → (T, Y, X), with the ingestion checks and limits; the
+    frame count and size are checked from the pages' headers before any frame is decoded."""
     try:
-        for frame in iter_frames(io.BytesIO(data), name=filename):
-            if frame.size > MAX_FRAME_PIXELS:
-                raise RequestError(
-                    f"{filename}: frames of {frame.shape} exceed {MAX_FRAME_PIXELS} pixels", 413
-                )
-            frames.append(frame)
-            if len(frames) > MAX_FRAMES:
-                raise RequestError(f"{filename}: more than {MAX_FRAMES} frames", 413)
+        info = read_movie_info(io.BytesIO(data), filename, max_frame_pixels=max_pixels)
+        if info.frames > MAX_FRAMES:
+            raise RequestError(
+                f"{filename}: {info.frames} frames; the limit is {MAX_FRAMES} frames", 413
+            )
+        frames = list(iter_frames(io.BytesIO(data), filename, max_frame_pixels=max_pixels))
+    except FrameTooLarge as exc:
+        raise RequestError(str(exc), 413) from exc
     except MovieError as exc:
         raise RequestError(str(exc)) from exc
     return np.stack(frames)
@@ -231,18 +259,29 @@ def tiff_frames(data: bytes, filename: str) -> np.ndarray:
 
 def image_crop(data: bytes, filename: str) -> np.ndarray:
     """An uploaded PNG or TIFF single-cell crop → 2-D array, in the dtype it was stored with
-    (:func:`lch.exaggerate.load_crop` scales integer pixels by their dtype's range)."""
+    (:func:`lch.exaggerate.load_crop` scales integer pixels by their dtype's range). At most
+    :data:`MAX_CROP_PIXELS`, judged from the header."""
     from PIL import Image, UnidentifiedImageError
 
     if data[:4] in (b"II*\x00", b"MM\x00*"):
-        frames = tiff_frames(data, filename)
+        frames = tiff_frames(data, filename, MAX_CROP_PIXELS)
         if len(frames) != 1:
             raise RequestError(f"{filename}: expected one crop, got {len(frames)} frames")
         return frames[0]
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            width, height = image.size
+            if width * height > MAX_CROP_PIXELS:
+                raise RequestError(
+                    f"{filename}: a {width}x{height} image; a crop may have at most "
+                    f"{MAX_CROP_PIXELS} pixels", 413,
+                )
             if image.mode not in ("L", "I;16", "I", "F"):
                 raise RequestError(f"{filename}: a crop must be a grey image, not {image.mode}")
             return np.asarray(image)
-    except (UnidentifiedImageError, OSError) as exc:
+    except RequestError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise RequestError(f"{filename}: image too large ({exc})", 413) from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise RequestError(f"{filename}: not a PNG or TIFF image ({exc})") from exc

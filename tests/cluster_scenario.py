@@ -26,6 +26,8 @@ os.environ["RAY_health_check_failure_threshold"] = "3"
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+import lch.pipelines  # noqa: E402, F401, I001  (first: local Ray on loopback)
+
 import ray  # noqa: E402
 from ray._private import ray_constants  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402

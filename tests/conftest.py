@@ -7,12 +7,16 @@ import tempfile
 
 import pytest
 
+import lch.pipelines  # noqa: F401  (before Ray is imported: local Ray stays on loopback)
+from lch.pipelines.runtime import ensure_local_token, quiet_environment
+
 # Keep Ray, MLflow and torch from writing outside the test's folders or phoning home.
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+quiet_environment()
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# One Ray token for the session, as an operator's RAY_AUTH_TOKEN_PATH: the session's Ray, the
+# clusters tests start and the clients they use all authenticate with it.
+ensure_local_token()
 
 
 @pytest.fixture(scope="session")

@@ -260,7 +260,9 @@ def test_ray_clusters_as_kuberay_and_lch_expect(layer):
         assert spec["rayVersion"] == pin("ray"), f"{owner}: rayVersion is not the pinned Ray"
         assert spec["enableInTreeAutoscaling"] is True, owner
         head = spec["headGroupSpec"]
-        # ShadowRay: the dashboard / Jobs API stays behind a ClusterIP Service, never exposed.
+        # ShadowRay: every Ray API asks for the token, from a Secret the operator creates...
+        assert spec.get("authOptions") == {"mode": "token", "secretName": "lch-ray-auth"}, owner
+        # ... and the dashboard / Jobs API stays behind a ClusterIP Service, never exposed.
         assert head.get("serviceType", "ClusterIP") == "ClusterIP", owner
         assert not head.get("enableIngress"), owner
         assert head["rayStartParams"].get("num-cpus") == "0", f"{owner}: head takes no work"

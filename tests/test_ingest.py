@@ -19,6 +19,7 @@ from lch.paths import cohort_dir, movie_store
 from lch.pipelines.cli import main as lch_main
 from lch.pipelines.ingest import convert_cohort
 
+from bombs import tiff_bomb
 from helpers import free_port, stop_session
 from movies import entry, random_movie, write_manifest, write_tiff
 
@@ -31,6 +32,8 @@ BAD_INPUTS = {
     "four-d": ("4d", "4-D"),
     "empty": ("empty", "empty movie"),
     "has-nan": ("nan", "NaN"),
+    "passwd": ("passwd", "not a readable TIFF"),
+    "frame-bomb": ("bomb", "exceed the limit"),
 }
 
 
@@ -51,6 +54,10 @@ def make_bad(kind: str | None, path: Path) -> None:
         )
     elif kind == "empty":
         tifffile.imwrite(path, np.zeros((0, 16, 16), np.uint16))
+    elif kind == "passwd":  # what a manifest naming /etc/passwd would point at
+        path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif kind == "bomb":  # 3.6 MB declaring one 60000 x 60000 frame
+        path.write_bytes(tiff_bomb(60000))
     elif kind == "nan":
         movie = np.ones((4, 16, 16), np.float32)
         movie[2, 3, 3] = np.nan
@@ -76,6 +83,7 @@ def mixed_cohort(tmp_path):
 
 def test_bad_movies_fail_alone_with_clear_messages(ray_session, lch_home, mixed_cohort):
     manifest, good = mixed_cohort
+    entries = yaml.safe_load(manifest.read_text())["movies"]
     summary = convert_cohort(manifest, progress=False)
 
     status = {r.movie: r for r in summary.results}
@@ -86,9 +94,10 @@ def test_bad_movies_fail_alone_with_clear_messages(ray_session, lch_home, mixed_
         result = status[movie_id]
         assert result.status == "failed", movie_id
         assert words in result.message and f"{movie_id}.tif" in result.message, result.message
+        assert "root" not in result.message  # never an echo of the file's bytes
         assert not movie_store("mixed", movie_id).exists()
     assert "appears 2 times" in status["twin"].message
-    assert "movies[11].patient" in status["no-patient"].message
+    assert f"movies[{len(entries) - 1}].patient" in status["no-patient"].message
     assert summary.count("ok") == 2 and len(summary.failed) == len(BAD_INPUTS) + 2
     text = summary.format()
     assert "2 converted" in text and "FAILED truncated" in text
@@ -196,3 +205,46 @@ def test_ingest_as_a_ray_job_through_the_jobs_api(ray_head, lch_home, tmp_path):
     assert "FAILED" in out.splitlines()[-1] or proc.returncode == 1, out
     assert proc.returncode == 1, out  # one movie failed, so the job failed
     np.testing.assert_array_equal(open_movie(movie_store("remote", "a", lch_home))[:, 0], data)
+
+
+@pytest.mark.slow
+def test_two_concurrent_ingests_of_one_cohort_leave_every_store_whole(lch_home, tmp_path):
+    """Two `lch ingest` runs started together: one holds the cohort's lock, the other is refused
+    by name (or, started later, finds everything stored); every store equals its source."""
+    movies = {f"m{i}": random_movie(frames=12, height=256, width=256, seed=i) for i in range(8)}
+    for movie_id, data in movies.items():
+        write_tiff(tmp_path / "raw" / f"{movie_id}.tif", data)
+    manifest = write_manifest(tmp_path, "race",
+                              [entry(m, f"raw/{m}.tif") for m in movies])
+    command = [str(Path(sys.executable).parent / "lch"), "ingest", str(manifest), "--quiet",
+               "--no-segment"]
+    env = {**os.environ, "LCH_HOME": str(lch_home)}
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outcomes = [(run.wait(timeout=300), *run.communicate()) for run in runs]
+
+    assert 0 in [code for code, _, _ in outcomes], outcomes
+    for code, out, err in outcomes:
+        assert code in (0, 2), (out, err)
+        if code == 2:
+            assert "is writing this cohort" in err and "lch ingest" in err, err
+        else:
+            assert "0 failed" in out, out
+    for movie_id, data in movies.items():
+        np.testing.assert_array_equal(open_movie(movie_store("race", movie_id))[:, 0], data)
+    folder = cohort_dir("race")
+    assert [p.name for p in folder.rglob(".*")] == []  # no lock, no write-aside leftovers
+
+
+def test_jobs_submission_without_the_clusters_token_stops_with_a_clear_error(
+    lch_home, tmp_path, monkeypatch, capsys
+):
+    write_tiff(tmp_path / "a.tif", random_movie(frames=2))
+    manifest = write_manifest(tmp_path, "remote", [entry("a", "a.tif")])
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    address = f"http://127.0.0.1:{free_port()}"
+    assert lch_main(["ingest", str(manifest), "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert address in err and "RAY_AUTH_TOKEN" in err

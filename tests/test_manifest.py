@@ -49,6 +49,7 @@ movies:
         ("cohort: c1\n", "missing field 'movies'"),
         ("cohort: c1\nmovies: []\n", "non-empty list"),
         ("cohort: ../escape\nmovies: [{id: a, path: a.tif, patient: p}]\n", "field 'cohort'"),
+        ("cohort: a..b\nmovies: [{id: a, path: a.tif, patient: p}]\n", "field 'cohort'"),
         ("cohort: c1\nmovie: []\nmovies: [{id: a, path: a.tif, patient: p}]\n", "unknown"),
     ],
 )
@@ -79,6 +80,7 @@ movies:
   - {id: "bad/id", path: x.tif, patient: p2}
   - {id: negpx, path: n.tif, patient: p2, pixel_size_um: -1}
   - just-a-string
+  - {id: "a..b", path: y.tif, patient: p2}
 """,
     )
     manifest = load_manifest(path)
@@ -90,4 +92,5 @@ movies:
     assert "movies[5].id" in errors["bad/id"]
     assert "movies[6].pixel_size_um" in errors["negpx"]
     assert "expected a mapping" in errors["movies[7]"]
+    assert "movies[8].id" in errors["a..b"] and "'..'" in errors["a..b"]
     assert all("cohort.yaml" in message for message in errors.values())

@@ -135,3 +135,21 @@ def test_a_table_and_crops_from_different_runs_are_refused(ingested, tmp_path):
 def test_missing_cohort_is_a_clear_error(lch_home):
     with pytest.raises(FileNotFoundError, match="no ingested movies for cohort 'nope'"):
         segment_cohort("nope", progress=False)
+
+
+def test_a_killed_runs_outputs_are_removed_by_the_next_and_a_live_run_is_refused(ingested):
+    from lch.cohort_lock import CohortLocked, cohort_lock
+
+    segment_cohort("seg", progress=False)
+    # What a run killed mid-write leaves beside the committed outputs.
+    (ingested / f".tmp-dead-{CELLS_FILE}").write_bytes(b"PAR1 half")
+    shutil.copytree(ingested / CROPS_STORE, ingested / f".tmp-dead-{CROPS_STORE}")
+    with cohort_lock(ingested, "lch ingest"), pytest.raises(CohortLocked, match="lch ingest"):
+        segment_cohort("seg", progress=False)
+    assert (ingested / f".tmp-dead-{CELLS_FILE}").exists()  # not touched while refused
+
+    summary = segment_cohort("seg", progress=False)
+    assert summary.cells_kept > 10
+    assert sorted(p.name for p in ingested.iterdir() if p.name.startswith(".")) == []
+    table, crops = open_cells(ingested)
+    assert len(table) == crops.shape[0] == summary.cells_kept

@@ -25,6 +25,7 @@ from lch.serving.client import LCHClient, LCHClientError
 from lch.serving.contract import MAX_BODY_BYTES, MAX_CELLS, MAX_SIGMAS
 from lch.synth import CellShape, render_frame
 
+from bombs import npy_bomb, npz_crops, png_bomb, tiff_bomb
 from helpers import free_port
 
 CROP = 64
@@ -156,6 +157,12 @@ def test_exaggerate_json_and_montage(server, registry, tmp_path):
     assert [s["sigma"] for s in from_file["steps"]] == sigmas
 
 
+def tiff_bytes(frames: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, frames, photometric="minisblack")
+    return buffer.getvalue()
+
+
 def pickled_npy() -> str:
     buffer = io.BytesIO()
     np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
@@ -182,6 +189,23 @@ BAD_REQUESTS = [
     ("/v1/exaggerate", {"json": {"crop": [[0.5] * CROP] * CROP, "sigmas": "x,y"}}, 422, "sigmas"),
     ("/v1/exaggerate", {"files": {"file": ("c.png", b"\x89PNG broken")}}, 422, "c.png"),
     ("/v1/exaggerate", {"json": {"crop": [[0.5] * 30] * 20}}, 422, "shape"),
+    # What a hostile client can send, each once a 500.
+    ("/v1/classify", {"content": '{"crops": ' + "[" * 10_000 + "]" * 10_000 + "}",
+                      "headers": {"content-type": "application/json"}}, 422, "nested"),
+    ("/v1/classify", {"content": '{"crops": [[[' + "9" * 4000 + "]]]}",
+                      "headers": {"content-type": "application/json"}}, 422, "numbers"),
+    ("/v1/classify", {"content": '{"crops": [[[' + "9" * 5000 + "]]]}",
+                      "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
+    ("/v1/exaggerate", {"content": '{"crop": ' + json.dumps([[0.5] * CROP] * CROP)
+                        + ', "sigmas": [' + "9" * 4000 + "]}",
+                        "headers": {"content-type": "application/json"}}, 422, "sigmas"),
+    ("/v1/classify", {"json": {"crops_npy": npz_crops(np.zeros((2, CROP, CROP), np.float32))}},
+     422, "npy"),
+    ("/v1/classify", {"json": {"crops_npy": npy_bomb()}}, 413, "limit"),
+    ("/v1/exaggerate", {"json": {"crop": [[0.5] * CROP] * CROP, "sigmas": {"1": 2, "3": 4}}},
+     422, "sigmas"),
+    ("/v1/classify", {"files": {"file": ("flat.tif", tiff_bytes(np.zeros((64, 64), np.uint16)))}},
+     422, "constant"),
 ]
 
 
@@ -297,3 +321,147 @@ def test_promotion_under_load_drops_nothing_then_rollback(server, registry):
     while LCHClient(server).model()["version"] != "1":
         assert time.monotonic() < deadline, "the rollback was not picked up"
         time.sleep(0.5)
+
+
+BOMBS = [  # (route, file name, the bomb, words in the detail)
+    ("/v1/exaggerate", "bomb.png", lambda: png_bomb(13000), "pixels"),  # past our crop limit
+    ("/v1/exaggerate", "pillow.png", lambda: png_bomb(14000), "too large"),  # Pillow's limit
+    ("/v1/exaggerate", "bomb.tif", lambda: tiff_bomb(60000), "pixels"),
+    ("/v1/classify", "bomb.tif", lambda: tiff_bomb(60000), "pixels"),
+]
+
+
+@pytest.mark.parametrize(("route", "name", "bomb", "words"), BOMBS,
+                         ids=[f"{r}:{n}" for r, n, _, _ in BOMBS])
+def test_decompression_bombs_are_refused_from_their_headers(server, route, name, bomb, words):
+    """A small file declaring a huge image is refused before decoding, while /healthz answers.
+    The timeouts only guard against a stall (each bomb once took 14-120 s)."""
+    health: list[int] = []
+    done = threading.Event()
+
+    def poll_health() -> None:
+        with httpx.Client(base_url=server, timeout=5) as http:
+            while not done.is_set():
+                health.append(http.get("/healthz").status_code)
+                time.sleep(0.05)
+
+    poller = threading.Thread(target=poll_health)
+    poller.start()
+    try:
+        response = httpx.post(f"{server}{route}", files={"file": (name, bomb())}, timeout=10)
+    finally:
+        done.set()
+        poller.join()
+    assert response.status_code == 413, response.text
+    assert name in response.json()["detail"] and words in response.json()["detail"]
+    assert health and set(health) == {200}
+
+
+def test_docs_honour_the_token(server):
+    secure = f"{server}/auth"
+    for route in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{secure}{route}").status_code == 401, route
+        with_token = httpx.get(f"{secure}{route}", headers={"Authorization": "Bearer s3cret"})
+        assert with_token.status_code == 200, route
+    page = httpx.get(f"{secure}/docs", headers={"Authorization": "Bearer s3cret"}).text
+    assert "/auth/openapi.json" in page  # the description is fetched under the app's prefix
+    assert httpx.get(f"{server}/openapi.json").status_code == 200  # no token set: open
+
+
+def test_public_docs_flag_opens_only_the_description():
+    from fastapi.testclient import TestClient
+
+    from lch.serving.app import api
+
+    api.state.token, api.state.public_docs = "t0k", True
+    client = TestClient(api)
+    assert client.get("/openapi.json").status_code == 200
+    assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    api.state.public_docs = False
+    assert client.get("/openapi.json").status_code == 401
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _listeners() -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every TCP socket listening in this process tree."""
+    import psutil
+
+    me = psutil.Process()
+    names = {p.pid: p.name() for p in [me, *me.children(recursive=True)]}
+    return sorted({
+        (names[c.pid], c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in names
+    })
+
+
+def _grpc_code_without_token(port: int):
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=5)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return None
+
+
+def test_ray_and_serve_listen_on_loopback_and_refuse_jobs_without_the_token(server, tmp_path):
+    """ShadowRay (CVE-2023-48022): with LCH's Ray and Serve running, nothing listens beyond
+    loopback but the Serve replicas' gRPC ports, which Ray 2.60 binds to [::] itself and which
+    refuse calls without Ray's token; no port runs a job for a caller without the token."""
+    import grpc
+
+    listeners = _listeners()
+    names = {name for name, _, _ in listeners}
+    assert {"gcs_server", "raylet", "ray::ServeController", "ray::ProxyActor"} <= names
+    outside = [(n, ip, port) for n, ip, port in listeners if ip not in LOOPBACK]
+    for name, ip, port in outside:
+        assert name.startswith("ray::ServeReplica"), (name, ip, port)
+        assert _grpc_code_without_token(port) == grpc.StatusCode.UNAUTHENTICATED, (name, port)
+
+    proof = tmp_path / "rce-proof.txt"
+    job = {"entrypoint": f"id > {proof}"}
+    refused = []
+    for name, _, port in listeners:
+        for path in ("/api/job_agent/jobs/", "/api/jobs/"):
+            for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+                try:
+                    status = httpx.post(f"http://127.0.0.1:{port}{path}", json=job,
+                                        headers=headers, timeout=5).status_code
+                except httpx.HTTPError:
+                    continue  # not HTTP (gRPC, Redis-like protocols)
+                assert not 200 <= status < 300 or name == "ray::ProxyActor", (name, port, path)
+                refused += [status] if name == "ray::DashboardAgent" else []
+    assert 401 in refused  # the job agent is there and asks for the token
+    time.sleep(1)
+    assert not proof.exists()
+
+
+def test_replica_loss_is_a_503_with_retry_after_never_a_500(server, ray_session):
+    """Every Classifier replica killed at once: requests meanwhile get 200 (queued until Serve
+    restarts one) or 503 with Retry-After, and the service comes back."""
+    import ray
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::lch#Classifier#")]
+    assert replicas
+    batch = {"crops": crops(4).tolist()}
+    for actor in replicas:
+        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(
+            lambda _: httpx.post(f"{server}/v1/classify", json=batch, timeout=120), range(16)
+        ))
+    for response in responses:
+        assert response.status_code in (200, 503), response.text
+        if response.status_code == 503:
+            assert response.headers["Retry-After"].isdigit()
+            assert "retry" in response.json()["detail"]
+    deadline = time.monotonic() + 120
+    while httpx.post(f"{server}/v1/classify", json=batch, timeout=60).status_code != 200:
+        assert time.monotonic() < deadline, "the Classifier did not come back"
+        time.sleep(1)
