@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: $(STAMP)
 	$(BIN)/lch demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
+
+# The fast tier: everything but the end-to-end tests marked slow (CI runs them all).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform pipelines serving tests bench

@@ -104,7 +104,10 @@ def remove_leftovers(folder: Location, storage_options: dict | None = None) -> l
     if folder.is_dir():
         for path in folder.iterdir():
             if path.name.startswith((TMP_PREFIX, OLD_PREFIX)):
-                shutil.rmtree(path, ignore_errors=True)
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:  # a write-aside table
+                    path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
 

@@ -125,7 +125,7 @@ def test_failure_midway_leaves_the_stored_version_untouched(tmp_path, monkeypatc
     convert(source, dest)
     write_tiff(source, random_movie(frames=40, seed=9))
 
-    def frames_then_fail(path):
+    def frames_then_fail(path, **limits):
         yield from (np.zeros((48, 40), np.uint16) for _ in range(3))
         raise OSError(28, "No space left on device")
 
