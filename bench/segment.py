@@ -28,7 +28,7 @@ from lch.paths import movies_dir  # noqa: E402
 from lch.pipelines.ingest import convert_cohort  # noqa: E402
 from lch.pipelines.runtime import cluster_cpus, init_ray  # noqa: E402
 from lch.pipelines.segment import segment_cohort  # noqa: E402
-from lch.synth import make_cohort  # noqa: E402
+from lch.synth import PIXEL_SIZE_UM, make_cohort  # noqa: E402
 
 MOVIES = 8
 
@@ -39,7 +39,7 @@ def bare_loop(cohort: str) -> tuple[float, int]:
     for store in sorted(movies_dir(cohort).glob("*.ome.zarr")):
         array = open_movie(store)
         for t in range(array.shape[0]):
-            cells += len(frame_cells(array[t, 0])[1])
+            cells += len(frame_cells(array[t, 0], pixel_size_um=PIXEL_SIZE_UM)[1])
     return time.perf_counter() - started, cells
 
 

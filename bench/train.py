@@ -36,6 +36,7 @@ from lch.model import AAE, aae_train_step, make_optimizers  # noqa: E402
 from lch.pipelines.runtime import init_ray, quiet_environment  # noqa: E402
 from lch.pipelines.train import TrainSettings, build_trainer, crop_dataset, prepare  # noqa: E402
 from lch.registry import use_tracking  # noqa: E402
+from lch.synth import PIXEL_SIZE_UM  # noqa: E402
 from lch.training import read_rows  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def plain_loop(settings: TrainSettings, crops: np.ndarray, threads: int) -> tupl
     """(steady samples/s, seconds) of one process training on in-memory crops."""
     torch.set_num_threads(threads)
     torch.manual_seed(settings.seed)
-    config = settings.aae_config(crops.shape[-1])
+    config = settings.aae_config(crops.shape[-1], PIXEL_SIZE_UM)
     model = AAE(config).train()
     optimizers = make_optimizers(model, config)
     x_all = torch.from_numpy(crops).unsqueeze(1)

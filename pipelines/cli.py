@@ -149,7 +149,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     try:
         with LCHClient(args.url, token=args.token) as client:
-            answer = client.classify(args.file)
+            answer = client.classify(args.file, pixel_size_um=args.pixel_size_um)
     except LCHClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--token", default=None, help="bearer token (default $LCH_API_TOKEN)")
+    p.add_argument("--pixel-size-um", type=float,
+                   help="the movie's pixel size (default on the server: 0.325, the paper's)")
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("exaggerate", help="decode cells pushed along the discriminant direction")

@@ -34,9 +34,10 @@ from lch.paths import (
     storage_options_from_env,
 )
 from lch.pipelines.runtime import cluster_cpus, init_ray
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
 
 FRAMES_PER_BATCH = 4
-META_COLUMNS = ["cohort", "movie", "patient", "cell_line", "label"]
+META_COLUMNS = ["cohort", "movie", "patient", "cell_line", "label", "pixel_size_um"]
 # A row with this cell id is not a cell but the report of a frame that yielded none.
 FRAME_MARKER = -1
 
@@ -96,14 +97,16 @@ class FrameSegmenter:
             self._arrays[store] = open_movie(store, self.storage_options)
         return self._arrays[store][t, 0]
 
-    def _cells(self, store: str, movie: str, t: int) -> tuple[pd.DataFrame, np.ndarray]:
+    def _cells(
+        self, store: str, movie: str, t: int, pixel_size_um: float
+    ) -> tuple[pd.DataFrame, np.ndarray]:
         try:
             frame = self._frame(store, t)
         except Exception as exc:  # a corrupt chunk surfaces as any codec/IO error
             reason = f"unreadable frame in {movie}: {type(exc).__name__}: {exc}"
             return _marker(movie, t, reason, self.crop_size)
         try:
-            table, crops = frame_cells(frame, self.crop_size)
+            table, crops = frame_cells(frame, self.crop_size, pixel_size_um=pixel_size_um)
         except ValueError as exc:
             return _marker(movie, t, f"invalid frame in {movie}: {exc}", self.crop_size)
         if table.empty:
@@ -114,10 +117,10 @@ class FrameSegmenter:
         return table.assign(movie=movie, frame=t), padded
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        parts = [
-            self._cells(str(store), str(movie), int(t))
-            for store, movie, t in zip(batch["store"], batch["movie"], batch["frame"], strict=True)
-        ]
+        items = zip(batch["store"], batch["movie"], batch["frame"], batch["pixel_size_um"],
+                    strict=True)
+        parts = [self._cells(str(store), str(movie), int(t), float(px))
+                 for store, movie, t, px in items]
         table = pd.concat([p[0] for p in parts], ignore_index=True)
         columns = {c: table[c].to_numpy() for c in table.columns}
         columns["drop_reason"] = table["drop_reason"].astype(str).to_numpy()
@@ -150,8 +153,16 @@ def _movie_items(
         except Exception as exc:
             summary.movies_failed[movie] = f"{store}: cannot open store ({exc})"
             continue
-        meta[movie] = {c: provenance.get(c) for c in META_COLUMNS} | {"movie": movie}
-        items += [{"store": str(store), "movie": movie, "frame": t} for t in range(frames)]
+        try:  # the manifest's, else the paper's microscope
+            px = check_pixel_size(provenance.get("pixel_size_um") or DEFAULT_PIXEL_SIZE_UM)
+        except ValueError as exc:
+            summary.movies_failed[movie] = f"{store}: {exc}"
+            continue
+        meta[movie] = {c: provenance.get(c) for c in META_COLUMNS} | {
+            "movie": movie, "pixel_size_um": px,
+        }
+        items += [{"store": str(store), "movie": movie, "frame": t, "pixel_size_um": px}
+                  for t in range(frames)]
     return items, meta
 
 

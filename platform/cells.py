@@ -11,13 +11,17 @@ import pandas as pd
 
 from lch.crops import cut_crops
 from lch.morphology import measure_cells
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
 from lch.segmentation import segment_frame
 
 DEFAULT_CROP_SIZE = 64
 
 
 def frame_cells(
-    frame: np.ndarray, crop_size: int = DEFAULT_CROP_SIZE
+    frame: np.ndarray,
+    crop_size: int = DEFAULT_CROP_SIZE,
+    *,
+    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Segment a frame, measure every cell and cut a crop for each usable one.
 
@@ -27,6 +31,8 @@ def frame_cells(
         One raw phase-contrast frame.
     crop_size : int
         Side of the square crops, in pixels.
+    pixel_size_um : float
+        The frame's pixel size (the segmentation's scales are in µm).
 
     Returns
     -------
@@ -39,9 +45,10 @@ def frame_cells(
     Raises
     ------
     ValueError
-        For a frame that cannot be segmented (constant, NaN/inf, not 2-D).
+        For a frame that cannot be segmented (constant, NaN/inf, not 2-D), or a pixel size that
+        is not a positive number of at most a few µm.
     """
-    labels = segment_frame(frame)
+    labels = segment_frame(frame, pixel_size_um=pixel_size_um)
     table = measure_cells(frame, labels)
     crops, _, drop_reason = cut_crops(frame, labels, table, crop_size)
     return table.assign(drop_reason=drop_reason), crops

@@ -42,6 +42,7 @@ CELL_SCHEMA = pa.schema(
         ("patient", pa.string()),
         ("cell_line", pa.string()),
         ("label", pa.string()),
+        ("pixel_size_um", _F),
         ("frame", pa.int32()),
         ("cell_id", pa.int32()),
         ("centroid_y", _F),

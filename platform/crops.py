@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
 from lch.segmentation import check_frame, estimate_background
 
 BACKGROUND_VALUE = 0.5
@@ -95,16 +96,22 @@ def oriented_crop(
     return out.astype(np.float32, copy=False)
 
 
-def align_crop(crop: np.ndarray, fill: float = BACKGROUND_VALUE) -> np.ndarray:
+def align_crop(
+    crop: np.ndarray,
+    fill: float = BACKGROUND_VALUE,
+    *,
+    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
+) -> np.ndarray:
     """Re-centre a single-cell crop on its cell and rotate it as :func:`cut_crops` does.
 
     For crops cut by other tools. The cell is the object nearest the centre
-    (:func:`lch.segmentation.segment_frame`); a crop without one is returned unchanged.
+    (:func:`lch.segmentation.segment_frame` at the crop's ``pixel_size_um``); a crop without one
+    is returned unchanged.
     """
     from lch.morphology import central_mask  # morphology imports this module's neighbours
 
     arr = check_frame(crop)
-    mask = central_mask(arr)
+    mask = central_mask(arr, pixel_size_um)
     if mask is None:
         return np.asarray(crop, dtype=np.float32)
     centre = ndimage.center_of_mass(mask)

@@ -328,8 +328,10 @@ def morphology_table(
     cells: Sequence[str],
     probability: np.ndarray,
     probability_reencoded: np.ndarray,
+    pixel_size_um: float,
 ) -> pd.DataFrame:
-    """Measure every decoded image with :func:`lch.morphology.measure_crop`.
+    """Measure every decoded image with :func:`lch.morphology.measure_crop` (at the model's
+    ``pixel_size_um``, the pixel size of its training crops).
 
     Returns
     -------
@@ -341,7 +343,7 @@ def morphology_table(
     rows = []
     for i, cell in enumerate(cells):
         for j, s in enumerate(sigmas):
-            features = measure_crop(images[i, j])
+            features = measure_crop(images[i, j], pixel_size_um=pixel_size_um)
             row = {
                 "cell": cell,
                 "sigma": float(s),
@@ -392,7 +394,9 @@ def exaggerate_codes(
         raise ValueError(f"{len(ids)} cell ids for {len(z)} codes")
     images, p_shift, p_again = _shift_decode(model, z, s)
     if measure:
-        table = morphology_table(images, s, ids, p_shift, p_again)
+        table = morphology_table(
+            images, s, ids, p_shift, p_again, model.config.pixel_size_um
+        )
     else:
         table = pd.DataFrame(
             {

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lch.paths import NAME_PATTERN, is_valid_name
+from lch.pixel_size import MAX_PIXEL_SIZE_UM
 
 
 class ManifestError(ValueError):
@@ -32,7 +33,7 @@ class MovieEntry(BaseModel):
     patient: str = Field(min_length=1)
     cell_line: str | None = None
     label: Literal["high", "low", "unknown"] = "unknown"
-    pixel_size_um: float | None = Field(default=None, gt=0)
+    pixel_size_um: float | None = Field(default=None, gt=0, le=MAX_PIXEL_SIZE_UM)
     frame_interval_s: float | None = Field(default=None, gt=0)
 
     @field_validator("id")

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
+
 PAPER_CHANNELS = (64, 128, 256, 512, 1024, 1024)
 PAPER_DISC_HIDDEN = (1024, 1024, 512)
 FINAL_SIDE = 4
@@ -103,6 +105,8 @@ class AAEConfig:
         Adam betas; beta1 = 0.5 as in the seed code's options and DCGAN-style training.
     batch_size : int
         Training mini-batch size (50 in the paper); recorded here for logging.
+    pixel_size_um : float
+        Pixel size of the crops it learns from and decodes (their cells are measured at it).
     """
 
     crop_size: int = 64
@@ -113,6 +117,7 @@ class AAEConfig:
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 50
+    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM
     n_stages: int = field(init=False)
 
     def __post_init__(self) -> None:

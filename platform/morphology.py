@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import ndimage
 from skimage import measure, morphology
 
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
 from lch.segmentation import check_frame, segment_frame
 
 OPENING_RADIUS = 3
@@ -244,13 +245,17 @@ def _central_label(labels: np.ndarray) -> int:
     return int(regions[int(np.argmin(dists))].label)
 
 
-def measure_crop(crop: np.ndarray, **kwargs: Any) -> dict[str, Any]:
+def measure_crop(
+    crop: np.ndarray, *, pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM, **kwargs: Any
+) -> dict[str, Any]:
     """Segment a single-cell crop and measure the object nearest its centre.
 
     Parameters
     ----------
     crop
         2-D crop on any intensity scale (normalised or decoded crops in [0, 1], raw windows).
+    pixel_size_um
+        The crop's pixel size (a model's decoded crops have its ``config.pixel_size_um``).
     **kwargs
         Passed to :func:`measure_cells`.
 
@@ -265,14 +270,16 @@ def measure_crop(crop: np.ndarray, **kwargs: Any) -> dict[str, Any]:
     ValueError
         If the crop is not 2-D or contains NaN/inf.
     """
-    arr, labels, target = _segment_crop(crop)
+    arr, labels, target = _segment_crop(crop, pixel_size_um)
     if target == 0:
         return _nan_features()
     table = measure_cells(arr, labels, **kwargs)
     return table.loc[table["label"] == target].iloc[0].to_dict()
 
 
-def _segment_crop(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def _segment_crop(
+    crop: np.ndarray, pixel_size_um: float
+) -> tuple[np.ndarray, np.ndarray, int]:
     """The crop as float64, its labels and the label nearest the centre (0: none).
 
     A finite constant crop holds no object rather than being an error.
@@ -281,11 +288,13 @@ def _segment_crop(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     if arr.ndim == 2 and np.all(np.isfinite(arr)) and arr.size and arr.max() == arr.min():
         return arr, np.zeros(arr.shape, np.int32), 0
     arr = check_frame(arr)
-    labels = segment_frame(arr)
+    labels = segment_frame(arr, pixel_size_um=pixel_size_um)
     return arr, labels, _central_label(labels)
 
 
-def central_mask(crop: np.ndarray) -> np.ndarray | None:
+def central_mask(
+    crop: np.ndarray, pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM
+) -> np.ndarray | None:
     """Mask of the object nearest the centre of a single-cell crop, as :func:`measure_crop`
     segments it; None when the crop holds no object (or is constant).
 
@@ -294,5 +303,5 @@ def central_mask(crop: np.ndarray) -> np.ndarray | None:
     ValueError
         If the crop is not 2-D or contains NaN/inf.
     """
-    _, labels, target = _segment_crop(crop)
+    _, labels, target = _segment_crop(crop, pixel_size_um)
     return labels == target if target else None

@@ -1,36 +1,61 @@
-"""Segmentation of single phase-contrast frames (scikit-image), and object-level scoring.
+"""Segmentation of single phase-contrast frames (scikit-image), its scales in micrometres.
 
-The method assumes positive phase contrast as in label-free melanoma movies: cells are darker
-than the background and surrounded by a bright halo. It works on any intensity scale (raw
-uint16 counts, or float crops in [0, 1]) because every threshold is derived from the image:
+Cells are found from texture, not from a fixed polarity: phase-bright rounded cells with bright
+rims, phase-dark bodies, spread cells and thin arms all vary far more within a micrometre than the
+flat background does. Every threshold is derived from the image and every length is in µm,
+converted with the movie's pixel size, so the same settings serve 0.325 and 0.65 µm movies on any
+intensity scale (raw counts or crops in [0, 1]):
 
-1. background flattening: subtract a smooth background (block medians, bilinearly upsampled);
-2. texture: local standard deviation of the lightly smoothed, flattened image — dark bodies and
-   bright halos are both high-texture against a flat background; Otsu on the texture image gives
-   the cell neighbourhoods (body + halo);
-3. a significance test: the texture threshold must clearly exceed the background's typical
-   texture, otherwise the frame holds no cells and an all-zero label image is returned;
-4. the cell itself: pixels of a cell neighbourhood that are darker than the background by more
-   than the background's noise;
-5. the outline: within a couple of px of that mask's edge, a pixel belongs to the cell where the
-   Laplacian of Gaussian is positive, i.e. on the dark side of the steepest edge. The optics blur
-   the bright halo into the cell's rim, so the darkness test alone puts the outline further
-   inside the brighter the halo (a 10-px-radius cell measured 386 px at halo gain 0.1 and 303 px
-   at 0.6; true 314) and loses thin arms between bright halos; the LoG zero crossing stays at the
-   edge (317 to 310 px);
-6. small closing, hole filling, small-object removal, labelling.
+1. texture: the log of the local standard deviation (1 µm window) of the lightly smoothed image;
+2. detection: hysteresis thresholds set from the lower half of the texture (the background's
+   level and spread), closing and hole filling, small objects dropped;
+3. splitting: touching cells are separated by a watershed of the distance transform from its
+   h-maxima, where a neck is narrower than the cells on either side;
+4. outline, cell by cell: the texture's Otsu threshold within the cell's neighbourhood; a compact
+   phase-bright cell (a solid bright body filling a good part of a compact textured region) is
+   outlined by its bright body instead, which leaves out the halo around it;
+5. objects smaller than the minimum area, or no more textured than the background, are dropped.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
-from skimage import filters, measure, morphology
+from scipy.stats import median_abs_deviation
+from skimage import filters, measure, morphology, segmentation
 from skimage.transform import resize
 
-DEFAULT_MIN_AREA = 40
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
+
 BACKGROUND_BLOCK = 32
+# Lengths in µm (areas in µm²): the scales of the method above.
+PRESMOOTH_UM = 0.25
+TEXTURE_WINDOW_UM = 1.0
+TEXTURE_SMOOTH_UM = 0.5
+# The texture's floor, a fraction of the image's range: noise-free (decoded) images have a
+# background of almost no variation, whose log would otherwise spread over decades.
+TEXTURE_FLOOR = 5e-3
+BODY_SMOOTHING_UM = 0.3
+DETECT_CLOSING_UM = 1.0
+OUTLINE_CLOSING_UM = 1.5
+OUTLINE_REACH_UM = 1.5
+OPENING_UM = 0.5
+BACKGROUND_RING_UM = 4.0
+WINDOW_MARGIN_UM = 4.0
+SPLIT_DEPTH_UM = 3.0
+MIN_AREA_UM2 = 25.0
+# The background is judged from the least textured part of the image (a cell with its arms and
+# halo may fill more than half of a crop).
+BACKGROUND_QUANTILE = 0.5
+# Thresholds in background spreads (robust SDs of the background's log texture).
+LOW_SPREADS, HIGH_SPREADS, CELL_SPREADS = 3.0, 6.0, 4.0
+COMPACT_SOLIDITY = 0.85
+BRIGHT_FRACTION = 0.2
+DARK_FRACTION = 0.25
+NOISE_SDS = 3.0
+EDGE_SIGMA_UM = 0.65
+DARK_SMOOTHING_UM = 0.65
+EDGE_BAND_UM = 1.3
 
 
 def check_frame(frame: np.ndarray) -> np.ndarray:
@@ -95,79 +120,71 @@ def estimate_background(
     return resize(grid, img.shape, order=1, mode="edge", anti_aliasing=False)
 
 
-def local_std(image: np.ndarray, window: int) -> np.ndarray:
-    """Standard deviation in a ``window`` x ``window`` neighbourhood of every pixel."""
-    mean = ndimage.uniform_filter(image, window)
-    mean_sq = ndimage.uniform_filter(image * image, window)
-    return np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
-
-
-def _robust_sd(values: np.ndarray) -> float:
-    if values.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
-
-
-def segment_frame(
-    frame: np.ndarray,
-    *,
-    min_area: int = DEFAULT_MIN_AREA,
-    smoothing: float = 1.0,
-    texture_window: int = 5,
-    min_texture_ratio: float = 3.0,
-    noise_factor: float = 3.0,
-    edge_sigma: float = 1.0,
-    edge_band: int = 2,
-) -> np.ndarray:
-    """Label the cells of one phase-contrast frame.
+def log_texture(image: np.ndarray, pixel_size_um: float) -> np.ndarray:
+    """Log of the local standard deviation in a :data:`TEXTURE_WINDOW_UM` window, smoothed.
 
     Parameters
     ----------
-    frame
-        2-D image on any intensity scale (uint16 counts, float in [0, 1], ...).
-    min_area
-        Objects smaller than this many px are dropped.
-    smoothing
-        Gaussian sigma (px) applied after background flattening, against pixel noise.
-    texture_window
-        Side (px) of the local standard deviation window.
-    min_texture_ratio
-        The Otsu threshold of the texture image must be this many times the lower-quartile
-        texture (the background's) for the frame to be considered to contain cells at all.
-    noise_factor
-        Cell pixels are darker than the background by this many background noise SDs.
-    edge_sigma
-        Gaussian sigma (px) of the Laplacian of Gaussian that places the outline.
-    edge_band
-        How far (px) the outline may move from the darkness test's edge, inwards or outwards.
+    image : ndarray
+        2-D float image.
+    pixel_size_um : float
+        Side of one pixel in µm.
 
     Returns
     -------
-    numpy.ndarray of int32
-        Label image, 0 = background, cells numbered 1..N.
-
-    Raises
-    ------
-    ValueError
-        If the frame is not 2-D, contains NaN/inf, or is constant.
+    ndarray of float64, same shape.
     """
-    img = check_frame(frame)
-    flattened = img - estimate_background(img)
-    flat = filters.gaussian(flattened, sigma=smoothing, preserve_range=True)
-    texture = local_std(flat, texture_window)
-    threshold = filters.threshold_otsu(texture)
-    # The lower quartile, not the median: a single-cell crop whose arms and halo fill more than
-    # half of it (an exaggerated decoded cell) still has background in its corners.
-    if threshold <= min_texture_ratio * np.percentile(texture, 25):
-        return np.zeros(img.shape, dtype=np.int32)
-    near_cells = texture > threshold
-    # Halos extend a few px beyond the textured band; keep them out of the noise estimate.
-    background = ~ndimage.binary_dilation(near_cells, morphology.disk(texture_window))
-    noise = _robust_sd(flat[background])
-    # Floor for noise-free (decoded) images: 5 % of the darkest contrast.
-    darkest = float(-np.percentile(flat[near_cells], 1)) if near_cells.any() else 0.0
-    dark = near_cells & (flat < -max(noise_factor * noise, 0.05 * max(darkest, 0.0)))
-    return _clean_labels(steepest_edge_outline(flattened, dark, edge_sigma, edge_band), min_area)
+    smooth = filters.gaussian(image, PRESMOOTH_UM / pixel_size_um, preserve_range=True)
+    window = max(3, int(round(TEXTURE_WINDOW_UM / pixel_size_um)) | 1)
+    mean = ndimage.uniform_filter(smooth, window)
+    mean_sq = ndimage.uniform_filter(smooth * smooth, window)
+    sd = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+    sd = filters.gaussian(sd, TEXTURE_SMOOTH_UM / pixel_size_um, preserve_range=True)
+    return np.log(sd + TEXTURE_FLOOR * float(np.ptp(image)))
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    return morphology.disk(max(1, int(round(radius_px))))
+
+
+def _closed_filled(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    # Padded so that closing does not erode objects cut by the image edge.
+    pad = int(round(radius_px)) + 2
+    closed = ndimage.binary_closing(np.pad(mask, pad, mode="edge"), _disk(radius_px))
+    return ndimage.binary_fill_holes(closed[pad:-pad, pad:-pad])
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    labels = measure.label(mask)
+    if labels.max() == 0:
+        return mask
+    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+
+
+def _solidity(mask: np.ndarray) -> float:
+    return float(measure.regionprops(mask.astype(np.uint8))[0].solidity) if mask.any() else 0.0
+
+
+def _background_level(texture: np.ndarray) -> tuple[float, float]:
+    """Median and robust spread of the lower half of the texture (the background's)."""
+    low = texture[texture <= np.quantile(texture, BACKGROUND_QUANTILE)]
+    level = float(np.median(low))
+    return level, float(median_abs_deviation(low, scale="normal"))
+
+
+def _detect(texture: np.ndarray, px: float, level: float, spread: float) -> np.ndarray:
+    """Cell regions, generously: hysteresis on the texture, closed and filled."""
+    high = max(filters.threshold_otsu(texture), level + HIGH_SPREADS * spread)
+    found = filters.apply_hysteresis_threshold(texture, level + LOW_SPREADS * spread, high)
+    found = _closed_filled(found, DETECT_CLOSING_UM / px)
+    return morphology.remove_small_objects(found, max_size=int(MIN_AREA_UM2 / px**2))
+
+
+def _split(found: np.ndarray, px: float) -> np.ndarray:
+    """One basin per cell: a watershed of the smoothed distance transform from its h-maxima."""
+    distance = filters.gaussian(ndimage.distance_transform_edt(found), 1, preserve_range=True)
+    markers = measure.label(morphology.h_maxima(distance, SPLIT_DEPTH_UM / px))
+    return segmentation.watershed(-distance, markers, mask=found)
 
 
 def steepest_edge_outline(
@@ -175,15 +192,19 @@ def steepest_edge_outline(
 ) -> np.ndarray:
     """Move the outline of dark objects to the steepest edge of ``image``.
 
+    The optics blur a bright halo into a dark cell's rim, so a darkness threshold alone puts the
+    outline further inside the brighter the halo, and loses thin arms between bright halos; the
+    Laplacian of Gaussian's zero crossing stays at the edge.
+
     Parameters
     ----------
-    image
+    image : ndarray
         Background-flattened 2-D image (objects darker than 0).
-    mask
-        Boolean mask of the dark objects from a threshold.
-    sigma
+    mask : ndarray of bool
+        The dark objects from a threshold.
+    sigma : float
         Gaussian sigma (px) of the Laplacian of Gaussian.
-    band
+    band : int
         Pixels deeper than ``band`` px inside ``mask`` are kept; within ``band`` px of its
         edge, on either side, a pixel is in the object where the LoG is positive.
 
@@ -197,68 +218,88 @@ def steepest_edge_outline(
     return core | rim
 
 
-def _clean_labels(mask: np.ndarray, min_area: int) -> np.ndarray:
-    # Pad so that closing does not erode cells cut by the frame edge.
-    padded = np.pad(mask, 1, mode="edge")
-    mask = ndimage.binary_closing(padded, morphology.disk(1))[1:-1, 1:-1]
-    mask = ndimage.binary_fill_holes(mask)
-    labels = measure.label(mask, connectivity=2)
-    sizes = np.bincount(labels.ravel())
-    big = sizes >= min_area
-    big[0] = False
-    return measure.label(big[labels], connectivity=2).astype(np.int32)
+def _outline(
+    cell: np.ndarray, others: np.ndarray, maps: dict, px: float
+) -> tuple[np.ndarray, bool]:
+    """The outline of one cell within its window (``maps``: the images, cut to that window),
+    and whether it rests on texture alone (not on a dark or bright body)."""
+    texture, smooth, flat = maps["texture"], maps["smooth"], maps["flat"]
+    region = ndimage.binary_dilation(cell, _disk(OUTLINE_REACH_UM / px)) & ~others
+    textured = texture > filters.threshold_otsu(texture[region])
+    mask = _largest(_closed_filled(textured & region, OUTLINE_CLOSING_UM / px))
+    mask = ndimage.binary_opening(mask, _disk(OPENING_UM / px))
+    dark = _largest(region & (flat < -maps["darkness"]))
+    if dark.sum() > DARK_FRACTION * max(mask.sum(), 1):  # a phase-dark body
+        edge = steepest_edge_outline(maps["flattened"], dark, EDGE_SIGMA_UM / px,
+                                     max(1, int(round(EDGE_BAND_UM / px))))
+        return _largest(_closed_filled(edge & region, 1)), False
+    bright_level = filters.threshold_otsu(smooth[region])
+    if bright_level <= maps["background"]:
+        return mask, True
+    bright = _largest(_closed_filled((smooth > bright_level) & region, DETECT_CLOSING_UM / px))
+    compact = _solidity(mask) > COMPACT_SOLIDITY and _solidity(bright) > COMPACT_SOLIDITY
+    if compact and bright.sum() > BRIGHT_FRACTION * max(mask.sum(), 1):
+        return bright, False
+    return mask, True
 
 
-def _overlaps(pred: np.ndarray, true: np.ndarray):
-    """Pixel counts of every (pred label, true label) pair that overlaps."""
-    both = (pred > 0) & (true > 0)
-    pairs, counts = np.unique(
-        np.stack([pred[both], true[both]]).astype(np.int64), axis=1, return_counts=True
-    )
-    return pairs[0], pairs[1], counts
-
-
-def object_f1(
-    pred_labels: np.ndarray, true_labels: np.ndarray, iou_threshold: float = 0.5
-) -> dict[str, float | int]:
-    """Object-level precision, recall and F1 with one-to-one matching at IoU >= threshold.
+def segment_frame(
+    frame: np.ndarray,
+    *,
+    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
+    min_area_um2: float = MIN_AREA_UM2,
+) -> np.ndarray:
+    """Label the cells of one phase-contrast frame.
 
     Parameters
     ----------
-    pred_labels, true_labels
-        Label images of the same shape (0 = background).
-    iou_threshold
-        A predicted and a true object match if their intersection over union reaches this.
+    frame : ndarray
+        2-D image on any intensity scale (uint16 counts, float in [0, 1], ...).
+    pixel_size_um : float
+        Side of one pixel in µm (the movie's; the paper's microscope: 0.325).
+    min_area_um2 : float
+        Objects smaller than this are dropped (debris).
 
     Returns
     -------
-    dict
-        ``precision``, ``recall``, ``f1`` (1.0 when both images are empty), ``matched``,
-        ``n_pred`` and ``n_true``.
+    numpy.ndarray of int32
+        Label image, 0 = background, cells numbered 1..N.
+
+    Raises
+    ------
+    ValueError
+        If the frame is not 2-D, contains NaN/inf, or is constant, or the pixel size is not a
+        positive number.
     """
-    pred, true = np.asarray(pred_labels), np.asarray(true_labels)
-    if pred.shape != true.shape:
-        raise ValueError(f"shapes differ: pred {pred.shape} vs true {true.shape}")
-    pred_ids, pred_area = np.unique(pred[pred > 0], return_counts=True)
-    true_ids, true_area = np.unique(true[true > 0], return_counts=True)
-    n_pred, n_true = len(pred_ids), len(true_ids)
-    matched = 0
-    if n_pred and n_true:
-        p, t, inter = _overlaps(pred, true)
-        pi, ti = np.searchsorted(pred_ids, p), np.searchsorted(true_ids, t)
-        iou = np.zeros((n_pred, n_true))
-        iou[pi, ti] = inter / (pred_area[pi] + true_area[ti] - inter)
-        rows, cols = linear_sum_assignment(iou, maximize=True)
-        matched = int(np.sum(iou[rows, cols] >= iou_threshold))
-    precision = matched / n_pred if n_pred else float(n_true == 0)
-    recall = matched / n_true if n_true else float(n_pred == 0)
-    total = precision + recall
-    f1 = 2 * precision * recall / total if total else 0.0
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "matched": matched,
-        "n_pred": n_pred,
-        "n_true": n_true,
+    img = check_frame(frame)
+    px = check_pixel_size(pixel_size_um)
+    texture = log_texture(img, px)
+    level, spread = _background_level(texture)
+    basins = _split(_detect(texture, px, level, spread), px)
+    found = basins > 0
+    smooth = filters.gaussian(img, BODY_SMOOTHING_UM / px, preserve_range=True)
+    away = ~ndimage.binary_dilation(found, _disk(OUTLINE_REACH_UM / px))
+    flattened = img - estimate_background(img, mask=~away)
+    flat = filters.gaussian(flattened, DARK_SMOOTHING_UM / px, preserve_range=True)
+    noise = median_abs_deviation(flat[away], scale="normal") if away.any() else 0.0
+    darkest = float(-np.percentile(flat[found], 1)) if found.any() else 0.0
+    maps = {
+        "texture": texture, "smooth": smooth, "flat": flat, "flattened": flattened,
+        "background": float(np.median(smooth[away])) if away.any() else float(np.median(smooth)),
+        # Floor for noise-free (decoded) images: 5 % of the darkest contrast.
+        "darkness": max(NOISE_SDS * noise, 0.05 * max(darkest, 0.0)),
     }
+    labels = np.zeros(img.shape, np.int32)
+    pad = int(round(WINDOW_MARGIN_UM / px))
+    for region in measure.regionprops(basins):
+        window = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in region.slice)
+        cell = basins[window] == region.label
+        cut = {k: v[window] if isinstance(v, np.ndarray) else v for k, v in maps.items()}
+        mask, by_texture = _outline(cell, found[window] & ~cell, cut, px)
+        if mask.sum() * px * px < min_area_um2:
+            continue
+        if by_texture and np.median(texture[window][mask]) < level + CELL_SPREADS * spread:
+            continue  # no more textured than the background
+        free = labels[window] == 0
+        labels[window][mask & free] = labels.max() + 1
+    return labels

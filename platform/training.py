@@ -71,6 +71,7 @@ class CellSet:
     table: pd.DataFrame
     stores: tuple[str, ...]
     crop_size: int
+    pixel_size_um: float
     storage_options: dict | None = None
 
 
@@ -110,7 +111,7 @@ def load_cells(cohorts: Sequence[str], home: Location | None = None) -> CellSet:
     ------
     TrainingInputError
         No cohort given, a cohort missing or without segmentation outputs, or cohorts whose
-        crops differ in size.
+        crops differ in size or pixel size.
     """
     cohorts = tuple(dict.fromkeys(cohorts))  # once each, in the order given
     if not cohorts:
@@ -125,7 +126,24 @@ def load_cells(cohorts: Sequence[str], home: Location | None = None) -> CellSet:
     if len(set(sizes.values())) > 1:
         raise TrainingInputError(f"cohorts have different crop sizes: {sizes}")
     table = pd.concat(tables, ignore_index=True)
-    return CellSet(cohorts, table, tuple(stores), next(iter(sizes.values())), options)
+    return CellSet(cohorts, table, tuple(stores), next(iter(sizes.values())),
+                   crop_pixel_size(table, cohorts), options)
+
+
+def crop_pixel_size(table: pd.DataFrame, cohorts: tuple[str, ...]) -> float:
+    """The one pixel size of the cells' crops (the model learns cells at that scale)."""
+    if "pixel_size_um" not in table:
+        raise TrainingInputError(
+            f"cohorts {', '.join(cohorts)}: cells segmented before pixel sizes were recorded; "
+            "run `lch segment` on them again"
+        )
+    sizes = sorted(table["pixel_size_um"].unique())
+    if len(sizes) > 1:
+        raise TrainingInputError(
+            f"cohorts {', '.join(cohorts)}: crops at different pixel sizes {sizes} µm; train on "
+            "movies of one pixel size"
+        )
+    return float(sizes[0])
 
 
 def split_by_patient(cells: CellSet, n_test_per_class: int = 1, seed: int = 0) -> Split:

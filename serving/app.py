@@ -52,11 +52,13 @@ UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError,
 RETRY_AFTER_S = 5
 
 
-def _cells_of_frames(frames: np.ndarray, crop_size: int) -> tuple[list[dict], np.ndarray]:
+def _cells_of_frames(
+    frames: np.ndarray, crop_size: int, pixel_size_um: float
+) -> tuple[list[dict], np.ndarray]:
     """Segment frames with the ingestion code; the kept cells' positions and crops."""
     cells, crops = [], []
     for t, frame in enumerate(frames):
-        table, frame_crops = frame_cells(frame, crop_size)
+        table, frame_crops = frame_cells(frame, crop_size, pixel_size_um=pixel_size_um)
         kept = table[table["drop_reason"] == ""]
         cells += [
             {"frame": t, "centroid_y": float(y), "centroid_x": float(x)}
@@ -111,9 +113,11 @@ class Classifier(_FollowsModel):
     async def classify_crops(self, crops: np.ndarray) -> tuple[str, np.ndarray]:
         return await self._predict(crops)
 
-    async def classify_frames(self, frames: np.ndarray) -> tuple[str, np.ndarray, list[dict]]:
+    async def classify_frames(
+        self, frames: np.ndarray, pixel_size_um: float
+    ) -> tuple[str, np.ndarray, list[dict]]:
         size = self.source.current.model.config.crop_size
-        cells, crops = await asyncio.to_thread(_cells_of_frames, frames, size)
+        cells, crops = await asyncio.to_thread(_cells_of_frames, frames, size, pixel_size_um)
         if not len(crops):
             return self.source.current.version, np.zeros(0), []
         version, p = await self._predict(crops)
@@ -271,9 +275,12 @@ class Ingress:
         body = await _body(request)
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
-            data, name, _ = await _upload(request)
+            data, name, fields = await _upload(request)
+            px = contract.pixel_size(fields.get("pixel_size_um"))
             frames = await asyncio.to_thread(contract.tiff_frames, data, name)
-            version, p, cells = await self._call(self.classifier.classify_frames.remote(frames))
+            version, p, cells = await self._call(
+                self.classifier.classify_frames.remote(frames, px)
+            )
         elif kind.startswith("application/json"):
             size = await self._crop_size()
             crops = await asyncio.to_thread(

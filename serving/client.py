@@ -67,15 +67,19 @@ class LCHClient:
         """Which model version answers, its crop size and tags."""
         return self._checked(self._http.get("/v1/model")).json()
 
-    def classify(self, source: str | Path | np.ndarray) -> dict:
+    def classify(
+        self, source: str | Path | np.ndarray, pixel_size_um: float | None = None
+    ) -> dict:
         """Classify a TIFF movie/frame (path) or normalised crops ((N, S, S) or (S, S) array).
 
+        ``pixel_size_um`` is the movie's pixel size (default on the server: the paper's 0.325).
         Returns the per-cell ``p_high``, the ``population`` call and the ``model_version``.
         """
         if isinstance(source, str | Path):
             path = Path(source)
             files = {"file": (path.name, path.read_bytes(), "image/tiff")}
-            response = self._http.post("/v1/classify", files=files)
+            data = {} if pixel_size_um is None else {"pixel_size_um": str(pixel_size_um)}
+            response = self._http.post("/v1/classify", files=files, data=data)
         else:
             crops = np.asarray(source, dtype=np.float32)
             response = self._http.post("/v1/classify", json={"crops_npy": encode_npy(crops)})

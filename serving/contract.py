@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from lch.movie_io import FrameTooLarge, MovieError, iter_frames, read_movie_info
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
 
 MAX_BODY_BYTES = 64 << 20
 MAX_FRAMES = 20
@@ -47,7 +48,11 @@ CLASSIFY_BODY = {"requestBody": {"content": {
         crops={"type": "array", "description": "normalised crops (N, S, S), values in [0, 1]"},
         crops_npy=_NPY,
     ),
-    "multipart/form-data": _body_schema(file={**_FILE, "description": "TIFF movie or frame"}),
+    "multipart/form-data": _body_schema(
+        file={**_FILE, "description": "TIFF movie or frame"},
+        pixel_size_um={"type": "number", "description": "the movie's pixel size in µm "
+                       f"(default {DEFAULT_PIXEL_SIZE_UM}, the paper's microscope)"},
+    ),
 }}}
 """OpenAPI description of the /v1/classify body (parsed by hand to enforce the limits)."""
 EXAGGERATE_BODY = {"requestBody": {"content": {
@@ -238,6 +243,16 @@ def sigmas_list(value: Any) -> list[float]:
     if not all(np.isfinite(s) and abs(s) <= MAX_ABS_SIGMA for s in sigmas):
         raise RequestError(f"every sigma must be finite and within ±{MAX_ABS_SIGMA}")
     return sigmas
+
+
+def pixel_size(value: Any) -> float:
+    """The ``pixel_size_um`` form field: default :data:`DEFAULT_PIXEL_SIZE_UM`, else checked."""
+    if value is None or value == "":
+        return DEFAULT_PIXEL_SIZE_UM
+    try:
+        return check_pixel_size(value)
+    except ValueError as exc:
+        raise RequestError(f"'pixel_size_um': {exc}") from exc
 
 
 def tiff_frames(data: bytes, filename: str, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:

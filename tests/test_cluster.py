@@ -29,6 +29,7 @@ from lch.manifest import load_manifest
 from lch.movie_io import file_sha256
 from lch.omezarr import open_movie, read_provenance
 from lch.registry import REGISTERED_MODEL, load_lch_model
+from lch.synth import PIXEL_SIZE_UM
 
 SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 COHORT = "multi"
@@ -119,7 +120,7 @@ def test_segmentation_spread_over_two_nodes_and_matches_the_bare_function(run):
     rows = table[table["movie"] == movie]
     expected = []
     for t in range(FRAMES):
-        cells, _ = frame_cells(array[t, 0])
+        cells, _ = frame_cells(array[t, 0], pixel_size_um=PIXEL_SIZE_UM)
         expected.append(cells[cells["drop_reason"] == ""][FEATURES].to_numpy(float))
     np.testing.assert_allclose(rows[FEATURES].to_numpy(float), np.concatenate(expected))
 

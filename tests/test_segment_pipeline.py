@@ -15,7 +15,7 @@ from lch.omezarr import open_movie
 from lch.paths import cohort_dir, movie_store
 from lch.pipelines.ingest import convert_cohort
 from lch.pipelines.segment import segment_cohort
-from lch.synth import make_cohort
+from lch.synth import PIXEL_SIZE_UM, make_cohort
 
 FEATURES = ["area", "protrusion_count", "protrusion_length", "halo_intensity", "solidity"]
 
@@ -39,7 +39,7 @@ def bare_loop(cohort_folder, crop_size=64):
     for store in sorted((cohort_folder / "movies").glob("*.ome.zarr")):
         array = open_movie(store)
         for t in range(array.shape[0]):
-            table, c = frame_cells(array[t, 0], crop_size)
+            table, c = frame_cells(array[t, 0], crop_size, pixel_size_um=PIXEL_SIZE_UM)
             kept = table["drop_reason"] == ""
             tables.append(table[kept].assign(movie=store.name.split(".")[0], frame=t))
             crops.append(c)
@@ -64,7 +64,8 @@ def test_pipeline_matches_the_bare_function_row_for_row(ingested):
     assert set(table["label"]) == {"high", "low"}
     assert (table.groupby("movie")["patient"].nunique() == 1).all()
     assert sum(summary.cells_dropped.values()) == sum(
-        (frame_cells(open_movie(s)[t, 0])[0]["drop_reason"] != "").sum()
+        (frame_cells(open_movie(s)[t, 0], pixel_size_um=PIXEL_SIZE_UM)[0]["drop_reason"]
+         != "").sum()
         for s in sorted((ingested / "movies").glob("*.ome.zarr"))
         for t in range(4)
     )

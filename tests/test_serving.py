@@ -23,7 +23,7 @@ from lch.promotion import PromotionRefused, list_versions, promote
 from lch.registry import load_lch_model, log_lch_model
 from lch.serving.client import LCHClient, LCHClientError
 from lch.serving.contract import MAX_BODY_BYTES, MAX_CELLS, MAX_SIGMAS
-from lch.synth import CellShape, render_frame
+from lch.synth import PIXEL_SIZE_UM, CellShape, render_frame
 
 from bombs import npy_bomb, npz_crops, png_bomb, tiff_bomb
 from helpers import free_port
@@ -123,10 +123,10 @@ def test_classify_tiff_segments_server_side_like_ingestion(server, registry, tmp
     frame = synthetic_frame()
     path = tmp_path / "frame.tif"
     tifffile.imwrite(path, np.stack([frame, frame]), photometric="minisblack")
-    table, frame_crops = frame_cells(frame, CROP)
+    table, frame_crops = frame_cells(frame, CROP, pixel_size_um=PIXEL_SIZE_UM)
     kept = table[table["drop_reason"] == ""]
 
-    answer = LCHClient(server).classify(path)
+    answer = LCHClient(server).classify(path, pixel_size_um=PIXEL_SIZE_UM)
 
     assert answer["population"]["n_cells"] == 2 * len(kept) > 0
     assert [c["frame"] for c in answer["cells"]] == [0] * len(kept) + [1] * len(kept)
@@ -262,7 +262,8 @@ def test_cli_lists_models_and_classifies_through_the_endpoint(server, registry, 
 
     path = tmp_path / "frame.tif"
     tifffile.imwrite(path, synthetic_frame(), photometric="minisblack")
-    assert lch_main(["classify", str(path), "--url", server]) == 0
+    assert lch_main(["classify", str(path), "--url", server,
+                     "--pixel-size-um", str(PIXEL_SIZE_UM)]) == 0
     out = capsys.readouterr().out
     assert "metastatic" in out and "fewer than 20 cells" in out and "model version 1" in out
     assert lch_main(["models"]) == 0
@@ -277,14 +278,11 @@ def test_promotion_under_load_drops_nothing_then_rollback(server, registry):
     batch = crops(20, seed=5)
     expected = {v: expected_p(m, batch) for v, m in registry.items()}
     results, failures = [], []
-    stop_at = time.monotonic() + 60
     promoted = threading.Event()
 
     def client_loop(requests: int) -> None:
-        with httpx.Client(base_url=server, timeout=30) as http:
+        with httpx.Client(base_url=server, timeout=60) as http:
             for _ in range(requests):
-                if time.monotonic() > stop_at:
-                    return
                 response = http.post("/v1/classify", json={"crops": batch.tolist()})
                 if response.status_code != 200:
                     failures.append(response.text)
@@ -295,7 +293,7 @@ def test_promotion_under_load_drops_nothing_then_rollback(server, registry):
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(client_loop, 20) for _ in range(16)]
-        while len(results) < 32 and time.monotonic() < stop_at:  # promote mid-load
+        while len(results) < 32:  # promote mid-load
             time.sleep(0.05)
         assert "→ version 2" in promote("2")
         promoted.set()
@@ -303,7 +301,7 @@ def test_promotion_under_load_drops_nothing_then_rollback(server, registry):
             future.result()
 
     assert not failures
-    assert len(results) >= 200
+    assert len(results) == 16 * 20  # every request answered, however long the load took
     versions = {v for _, v, _ in results}
     assert versions == {"1", "2"}, versions
     for _, version, p in results:  # every answer is wholly one version's

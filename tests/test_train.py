@@ -39,6 +39,7 @@ from lch.training import (
     SHRINKAGE_GRID,
     TrainingInputError,
     crop_items,
+    crop_pixel_size,
     evaluate,
     fit_classifier,
     load_cells,
@@ -358,6 +359,15 @@ def test_a_failed_worker_resumes_from_the_last_checkpoint(trained_home, tmp_path
     assert result.metrics["epoch"] == 3 and result.metrics["first_epoch"] == 2
     per_epoch = (int(split.autoencoder.sum()) // 2 // 8) * 8 * 2  # 2 equal shards, whole batches
     assert result.metrics["total_samples"] == 3 * per_epoch
-    aae = load_trained_aae(result.checkpoint, settings.aae_config(CROP))
+    aae = load_trained_aae(result.checkpoint, settings.aae_config(CROP, cells.pixel_size_um))
     ev = evaluate(aae, cells, split)
     assert 0.0 <= ev.cell_auc <= 1.0 and ev.n_test_cells == split.test.sum()
+
+
+def test_a_model_learns_crops_of_one_pixel_size():
+    one = pd.DataFrame({"pixel_size_um": [0.65, 0.65]})
+    assert crop_pixel_size(one, ("a",)) == 0.65
+    with pytest.raises(TrainingInputError, match="different pixel sizes"):
+        crop_pixel_size(pd.DataFrame({"pixel_size_um": [0.325, 0.65]}), ("a", "b"))
+    with pytest.raises(TrainingInputError, match="lch segment"):
+        crop_pixel_size(pd.DataFrame({"area": [1.0]}), ("old",))

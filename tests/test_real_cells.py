@@ -1,0 +1,96 @@
+"""Segmentation on the paper's own phase-contrast cells, against hand-checked reference masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.transform import rescale
+
+from lch.manifest import load_manifest
+from lch.segmentation import segment_frame
+from lch.segmentation_scores import CENTRE_LABEL, centre_cell_score
+
+from real_cells import PIXEL_SIZE_UM, real_images
+
+IMAGES = real_images()
+
+
+def scores(scale: float = 1.0) -> list[dict]:
+    """The centre cell's score on every image with a reference, the images resampled by
+    ``scale`` (0.5: as a 0.65 µm movie) and segmented at that pixel size."""
+    out = []
+    for name, image, reference in IMAGES:
+        if reference is None:
+            continue
+        if scale != 1.0:
+            image = rescale(image.astype(float), scale, anti_aliasing=True, preserve_range=True)
+            reference = rescale(reference, scale, order=0, anti_aliasing=False,
+                                preserve_range=True).astype(np.uint8)
+        labels = segment_frame(image, pixel_size_um=PIXEL_SIZE_UM / scale)
+        out.append({"name": name, **centre_cell_score(labels, reference)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def native():
+    return scores()
+
+
+def test_there_are_enough_hand_checked_references():
+    with_reference = [r for _, _, r in IMAGES if r is not None]
+    assert len(IMAGES) == 62 and len(with_reference) >= 25
+    assert all((r == CENTRE_LABEL).sum() >= 20 for r in with_reference)
+
+
+def test_centre_cell_is_found_as_one_object(native):
+    one = [s["status"] == "one" for s in native]
+    failed = [(s["name"], s["status"]) for s in native if s["status"] != "one"]
+    print(f"\ncentre cell as one object: {sum(one)}/{len(one)}; not: {failed}")
+    assert np.mean(one) >= 0.95
+
+
+def test_centre_cell_outline_matches_the_reference(native):
+    iou = np.array([s["iou"] for s in native])
+    print(f"\nmean IoU {iou.mean():.3f}, median {np.median(iou):.3f}, min {iou.min():.3f}")
+    assert iou.mean() >= 0.8
+
+
+def test_the_same_settings_serve_a_coarser_pixel_size():
+    # The crops at half resolution are what a 0.65 µm movie shows: the scales are in µm.
+    coarse = scores(scale=0.5)
+    one = np.mean([s["status"] == "one" for s in coarse])
+    iou = np.mean([s["iou"] for s in coarse])
+    print(f"\nat 0.65 µm: one object {one:.3f}, mean IoU {iou:.3f}")
+    assert one >= 0.9 and iou >= 0.75
+
+
+@pytest.mark.parametrize("pixel_size", [0.0, -0.3, float("nan"), 60.0, "x"])
+def test_absurd_pixel_sizes_are_refused(pixel_size):
+    with pytest.raises(ValueError, match="pixel size"):
+        segment_frame(IMAGES[0][1], pixel_size_um=pixel_size)
+
+
+def test_manifest_refuses_an_absurd_pixel_size(tmp_path):
+    path = tmp_path / "cohort.yaml"
+    path.write_text("cohort: c1\nmovies:\n"
+                    "  - {id: a, path: a.tif, patient: p, pixel_size_um: 65}\n")
+    manifest = load_manifest(path)
+    assert not manifest.movies
+    assert "movies[0].pixel_size_um" in manifest.errors[0].message
+
+
+def test_centre_cell_score_tells_each_outcome():
+    ref = np.zeros((20, 20), np.uint8)
+    ref[2:10, 2:10], ref[12:18, 12:18] = CENTRE_LABEL, 2  # the centre cell and a neighbour
+    one = ref.copy()
+    assert centre_cell_score(one, ref) == {"status": "one", "iou": 1.0}
+    halves = (ref == CENTRE_LABEL).astype(int)
+    halves[2:10, 6:10] = 2
+    assert centre_cell_score(halves, ref)["status"] == "fragmented"
+    piece = np.zeros_like(ref)
+    piece[2:5, 2:5] = 1
+    assert centre_cell_score(piece, ref)["status"] == "part"
+    merged = np.zeros_like(ref)
+    merged[2:18, 2:18] = 1
+    assert centre_cell_score(merged, ref)["status"] == "merged"
+    assert centre_cell_score(np.zeros_like(ref), ref) == {"status": "missed", "iou": 0.0}
