@@ -70,7 +70,8 @@ def _query_serve(manifest: Path) -> None:
             movies = yaml.safe_load(manifest.read_text())["movies"]
             for label in ("high", "low"):
                 movie = next(m for m in movies if m["label"] == label)
-                answer = client.classify(manifest.parent / movie["path"])
+                answer = client.classify(manifest.parent / movie["path"],
+                                         pixel_size_um=movie.get("pixel_size_um"))
                 pop = answer["population"]
                 print(f"  POST /v1/classify {movie['id']} (truly {label}): called {pop['call']}, "
                       f"mean P(high) {pop['p_high']:.3f} over {pop['n_cells']} cells")
