@@ -24,8 +24,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
-# Beside the repository (../shared), as in CI; see KubeRay's README there.
-CRDS = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds"
+# KubeRay's published CRDs, copied into the repository (their README and LICENSE beside them).
+CRDS = Path(__file__).resolve().parent / "data" / "kuberay-crds"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayService": "ray.io_rayservices.yaml"}
 LAYERS = ["base", "overlays/local-kind", "overlays/gpu"]
