@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lch.cells import DEFAULT_CROP_SIZE
+from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM
+from lch.labels import DEFAULT_SEGMENTER, SEGMENTERS
 from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS
 from lch.pipelines.runtime import quiet_environment
 
@@ -31,14 +32,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    from lch.labels import check_segmenter
     from lch.manifest import ManifestError
     from lch.pipelines.ingest import convert_cohort, submit_ingest_job
     from lch.pipelines.segment import segment_cohort
 
-    if args.address:
+    if args.address:  # the segmenter is checked by the job, where its weights must be
         extra = ["--crop-size", str(args.crop_size), "--max-frame-pixels",
-                 str(args.max_frame_pixels)] + (["--no-segment"] if args.no_segment else [])
+                 str(args.max_frame_pixels), "--segmenter", args.segmenter,
+                 "--field-of-view-um", str(args.field_of_view_um)]
+        extra += ["--no-segment"] if args.no_segment else []
         return submit_ingest_job(args.manifest, args.address, extra_args=extra)
+    if not args.no_segment:
+        check_segmenter(args.segmenter)  # before any movie is converted
     try:
         summary = convert_cohort(
             args.manifest, progress=not args.quiet, max_frame_pixels=args.max_frame_pixels
@@ -49,7 +55,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     print(summary.format(), flush=True)
     status = 1 if summary.failed else 0
     if not args.no_segment:
-        cells = segment_cohort(summary.cohort, crop_size=args.crop_size, progress=not args.quiet)
+        cells = segment_cohort(summary.cohort, crop_size=args.crop_size, progress=not args.quiet,
+                               segmenter=args.segmenter, field_of_view_um=args.field_of_view_um)
         print(cells.format())
         status = status or (1 if cells.movies_failed else 0)
     return status
@@ -59,7 +66,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from lch.pipelines.segment import segment_cohort
 
     try:
-        summary = segment_cohort(args.cohort, crop_size=args.crop_size, progress=not args.quiet)
+        summary = segment_cohort(args.cohort, crop_size=args.crop_size, progress=not args.quiet,
+                                 segmenter=args.segmenter, field_of_view_um=args.field_of_view_um)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -206,6 +214,25 @@ def _cmd_exaggerate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _segmentation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--field-of-view-um", type=_positive, default=DEFAULT_FIELD_OF_VIEW_UM,
+        help="what each crop shows, in µm, resampled to --crop-size px (default %(default)s: "
+             "the paper's 256 px at 0.325 µm)")
+    parser.add_argument(
+        "--segmenter", choices=SEGMENTERS, default=DEFAULT_SEGMENTER,
+        help="who outlines the cells of movies without their own `labels` (default "
+             "%(default)s; cellpose needs `pip install -e .[cellpose]` and its weights in "
+             "$CELLPOSE_LOCAL_MODELS_PATH, never downloaded)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lch",
@@ -236,12 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frame-pixels", type=int, default=DEFAULT_MAX_FRAME_PIXELS,
                    help="refuse movies whose frames (height x width) exceed this, judged from "
                         "the file's header (default %(default)s = 16384 x 16384)")
+    _segmentation_options(p)
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("segment", help="segment a cohort's stored movies into cells and crops")
     p.add_argument("cohort")
     p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="crop side in px")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _segmentation_options(p)
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("train", help="train the AAE on cohorts (Ray Train) and register it")
@@ -306,14 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_error(exc: BaseException) -> bool:
-    """An unusable data root, tracking store or Ray token, or a cohort another run is writing:
-    the user's environment, not a bug."""
+    """An unusable data root, tracking store or Ray token, a segmenter without its package or
+    weights, or a cohort another run is writing: the user's environment, not a bug."""
     from lch.cohort_lock import CohortLocked
+    from lch.labels import SegmenterUnavailable
     from lch.paths import StorageError
     from lch.pipelines.runtime import RaySecurityError
     from lch.registry import TrackingConfigError
 
-    return isinstance(exc, StorageError | TrackingConfigError | RaySecurityError | CohortLocked)
+    return isinstance(exc, StorageError | TrackingConfigError | RaySecurityError | CohortLocked
+                      | SegmenterUnavailable)
 
 
 def main(argv: list[str] | None = None) -> int:

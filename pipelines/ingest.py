@@ -93,12 +93,12 @@ def _provenance(manifest: Manifest, movie: MovieEntry) -> dict:
 @ray.remote(num_cpus=1, max_retries=3)
 def _convert_task(
     source: str, dest: str, movie: str, provenance: dict, px, dt, storage_options: dict,
-    max_frame_pixels: int | None,
+    max_frame_pixels: int | None, labels: str | None = None,
 ) -> ConversionResult:
     # max_retries covers a worker or node dying; user errors come back as "failed" results.
     return convert_movie(
         source, dest, movie=movie, provenance=provenance, pixel_size_um=px, frame_interval_s=dt,
-        storage_options=storage_options, max_frame_pixels=max_frame_pixels,
+        storage_options=storage_options, max_frame_pixels=max_frame_pixels, labels=labels,
     )
 
 
@@ -144,6 +144,8 @@ def convert_cohort(
 ) -> IngestSummary:
     """Stage A: validate the manifest and convert every movie to OME-Zarr in parallel Ray tasks.
 
+    A movie whose entry names ``labels`` lands with that label movie as its NGFF ``labels``
+    group, or fails (with a message naming the label file) if it does not fit the movie.
     The cohort's lock (:func:`lch.cohort_lock.cohort_lock`) is held throughout; a movie whose
     frames exceed ``max_frame_pixels`` fails before any pixel is decoded.
 
@@ -178,6 +180,7 @@ def convert_cohort(
                 m.frame_interval_s,
                 options,
                 max_frame_pixels,
+                str(manifest.labels_path(m)) if m.labels else None,
             )
             for m in manifest.movies
         ]

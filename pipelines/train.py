@@ -34,13 +34,13 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from lch.classify import plot_population_curve
+from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.exaggerate import REPORT_CELLS, exaggerate, pick_cells, spearman_table, write_report
 from lch.model import AAEConfig
 from lch.paths import join, lch_home, pyarrow_filesystem
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pipelines.train_data import crop_dataset
 from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
-from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
 from lch.registry import log_lch_model, tracking_uri, use_tracking
 from lch.training import (
     CellSet,
@@ -126,14 +126,14 @@ class TrainSettings:
     n_test_per_class: int = 1
     placement_strategy: str = "PACK"
 
-    def aae_config(self, crop_size: int, pixel_size_um: float) -> AAEConfig:
+    def aae_config(self, crop_size: int, field_of_view_um: float) -> AAEConfig:
         return AAEConfig(
             crop_size=crop_size,
             latent_dim=self.latent_dim,
             width=self.width,
             lr=self.lr,
             batch_size=self.batch_size,
-            pixel_size_um=pixel_size_um,
+            field_of_view_um=field_of_view_um,
         )
 
     def worker_batch(self) -> int:
@@ -216,7 +216,7 @@ def build_trainer(
     dataset: ray.data.Dataset,
     crop_size: int,
     *,
-    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
+    field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM,
     run_id: str | None = None,
     storage_path: str | Path | None = None,
     name: str | None = None,
@@ -231,8 +231,8 @@ def build_trainer(
         The training crops, e.g. from :func:`crop_dataset`.
     crop_size : int
         Side of the crops.
-    pixel_size_um : float
-        Their pixel size (recorded in the model's configuration).
+    field_of_view_um : float
+        What they show, in µm (recorded in the model's configuration).
     run_id : str, optional
         MLflow run that world rank 0 logs to (at :func:`lch.registry.tracking_uri`).
     storage_path : path or URL, optional
@@ -245,7 +245,7 @@ def build_trainer(
     settings.check()
     cpus = cpus_per_worker(settings.workers, cluster_cpus(), settings.gpu)
     config = {
-        "aae": settings.aae_config(crop_size, pixel_size_um).to_dict(),
+        "aae": settings.aae_config(crop_size, field_of_view_um).to_dict(),
         "epochs": settings.epochs,
         "global_batch": settings.global_batch(),
         "worker_batch": settings.worker_batch(),
@@ -378,11 +378,11 @@ def train(
         init_ray()
         dataset = crop_dataset(cells, split.autoencoder, seed=settings.seed)
         trainer = build_trainer(
-            settings, dataset, cells.crop_size, pixel_size_um=cells.pixel_size_um,
+            settings, dataset, cells.crop_size, field_of_view_um=cells.field_of_view_um,
             run_id=run_id, train_loop=train_loop,
         )
         result = trainer.fit()
-        config = settings.aae_config(cells.crop_size, cells.pixel_size_um)
+        config = settings.aae_config(cells.crop_size, cells.field_of_view_um)
         aae = load_trained_aae(result.checkpoint, config)
         evaluation = evaluate(aae, cells, split, seed=settings.seed)
         train_seconds = float(result.metrics["total_seconds"])

@@ -1,7 +1,8 @@
 """From one frame to its cells: segmentation, measurement and crops in one call.
 
 The Ray Data stage of ingestion, the benchmark's bare loop and the Serve classifier all call
-:func:`frame_cells`, so a cell is found and measured the same way wherever it comes from.
+:func:`frame_cells`, so a cell is measured and cropped the same way whichever segmenter (LCH's,
+Cellpose, a label movie from the manifest) outlined it.
 """
 
 from __future__ import annotations
@@ -9,12 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lch.crops import cut_crops
+from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM, cut_crops
 from lch.morphology import measure_cells
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
 from lch.segmentation import segment_frame
-
-DEFAULT_CROP_SIZE = 64
 
 
 def frame_cells(
@@ -22,6 +21,8 @@ def frame_cells(
     crop_size: int = DEFAULT_CROP_SIZE,
     *,
     pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
+    field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM,
+    labels: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Segment a frame, measure every cell and cut a crop for each usable one.
 
@@ -33,6 +34,11 @@ def frame_cells(
         Side of the square crops, in pixels.
     pixel_size_um : float
         The frame's pixel size (the segmentation's scales are in µm).
+    field_of_view_um : float
+        Side of the square each crop shows, in µm (:func:`lch.crops.cut_crops`).
+    labels : ndarray of int, shape (Y, X), optional
+        The frame's segmentation when made elsewhere (0 = background); default
+        :func:`lch.segmentation.segment_frame`.
 
     Returns
     -------
@@ -45,10 +51,12 @@ def frame_cells(
     Raises
     ------
     ValueError
-        For a frame that cannot be segmented (constant, NaN/inf, not 2-D), or a pixel size that
-        is not a positive number of at most a few µm.
+        For a frame that cannot be segmented (constant, NaN/inf, not 2-D), labels of another
+        shape, or a pixel size that is not a positive number of at most a few µm.
     """
-    labels = segment_frame(frame, pixel_size_um=pixel_size_um)
+    if labels is None:
+        labels = segment_frame(frame, pixel_size_um=pixel_size_um)
     table = measure_cells(frame, labels)
-    crops, _, drop_reason = cut_crops(frame, labels, table, crop_size)
+    crops, _, drop_reason = cut_crops(frame, labels, table, crop_size, pixel_size_um=pixel_size_um,
+                                      field_of_view_um=field_of_view_um)
     return table.assign(drop_reason=drop_reason), crops

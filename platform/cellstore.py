@@ -25,11 +25,13 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec
 
+from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.paths import Location, commit_aside, filesystem, is_url, join, zarr_store
 
 CELLS_FILE = "cells.parquet"
 CROPS_STORE = "crops.zarr"
 RUN_KEY = "lch_segmentation_run"
+FIELD_OF_VIEW_KEY = "field_of_view_um"
 # 256 crops of 64² float32 = 4 MiB: whole chunks for sequential epochs, small enough that a
 # random mini-batch does not drag in much more than it needs.
 CROP_CHUNK_ROWS = 256
@@ -85,10 +87,17 @@ class CellStoreWriter:
         Side of the square crops.
     storage_options : dict, optional
         fsspec options for a URL ``folder``; default from the environment.
+    field_of_view_um : float
+        What the crops show, in µm (recorded as the crops' ``field_of_view_um`` attribute).
     """
 
     def __init__(
-        self, folder: Location, crop_size: int, storage_options: dict | None = None
+        self,
+        folder: Location,
+        crop_size: int,
+        storage_options: dict | None = None,
+        *,
+        field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM,
     ) -> None:
         self.folder = folder if is_url(folder) else Path(folder)
         self._options = storage_options
@@ -105,7 +114,7 @@ class CellStoreWriter:
             dtype="float32",
             compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
             dimension_names=("cell", "y", "x"),
-            attributes={RUN_KEY: self.run_id},
+            attributes={RUN_KEY: self.run_id, FIELD_OF_VIEW_KEY: float(field_of_view_um)},
             zarr_format=3,
         )
         self._pending: list[np.ndarray] = []

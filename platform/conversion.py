@@ -9,6 +9,14 @@ On an object store (``dest`` a URL) there is no rename: the store is still writt
 copied into place with its group metadata last (:func:`lch.paths.commit_aside`). That metadata
 holds the provenance, so the completeness test of readers and the idempotency test are one and
 the same: a store without it (a commit killed half-way) is neither read nor skipped.
+
+A movie may come with its label movie (the manifest's ``labels``): it is checked before the store
+is created (:func:`lch.labels.check_label_movie`) and written into the store aside, as its NGFF
+``labels`` group, so the movie lands with its labels or not at all. The segmentation stage
+writes the labels it makes the same way, one level down (:func:`start_labels`,
+:func:`commit_labels`): a ``labels`` group written aside inside the store and renamed into place
+(on an object store: copied with its ``zarr.json`` last), so a reader sees the previous labels,
+none, or the new ones whole.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lch.labels import GIVEN, check_label_movie, iter_label_frames
 from lch.movie_io import (
     DEFAULT_MAX_FRAME_PIXELS,
     MovieError,
@@ -29,13 +38,18 @@ from lch.movie_io import (
     read_movie_info,
 )
 from lch.omezarr import (
+    LABELS_PATH,
+    create_labels_group,
     create_movie_store,
     ngff_metadata,
+    open_labels,
+    open_movie,
+    read_image_metadata,
     read_provenance,
     store_bytes,
     write_frames,
 )
-from lch.paths import Location, commit_aside, filesystem, is_committed, is_url
+from lch.paths import Location, commit_aside, filesystem, is_committed, is_url, join
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
@@ -126,6 +140,62 @@ def _remove_remote_leftovers(folder: str, storage_options: dict | None) -> list[
     return removed
 
 
+def start_labels(
+    store: Location, *, attributes: dict, storage_options: dict | None = None
+) -> Location:
+    """Create an empty ``labels`` group for a stored movie, aside inside its store.
+
+    Parameters
+    ----------
+    store : path or URL
+        A committed movie store.
+    attributes : dict
+        Stored under ``lch`` on ``labels/cells`` (which segmenter made the labels).
+    storage_options : dict, optional
+        fsspec options for a URL ``store``.
+
+    Returns
+    -------
+    path or URL
+        The aside group (``<store>/.tmp-labels-<tag>``): write frames into it with
+        :func:`lch.omezarr.open_label_writer`, then :func:`commit_labels` or
+        :func:`discard_labels`.
+    """
+    frames, _, height, width = open_movie(store, storage_options).shape
+    aside = _aside(join(store, LABELS_PATH), TMP_PREFIX)
+    create_labels_group(
+        aside, frames=frames, height=height, width=width,
+        image_ome=read_image_metadata(store, storage_options), attributes=attributes,
+        storage_options=storage_options,
+    )
+    return aside
+
+
+def commit_labels(aside: Location, store: Location, storage_options: dict | None = None) -> None:
+    """Make a finished aside ``labels`` group the store's, replacing the previous one whole."""
+    _commit(aside, join(store, LABELS_PATH), storage_options)
+
+
+def discard_labels(aside: Location, storage_options: dict | None = None) -> None:
+    """Remove an aside ``labels`` group that will not be committed (best effort)."""
+    _remove(aside, storage_options)
+
+
+def _write_given_labels(
+    tmp: Location, labels: Path, info, ome: dict, sha: str, storage_options: dict | None
+) -> None:
+    """Write a checked label movie into the store being written aside, as its labels group."""
+    array = create_labels_group(
+        join(tmp, LABELS_PATH), frames=info.frames, height=info.height, width=info.width,
+        image_ome=ome, attributes={"segmenter": GIVEN, "source_path": str(labels),
+                                   "source_sha256": sha},
+        storage_options=storage_options,
+    )
+    written = write_frames(array, iter_label_frames(labels, info))
+    if written != info.frames:
+        raise MovieError(f"{labels}: {written} frames read, {info.frames} declared")
+
+
 def convert_movie(
     source: str | Path,
     dest: Location,
@@ -136,6 +206,7 @@ def convert_movie(
     frame_interval_s: float | None = None,
     storage_options: dict | None = None,
     max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
+    labels: str | Path | None = None,
 ) -> ConversionResult:
     """Convert one TIFF movie into an OME-Zarr store at ``dest``.
 
@@ -156,22 +227,32 @@ def convert_movie(
         fsspec options for a URL ``dest``; default from the environment.
     max_frame_pixels : int or None
         Largest frame accepted (judged from the file's header, before any pixel is decoded).
+    labels : path, optional
+        The movie's own label movie (T×Y×X like it, integer ids, 0 = background), stored as the
+        store's NGFF ``labels`` group; checked before anything is written.
 
     Returns
     -------
     ConversionResult
-        "skipped" if ``dest`` already holds this exact source, "ok" after a conversion, or
-        "failed" with a message naming the file; a failure leaves ``dest`` as it was.
+        "skipped" if ``dest`` already holds this exact source (and label movie), "ok" after a
+        conversion, or "failed" with a message naming the file (the movie's or the label
+        movie's); a failure leaves ``dest`` as it was.
     """
     source = Path(source)
+    labels = Path(labels) if labels is not None else None
     dest = str(dest) if is_url(dest) else Path(dest)
     started = time.perf_counter()
     tmp = _aside(dest, TMP_PREFIX)
     try:
         info = read_movie_info(source, max_frame_pixels=max_frame_pixels)
+        label_info = check_label_movie(labels, info) if labels is not None else None
         sha = file_sha256(source)
+        labels_sha = file_sha256(labels) if labels is not None else None
         existing = read_provenance(dest, storage_options)
-        if existing and existing.get("source_sha256") == sha:
+        same_labels = existing and existing.get("labels_sha256") == labels_sha and (
+            labels is None or open_labels(dest, storage_options) is not None
+        )
+        if existing and existing.get("source_sha256") == sha and same_labels:
             return ConversionResult(
                 movie, "skipped", existing.get("frames", info.frames), source.stat().st_size,
                 store_bytes(dest, storage_options), time.perf_counter() - started,
@@ -186,23 +267,26 @@ def convert_movie(
             "frames": info.frames,
             "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if labels is not None:
+            attrs |= {"labels_path": str(labels), "labels_sha256": labels_sha}
         if not is_url(dest):
             dest.parent.mkdir(parents=True, exist_ok=True)
+        ome = ngff_metadata(movie, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s)
         array = create_movie_store(
             tmp,
             frames=info.frames,
             height=info.height,
             width=info.width,
             dtype=info.dtype,
-            ome=ngff_metadata(
-                movie, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s
-            ),
+            ome=ome,
             provenance=attrs,
             storage_options=storage_options,
         )
         written = write_frames(array, iter_frames(source, max_frame_pixels=max_frame_pixels))
         if written != info.frames:
             raise MovieError(f"{source}: {written} frames read, {info.frames} declared")
+        if labels is not None:
+            _write_given_labels(tmp, labels, label_info, ome, labels_sha, storage_options)
         _commit(tmp, dest, storage_options)
     except (MovieError, OSError) as exc:
         _remove(tmp, storage_options)

@@ -330,8 +330,8 @@ def morphology_table(
     probability_reencoded: np.ndarray,
     pixel_size_um: float,
 ) -> pd.DataFrame:
-    """Measure every decoded image with :func:`lch.morphology.measure_crop` (at the model's
-    ``pixel_size_um``, the pixel size of its training crops).
+    """Measure every decoded image with :func:`lch.morphology.measure_crop` (at
+    ``pixel_size_um``, the model's crop pixel size).
 
     Returns
     -------
@@ -395,7 +395,7 @@ def exaggerate_codes(
     images, p_shift, p_again = _shift_decode(model, z, s)
     if measure:
         table = morphology_table(
-            images, s, ids, p_shift, p_again, model.config.pixel_size_um
+            images, s, ids, p_shift, p_again, model.config.crop_pixel_size_um
         )
     else:
         table = pd.DataFrame(

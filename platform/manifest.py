@@ -35,6 +35,9 @@ class MovieEntry(BaseModel):
     label: Literal["high", "low", "unknown"] = "unknown"
     pixel_size_um: float | None = Field(default=None, gt=0, le=MAX_PIXEL_SIZE_UM)
     frame_interval_s: float | None = Field(default=None, gt=0)
+    labels: str | None = Field(default=None, min_length=1)
+    """A label movie made elsewhere (T×Y×X like the movie, integer ids, 0 = background), relative
+    to the manifest like ``path``; it replaces LCH's segmentation of this movie."""
 
     @field_validator("id")
     @classmethod
@@ -76,12 +79,18 @@ class Manifest:
         """The movie file, resolved relative to the manifest's folder."""
         return (self.path.parent / movie.path).resolve()
 
+    def labels_path(self, movie: MovieEntry) -> Path | None:
+        """The movie's own label movie (``labels``), resolved like its path; None if none."""
+        return (self.path.parent / movie.labels).resolve() if movie.labels else None
+
     def to_dict(self) -> dict:
         """The valid part of the manifest, with absolute source paths (as stored per cohort)."""
         movies = []
         for m in self.movies:
             entry = m.model_dump(exclude_none=True)
             entry["path"] = str(self.source_path(m))
+            if m.labels:
+                entry["labels"] = str(self.labels_path(m))
             movies.append(entry)
         return {"cohort": self.cohort, "movies": movies}
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
+from lch.crops import DEFAULT_FIELD_OF_VIEW_UM, crop_pixel_size
 
 PAPER_CHANNELS = (64, 128, 256, 512, 1024, 1024)
 PAPER_DISC_HIDDEN = (1024, 1024, 512)
@@ -105,8 +105,9 @@ class AAEConfig:
         Adam betas; beta1 = 0.5 as in the seed code's options and DCGAN-style training.
     batch_size : int
         Training mini-batch size (50 in the paper); recorded here for logging.
-    pixel_size_um : float
-        Pixel size of the crops it learns from and decodes (their cells are measured at it).
+    field_of_view_um : float
+        What its crops show, in µm (:mod:`lch.crops`); their pixel size is
+        :attr:`crop_pixel_size_um`, at which decoded cells are measured.
     """
 
     crop_size: int = 64
@@ -117,7 +118,7 @@ class AAEConfig:
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 50
-    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM
+    field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM
     n_stages: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,6 +147,11 @@ class AAEConfig:
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "disc_hidden", disc_hidden)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    @property
+    def crop_pixel_size_um(self) -> float:
+        """µm per pixel of the crops it takes and draws."""
+        return crop_pixel_size(self.field_of_view_um, self.crop_size)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (lists, numbers) for logging and for :meth:`from_dict`."""

@@ -255,7 +255,7 @@ def measure_crop(
     crop
         2-D crop on any intensity scale (normalised or decoded crops in [0, 1], raw windows).
     pixel_size_um
-        The crop's pixel size (a model's decoded crops have its ``config.pixel_size_um``).
+        The crop's pixel size (a model's decoded crops have its ``config.crop_pixel_size_um``).
     **kwargs
         Passed to :func:`measure_cells`.
 

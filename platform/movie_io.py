@@ -25,6 +25,9 @@ DEFAULT_MAX_FRAME_PIXELS = 16384 * 16384
 more pixels than the file holds, and each worker decodes a whole frame at once."""
 # What tifffile logs (instead of raising) when a file's page chain or declared shape is broken.
 TRUNCATION_SIGNS = ("invalid page offset", "failed to reshape", "corrupted", "truncated")
+# Other image formats a user may name instead of a TIFF, told apart by their first bytes.
+IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF",
+                    b"GIF89a": "GIF"}
 
 
 class MovieError(ValueError):
@@ -103,6 +106,22 @@ Source = str | Path | BinaryIO
 """A movie: a file path, or an open binary file (e.g. an HTTP upload in memory)."""
 
 
+def _image_format(source: Source) -> str | None:
+    """The format of a non-TIFF image file from its signature, or None."""
+    try:
+        if isinstance(source, str | Path):
+            with open(source, "rb") as f:
+                head = f.read(8)
+        else:
+            position = source.tell()
+            source.seek(0)  # tifffile has read past the start by now
+            head = source.read(8)
+            source.seek(position)
+    except (OSError, ValueError):
+        return None
+    return next((kind for sig, kind in IMAGE_SIGNATURES.items() if head.startswith(sig)), None)
+
+
 def _name(source: Source, name: str | None) -> str:
     return name or str(source if isinstance(source, str | Path) else getattr(source, "name", "?"))
 
@@ -124,6 +143,12 @@ def _open(source: Source, path: str) -> Iterator[tifffile.TiffFile]:
         tif = tifffile.TiffFile(source)
         series = tif.series  # reading the series walks every page
     except tifffile.TiffFileError as exc:
+        kind = _image_format(source)
+        if kind:
+            raise MovieError(
+                f"{path}: a {kind} image, not a TIFF movie; LCH reads TIFF / OME-TIFF "
+                "(T×Y×X, one channel): save the frame(s) as a TIFF, e.g. with tifffile.imwrite"
+            ) from exc
         # Its message quotes the file's first bytes: never echo those (any file could be named).
         raise MovieError(f"{path}: not a readable TIFF file (no valid TIFF header)") from exc
     except Exception as exc:  # tifffile raises several types for damaged TIFFs

@@ -2,7 +2,15 @@
 
 Layout of one movie store (``<movie>.ome.zarr``): a group whose ``ome`` attribute holds the NGFF
 0.5 ``multiscales`` (one level, path ``0``, axes t, c, y, x), array ``0`` of shape (T, 1, Y, X),
-and LCH's provenance under the ``lch`` attribute.
+and LCH's provenance under the ``lch`` attribute. Once segmented, the store also holds the cells'
+label movie as an NGFF ``labels`` group::
+
+    labels/zarr.json        ome: {version: 0.5, labels: [cells]}
+    labels/cells/zarr.json  ome: multiscales (as the image's) + image-label (source ../../)
+    labels/cells/0          (T, 1, Y, X) uint32, 0 = background, cell ids per frame
+
+The label array has the frames' chunks but one frame per shard: segmentation workers write
+their frames in parallel, and two writers of one shard would overwrite each other's chunks.
 
 Chunks are one frame (1, 1, Y, X) because every reader (segmentation, viewers) reads a frame at a
 time; frames over 1024² are tiled so one chunk stays a few MiB. Chunks are packed into shards of
@@ -36,6 +44,11 @@ AXES = ("t", "c", "y", "x")
 TILE = 1024
 SHARD_BYTES = 32 << 20
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+LABELS_PATH = "labels"
+LABEL_NAME = "cells"
+LABEL_DTYPE = np.dtype(np.uint32)
+# Background transparent; napari and ome-zarr-py colour the cell ids themselves.
+LABEL_COLORS = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
 
 
 def chunk_shape(height: int, width: int) -> tuple[int, int, int, int]:
@@ -125,6 +138,100 @@ def write_frames(array: zarr.Array, frames: Iterable[np.ndarray]) -> int:
     if filled:
         array[start : start + filled] = buffer[:filled]
     return start + filled
+
+
+def labels_group_metadata() -> dict:
+    """The ``ome`` attribute of the ``labels`` group: NGFF 0.5, one label image, ``cells``."""
+    return {"version": NGFF_VERSION, "labels": [LABEL_NAME]}
+
+
+def label_image_metadata(image_ome: dict) -> dict:
+    """The ``ome`` attribute of ``labels/cells``: the image's axes and scales, and
+    ``image-label`` pointing back at the image (``../../``)."""
+    (image,) = image_ome["multiscales"]
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [{**image, "name": LABEL_NAME}],
+        "image-label": {"colors": LABEL_COLORS, "source": {"image": "../../"}},
+    }
+
+
+def label_shard_shape(height: int, width: int) -> tuple[int, int, int, int]:
+    """One whole frame (rounded up to whole tiles) per shard: parallel writers never share one."""
+    _, _, cy, cx = chunk_shape(height, width)
+    return (1, 1, math.ceil(height / cy) * cy, math.ceil(width / cx) * cx)
+
+
+def create_labels_group(
+    path: Location,
+    *,
+    frames: int,
+    height: int,
+    width: int,
+    image_ome: dict,
+    attributes: dict,
+    storage_options: dict | None = None,
+) -> zarr.Array:
+    """Create a complete, empty ``labels`` group at ``path`` (which must not exist) and return
+    its label array (``cells/0``, all background until written).
+
+    ``path`` is where the group is written aside; it becomes ``<store>/labels`` when committed
+    (:func:`lch.conversion.commit_labels`). ``attributes`` go under ``lch`` on ``cells``.
+    """
+    root = zarr.open_group(zarr_store(path, storage_options), mode="w-", zarr_format=3)
+    root.attrs.update({"ome": labels_group_metadata()})
+    image = root.create_group(LABEL_NAME)
+    image.attrs.update({"ome": label_image_metadata(image_ome), "lch": attributes})
+    return image.create_array(
+        ARRAY_PATH,
+        shape=(frames, 1, height, width),
+        chunks=chunk_shape(height, width),
+        shards=label_shard_shape(height, width),
+        dtype=LABEL_DTYPE,
+        compressors=COMPRESSOR,
+        fill_value=0,
+        dimension_names=AXES,
+    )
+
+
+def open_label_writer(path: Location, storage_options: dict | None = None) -> zarr.Array:
+    """Open the label array of a ``labels`` group being written (see
+    :func:`create_labels_group`) for writing frames."""
+    return zarr.open_array(
+        zarr_store(path, storage_options), path=f"{LABEL_NAME}/{ARRAY_PATH}", mode="r+"
+    )
+
+
+def open_labels(path: Location, storage_options: dict | None = None) -> zarr.Array | None:
+    """The committed label movie of a movie store, (T, 1, Y, X) read-only; None if it has none.
+
+    A ``labels`` group without its ``zarr.json`` (a commit to an object store killed half-way)
+    counts as none.
+    """
+    store = zarr_store(path, storage_options, read_only=True)
+    try:
+        group = zarr.open_group(store, path=LABELS_PATH, mode="r")
+        if LABEL_NAME not in group.attrs.get("ome", {}).get("labels", []):
+            return None
+        return zarr.open_array(store, path=f"{LABELS_PATH}/{LABEL_NAME}/{ARRAY_PATH}", mode="r")
+    except (FileNotFoundError, KeyError, zarr.errors.BaseZarrError):
+        return None
+
+
+def label_attributes(path: Location, storage_options: dict | None = None) -> dict | None:
+    """The ``lch`` attributes of a store's committed label image (who made it), or None."""
+    store = zarr_store(path, storage_options, read_only=True)
+    try:
+        group = zarr.open_group(store, path=f"{LABELS_PATH}/{LABEL_NAME}", mode="r")
+    except (FileNotFoundError, KeyError, zarr.errors.BaseZarrError):
+        return None
+    return dict(group.attrs.get("lch", {}))
+
+
+def read_image_metadata(path: Location, storage_options: dict | None = None) -> dict:
+    """The ``ome`` attribute of a movie store's image group."""
+    group = zarr.open_group(zarr_store(path, storage_options, read_only=True), mode="r")
+    return dict(group.attrs["ome"])
 
 
 def open_movie(path: Location, storage_options: dict | None = None) -> zarr.Array:

@@ -21,7 +21,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.model_selection import GridSearchCV
 from torch import nn
 
-from lch.cellstore import CROPS_STORE, CellStoreError, open_cells
+from lch.cellstore import CROPS_STORE, FIELD_OF_VIEW_KEY, CellStoreError, open_cells
 from lch.classify import (
     HIGH,
     LOW,
@@ -71,7 +71,7 @@ class CellSet:
     table: pd.DataFrame
     stores: tuple[str, ...]
     crop_size: int
-    pixel_size_um: float
+    field_of_view_um: float
     storage_options: dict | None = None
 
 
@@ -111,39 +111,40 @@ def load_cells(cohorts: Sequence[str], home: Location | None = None) -> CellSet:
     ------
     TrainingInputError
         No cohort given, a cohort missing or without segmentation outputs, or cohorts whose
-        crops differ in size or pixel size.
+        crops differ in size or field of view.
     """
     cohorts = tuple(dict.fromkeys(cohorts))  # once each, in the order given
     if not cohorts:
         raise TrainingInputError("no cohort given (--cohort NAME)")
     options = storage_options_from_env(home or lch_home())
-    tables, stores, sizes = [], [], {}
+    tables, stores, sizes, views = [], [], {}, {}
     for i, cohort in enumerate(cohorts):
         table, crops = _open_cohort(cohort, home, options)
         sizes[cohort] = crops.shape[1]
+        views[cohort] = crops.attrs.get(FIELD_OF_VIEW_KEY)
         tables.append(table.assign(store=i, row=np.arange(len(table))))
         stores.append(str(join(cohort_dir(cohort, home), CROPS_STORE)))
     if len(set(sizes.values())) > 1:
         raise TrainingInputError(f"cohorts have different crop sizes: {sizes}")
     table = pd.concat(tables, ignore_index=True)
     return CellSet(cohorts, table, tuple(stores), next(iter(sizes.values())),
-                   crop_pixel_size(table, cohorts), options)
+                   _one_field_of_view(views), options)
 
 
-def crop_pixel_size(table: pd.DataFrame, cohorts: tuple[str, ...]) -> float:
-    """The one pixel size of the cells' crops (the model learns cells at that scale)."""
-    if "pixel_size_um" not in table:
+def _one_field_of_view(views: dict[str, float | None]) -> float:
+    """The one field of view (µm) of the cohorts' crops: the model learns cells at that scale."""
+    old = sorted(c for c, v in views.items() if v is None)
+    if old:
         raise TrainingInputError(
-            f"cohorts {', '.join(cohorts)}: cells segmented before pixel sizes were recorded; "
+            f"cohorts {', '.join(old)}: crops cut before they had a field of view in µm; "
             "run `lch segment` on them again"
         )
-    sizes = sorted(table["pixel_size_um"].unique())
-    if len(sizes) > 1:
+    if len(set(views.values())) > 1:
         raise TrainingInputError(
-            f"cohorts {', '.join(cohorts)}: crops at different pixel sizes {sizes} µm; train on "
-            "movies of one pixel size"
+            f"cohorts' crops show different fields of view (µm): {views}; segment them with one "
+            "--field-of-view-um"
         )
-    return float(sizes[0])
+    return float(next(iter(views.values())))
 
 
 def split_by_patient(cells: CellSet, n_test_per_class: int = 1, seed: int = 0) -> Split:

@@ -32,6 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from lch.cells import frame_cells
 from lch.exaggerate import exaggerate, load_crop, montage
+from lch.model import AAEConfig
 from lch.registry import REGISTERED_MODEL
 from lch.serving import contract
 from lch.serving.contract import RequestError
@@ -53,12 +54,15 @@ RETRY_AFTER_S = 5
 
 
 def _cells_of_frames(
-    frames: np.ndarray, crop_size: int, pixel_size_um: float
+    frames: np.ndarray, config: AAEConfig, pixel_size_um: float
 ) -> tuple[list[dict], np.ndarray]:
-    """Segment frames with the ingestion code; the kept cells' positions and crops."""
+    """Segment frames with the ingestion code; the kept cells' positions and crops (cut as the
+    model's training crops were)."""
     cells, crops = [], []
+    crop_size = config.crop_size
     for t, frame in enumerate(frames):
-        table, frame_crops = frame_cells(frame, crop_size, pixel_size_um=pixel_size_um)
+        table, frame_crops = frame_cells(frame, crop_size, pixel_size_um=pixel_size_um,
+                                         field_of_view_um=config.field_of_view_um)
         kept = table[table["drop_reason"] == ""]
         cells += [
             {"frame": t, "centroid_y": float(y), "centroid_x": float(x)}
@@ -116,8 +120,8 @@ class Classifier(_FollowsModel):
     async def classify_frames(
         self, frames: np.ndarray, pixel_size_um: float
     ) -> tuple[str, np.ndarray, list[dict]]:
-        size = self.source.current.model.config.crop_size
-        cells, crops = await asyncio.to_thread(_cells_of_frames, frames, size, pixel_size_um)
+        config = self.source.current.model.config
+        cells, crops = await asyncio.to_thread(_cells_of_frames, frames, config, pixel_size_um)
         if not len(crops):
             return self.source.current.version, np.zeros(0), []
         version, p = await self._predict(crops)

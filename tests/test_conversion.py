@@ -64,6 +64,26 @@ def test_real_clients_read_the_store_unchanged(tmp_path):
     np.testing.assert_array_equal(np.asarray(image.data[0])[:, 0], data)
 
 
+def test_a_store_with_labels_reads_as_before(tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    da = pytest.importorskip("dask.array")
+    data = random_movie(frames=3, height=32, width=32, seed=4)
+    labels = (data > 30_000).astype(np.uint16)
+    dest = tmp_path / "m1.ome.zarr"
+    source = write_tiff(tmp_path / "m1.tif", data)
+    label_file = write_tiff(tmp_path / "l.tif", labels)
+    assert convert(source, dest, labels=label_file).status == "ok"
+
+    np.testing.assert_array_equal(open_movie(dest)[:, 0], data)
+    np.testing.assert_array_equal(da.from_zarr(str(dest), component="0").compute()[:, 0], data)
+    image, *others = list(Reader(parse_url(str(dest)))())
+    np.testing.assert_array_equal(np.asarray(image.data[0])[:, 0], data)
+    assert [n.metadata["name"] for n in others if "image-label" in n.zarr.root_attrs] == ["cells"]
+    assert read_provenance(dest)["labels_path"] == str(label_file)
+
+
 def test_ome_zarr_models_validates_ngff_05(tmp_path):
     from ome_zarr_models import open_ome_zarr
 

@@ -48,7 +48,7 @@ CELLS_PER_PATIENT = 50
 # so cells agree more at the same shift. Pooled halo rho over seeds 0-2: 0.93-0.95 with these
 # settings, 0.87-0.92 with 8 patients, 16 dimensions and 1,200 steps.
 CONFIG = {"latent_dim": 8, "channels": (8, 16, 32, 64), "disc_hidden": (64, 64, 32), "lr": 2e-3,
-          "pixel_size_um": synth.PIXEL_SIZE_UM}
+          "field_of_view_um": CROP * synth.PIXEL_SIZE_UM}
 STEPS = 2400
 BATCH = 32
 SEED = 0
@@ -59,7 +59,11 @@ RHO_PLANTED = 0.9
 
 
 def _cell_crop(rng: np.random.Generator, patient: synth.PatientParams) -> np.ndarray:
-    """One synthetic cell near the centre of a 64x64 frame, normalised like lch.crops."""
+    """One synthetic cell near the centre of a 64x64 frame, as a flat-field ratio crop.
+
+    The exaggeration trends are measured on this known, flat background; the crops of
+    :mod:`lch.crops` (background-relative contrast, tanh-compressed) are not used here yet.
+    """
     cell = synth.sample_cell(rng, patient, 1)
     cy, cx = (CROP - 1) / 2 + rng.uniform(-1.0, 1.0, 2)
     shape = synth.CellShape(
@@ -75,8 +79,8 @@ def _cell_crop(rng: np.random.Generator, patient: synth.PatientParams) -> np.nda
         arm_lengths=cell.arm_lengths,
     )
     frame, _ = synth.render_frame([shape], (CROP, CROP), background=BACKGROUND, rng=rng)
-    # The flat background is known here: lch.crops' normalisation, background at 0.5, and its
-    # orientation (longest extension along +x).
+    # The flat background is known here: background at 0.5, and lch.crops' orientation
+    # (longest extension along +x).
     crop = np.clip(0.5 * frame / BACKGROUND, 0.0, 1.0).astype(np.float32)
     return align_crop(crop, pixel_size_um=synth.PIXEL_SIZE_UM)
 

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import yaml
 
-from lch.omezarr import open_movie, read_provenance
+from lch.omezarr import open_labels, open_movie, read_provenance
 from lch.paths import cohort_dir, movie_store
 from lch.pipelines.cli import main as lch_main
 from lch.pipelines.ingest import convert_cohort
@@ -22,6 +22,7 @@ from lch.pipelines.ingest import convert_cohort
 from bombs import tiff_bomb
 from helpers import free_port, stop_session
 from movies import entry, random_movie, write_manifest, write_tiff
+from real_cells import REAL
 
 BAD_INPUTS = {
     # movie id: (how the file is made, words the error must contain)
@@ -106,6 +107,57 @@ def test_bad_movies_fail_alone_with_clear_messages(ray_session, lch_home, mixed_
     assert sorted(m["id"] for m in stored["movies"]) == sorted(good)
     movies = cohort_dir("mixed") / "movies"
     assert sorted(p.name for p in movies.iterdir()) == [f"{m}.ome.zarr" for m in sorted(good)]
+
+
+BAD_LABELS = {
+    # movie id: (the label movie, words its error must contain)
+    "frames": (lambda good: good[:3], "3 frames of 48×40, the movie has 4 frames of 48×40"),
+    "size": (lambda good: good[:, :32], "4 frames of 32×40, the movie has 4 frames of 48×40"),
+    "float": (lambda good: good.astype(np.float32), "floating-point pixels"),
+    "negative": (lambda good: good.astype(np.int32) - 1, "frame 0 has negative labels"),
+    "missing": (None, "file not found"),
+}
+
+
+def test_label_movies_are_checked_per_movie_and_the_other_movies_land(
+    ray_session, lch_home, tmp_path
+):
+    raw = tmp_path / "raw"
+    data = random_movie(frames=4, height=48, width=40, seed=1)
+    write_tiff(raw / "movie.tif", data)
+    good = np.zeros(data.shape, np.uint16)
+    good[:, 10:30, 8:30] = 7
+    write_tiff(raw / "good_labels.tif", good)
+    movies = [dict(entry("good", "raw/movie.tif"), labels="raw/good_labels.tif"),
+              entry("plain", "raw/movie.tif")]
+    for movie_id, (make, _) in BAD_LABELS.items():
+        if make is not None:
+            write_tiff(raw / f"{movie_id}_labels.tif", make(good))
+        movies.append(dict(entry(movie_id, "raw/movie.tif"), labels=f"raw/{movie_id}_labels.tif"))
+    png = sorted(REAL.glob("*.png"))[0]  # an 8-bit PNG frame of the paper's cells
+    movies.append(entry("png-frame", str(png)))
+    manifest = write_manifest(tmp_path, "byo", movies)
+
+    summary = convert_cohort(manifest, progress=False)
+
+    status = {r.movie: r for r in summary.results}
+    assert status["good"].status == status["plain"].status == "ok"
+    np.testing.assert_array_equal(open_labels(movie_store("byo", "good"))[:, 0], good)
+    assert open_labels(movie_store("byo", "plain")) is None
+    for movie_id, (_, words) in BAD_LABELS.items():
+        message = status[movie_id].message
+        assert status[movie_id].status == "failed", movie_id
+        assert f"{movie_id}_labels.tif" in message and words in message, message
+        assert not movie_store("byo", movie_id).exists()
+    assert status["png-frame"].status == "failed"
+    assert status["png-frame"].message.startswith(f"{png}: a PNG image, not a TIFF movie")
+    text = summary.format()
+    assert "2 converted" in text and "FAILED size:" in text and "48×40" in text
+
+    stored = yaml.safe_load((cohort_dir("byo") / "manifest.yaml").read_text())["movies"]
+    assert {m["id"]: m.get("labels") for m in stored} == {
+        "good": str(raw / "good_labels.tif"), "plain": None,
+    }
 
 
 def test_reingest_is_a_noop_and_the_cli_exit_status_reports_failures(

@@ -94,3 +94,26 @@ movies:
     assert "expected a mapping" in errors["movies[7]"]
     assert "movies[8].id" in errors["a..b"] and "'..'" in errors["a..b"]
     assert all("cohort.yaml" in message for message in errors.values())
+
+
+def test_labels_resolve_like_paths_and_are_optional(tmp_path):
+    path = write(
+        tmp_path,
+        """
+cohort: c1
+movies:
+  - {id: own, path: raw/a.tif, patient: p1, labels: seg/a_labels.tif}
+  - {id: plain, path: raw/b.tif, patient: p1}
+  - {id: blank, path: raw/c.tif, patient: p1, labels: ""}
+  - {id: listed, path: raw/d.tif, patient: p1, labels: [a.tif]}
+""",
+    )
+    manifest = load_manifest(path)
+    own, plain = manifest.movies
+    assert manifest.labels_path(own) == tmp_path / "seg" / "a_labels.tif"
+    assert manifest.labels_path(plain) is None
+    stored = {m["id"]: m for m in manifest.to_dict()["movies"]}
+    assert stored["own"]["labels"] == str(tmp_path / "seg" / "a_labels.tif")
+    assert "labels" not in stored["plain"]
+    errors = {e.movie: e.message for e in manifest.errors}
+    assert "movies[2].labels" in errors["blank"] and "movies[3].labels" in errors["listed"]

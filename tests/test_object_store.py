@@ -224,7 +224,7 @@ def test_ray_train_checkpoints_to_the_s3_root(s3_home):
     root, _ = pyarrow_filesystem(join(s3_home, "ray_results"))
     assert result.checkpoint.path.startswith(f"{root}/s3run/")
     assert any(p.endswith(".pt") for p in objects(join(s3_home, "ray_results", "s3run")))
-    model = load_trained_aae(result.checkpoint, settings.aae_config(CROP, cells.pixel_size_um))
+    model = load_trained_aae(result.checkpoint, settings.aae_config(CROP, cells.field_of_view_um))
     assert sum(p.numel() for p in model.parameters()) > 0
 
 

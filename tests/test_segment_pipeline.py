@@ -7,14 +7,17 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
+import yaml
 import zarr
 
 from lch.cells import frame_cells
 from lch.cellstore import CELLS_FILE, CROPS_STORE, CellStoreError, open_cells
-from lch.omezarr import open_movie
+from lch.omezarr import label_attributes, open_labels, open_movie
 from lch.paths import cohort_dir, movie_store
 from lch.pipelines.ingest import convert_cohort
 from lch.pipelines.segment import segment_cohort
+from lch.segmentation import segment_frame
 from lch.synth import PIXEL_SIZE_UM, make_cohort
 
 FEATURES = ["area", "protrusion_count", "protrusion_length", "halo_intensity", "solidity"]
@@ -22,8 +25,10 @@ FEATURES = ["area", "protrusion_count", "protrusion_length", "halo_intensity", "
 
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory):
+    # 512 px at 0.325 µm (166 µm): two synthetic cells per frame; 256 px frames hold one.
     folder = tmp_path_factory.mktemp("synth")
-    return make_cohort(folder, name="seg", patients=2, movies_per_patient=1, frames=4, seed=3)
+    return make_cohort(folder, name="seg", patients=2, movies_per_patient=1, frames=4, seed=3,
+                       size=(512, 512))
 
 
 @pytest.fixture
@@ -31,6 +36,19 @@ def ingested(ray_session, lch_home, small_cohort):
     summary = convert_cohort(small_cohort, progress=False)
     assert summary.count("ok") == 2
     return cohort_dir("seg")
+
+
+def ome_zarr_labels(store) -> np.ndarray:
+    """The label movie ome-zarr-py finds from the movie's image, (T, 1, Y, X)."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    (node,) = [n for n in Reader(parse_url(str(store)))() if n.load(Label)]
+    return np.asarray(node.data[0])
+
+
+def hidden(store) -> list[str]:
+    return sorted(p.name for p in store.iterdir() if p.name.startswith("."))
 
 
 def bare_loop(cohort_folder, crop_size=64):
@@ -69,6 +87,14 @@ def test_pipeline_matches_the_bare_function_row_for_row(ingested):
         for s in sorted((ingested / "movies").glob("*.ome.zarr"))
         for t in range(4)
     )
+    # Each movie now carries its segmentation as NGFF labels, as ome-zarr-py reads them.
+    assert summary.labels_by == {"p00-m00": "lch", "p01-m00": "lch"}
+    for store in sorted((ingested / "movies").glob("*.ome.zarr")):
+        movie = open_movie(store)
+        expected_labels = [segment_frame(movie[t, 0], pixel_size_um=PIXEL_SIZE_UM)
+                           for t in range(4)]
+        np.testing.assert_array_equal(ome_zarr_labels(store)[:, 0], np.stack(expected_labels))
+        assert label_attributes(store) == {"segmenter": "lch"} and hidden(store) == []
 
 
 def test_empty_constant_and_corrupt_frames_are_counted_not_fatal(ingested):
@@ -98,6 +124,9 @@ def test_rerun_replaces_outputs_whole_and_a_failed_run_keeps_the_old(ingested, m
     segment_cohort("seg", progress=False)
     first, first_crops = open_cells(ingested)
     first_crops = first_crops[:]
+    store = movie_store("seg", "p00-m00")
+    first_labels = open_labels(store)[:]
+    stamp = (store / "labels" / "zarr.json").stat().st_mtime_ns
 
     import lch.pipelines.segment as stage
 
@@ -113,11 +142,18 @@ def test_rerun_replaces_outputs_whole_and_a_failed_run_keeps_the_old(ingested, m
     pd.testing.assert_frame_equal(first, again)
     np.testing.assert_array_equal(first_crops, again_crops[:])
     assert not [p for p in ingested.iterdir() if p.name.startswith(".tmp-")]
+    # The failed run's labels were written aside and discarded: the old ones stay, untouched.
+    assert (store / "labels" / "zarr.json").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(open_labels(store)[:], first_labels)
+    assert hidden(store) == []
 
     segment_cohort("seg", progress=False, crop_size=48)
     table, crops = open_cells(ingested)
     assert crops.shape[1:] == (48, 48) and len(table) == crops.shape[0]
     assert not [p for p in ingested.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    assert (store / "labels" / "zarr.json").stat().st_mtime_ns != stamp  # replaced whole
+    np.testing.assert_array_equal(open_labels(store)[:], first_labels)
+    assert hidden(store) == []
 
 
 def test_a_table_and_crops_from_different_runs_are_refused(ingested, tmp_path):
@@ -145,12 +181,71 @@ def test_a_killed_runs_outputs_are_removed_by_the_next_and_a_live_run_is_refused
     # What a run killed mid-write leaves beside the committed outputs.
     (ingested / f".tmp-dead-{CELLS_FILE}").write_bytes(b"PAR1 half")
     shutil.copytree(ingested / CROPS_STORE, ingested / f".tmp-dead-{CROPS_STORE}")
+    store = movie_store("seg", "p00-m00")
+    shutil.copytree(store / "labels", store / ".tmp-labels-dead")  # its labels, written aside
     with cohort_lock(ingested, "lch ingest"), pytest.raises(CohortLocked, match="lch ingest"):
         segment_cohort("seg", progress=False)
     assert (ingested / f".tmp-dead-{CELLS_FILE}").exists()  # not touched while refused
+    assert hidden(store) == [".tmp-labels-dead"]
 
     summary = segment_cohort("seg", progress=False)
     assert summary.cells_kept > 10
     assert sorted(p.name for p in ingested.iterdir() if p.name.startswith(".")) == []
+    assert hidden(store) == []
     table, crops = open_cells(ingested)
     assert len(table) == crops.shape[0] == summary.cells_kept
+
+
+def edge_labels(frames: int, height: int, width: int) -> np.ndarray:
+    """Two big cells per frame, each touching the frame's edge."""
+    labels = np.zeros((frames, height, width), np.uint16)
+    labels[:, 0:30, 10:40] = 4
+    labels[:, 50:80, width - 30 :] = 9
+    return labels
+
+
+def test_given_label_movies_are_used_as_they_are_and_all_border_cells_are_a_counted_skip(
+    ray_session, lch_home, small_cohort, tmp_path
+):
+    folder = small_cohort.parent
+    manifest = yaml.safe_load(small_cohort.read_text())
+    own = manifest["movies"][0]
+    truth = tifffile.imread(folder / "truth" / f"{own['id']}_labels.tif").astype(np.uint32) * 5
+    # Ids LCH's segmenter would not give; minisblack: 4 pages are frames, not 4 samples.
+    tifffile.imwrite(tmp_path / "own_labels.tif", truth, photometric="minisblack")
+    own["labels"] = str(tmp_path / "own_labels.tif")
+    edge = dict(manifest["movies"][1], id="edge", labels=str(tmp_path / "edge.tif"))
+    tifffile.imwrite(tmp_path / "edge.tif", edge_labels(*truth.shape), photometric="minisblack")
+    manifest["movies"].append(edge)
+    path = tmp_path / "cohort.yaml"
+    path.write_text(yaml.safe_dump({**manifest, "cohort": "byo"}))
+    path = shutil.copy(path, folder / "byo.yaml")  # movie paths are relative to the manifest
+
+    assert convert_cohort(path, progress=False).count("ok") == 3
+    summary = segment_cohort("byo", progress=False)
+
+    assert summary.labels_by == {own["id"]: "manifest", "edge": "manifest", "p01-m00": "lch"}
+    assert not summary.movies_failed
+    store = movie_store("byo", own["id"])
+    np.testing.assert_array_equal(ome_zarr_labels(store)[:, 0], truth)
+    assert label_attributes(store)["segmenter"] == "manifest"
+    table, _ = open_cells(cohort_dir("byo"))
+    rows = table[table["movie"] == own["id"]]
+    movie = open_movie(store)
+    for t in range(truth.shape[0]):
+        expected, _ = frame_cells(movie[t, 0], pixel_size_um=PIXEL_SIZE_UM, labels=truth[t])
+        expected = expected[expected["drop_reason"] == ""]
+        got = rows[rows["frame"] == t]
+        assert len(got) == len(expected) > 0
+        np.testing.assert_array_equal(got["cell_id"], expected["label"])
+        assert set(got["cell_id"]) <= set(np.unique(truth[t])[1:])
+        np.testing.assert_array_equal(got["area"], [(truth[t] == i).sum() for i in got["cell_id"]])
+
+    frames = truth.shape[0]
+    assert summary.movies_without_cells == {
+        "edge": f"all {2 * frames} cells found were dropped (border {2 * frames})"
+    }
+    assert "edge" not in set(table["movie"])
+    text = summary.format()
+    assert f"NO CELLS edge: all {2 * frames} cells" in text
+    assert "movies without usable cells: 1" in text and "by: lch 1, manifest 2" in text

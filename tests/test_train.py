@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 import ray
 import torch
+import zarr
 from mlflow import MlflowClient
 
 from lch.cellstore import CELL_SCHEMA, CellStoreWriter, open_cells
 from lch.classify import cell_auc
+from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.exaggerate import DEFAULT_SIGMAS, REPORT_CELLS
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
@@ -39,7 +41,6 @@ from lch.training import (
     SHRINKAGE_GRID,
     TrainingInputError,
     crop_items,
-    crop_pixel_size,
     evaluate,
     fit_classifier,
     load_cells,
@@ -60,7 +61,10 @@ TINY = {"latent_dim": 8, "width": 1 / 16, "batch_size": 8, "epochs": 2, "workers
 # Bad input: hand-written cell stores, no Ray, no training
 
 
-def write_cells(home: Path, name: str, patients: list[str], labels: list[str], seed: int = 0):
+def write_cells(
+    home: Path, name: str, patients: list[str], labels: list[str], seed: int = 0,
+    field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM,
+):
     """A cohort with one cell per (patient, label) entry and random crops."""
     rng = np.random.default_rng(seed)
     n = len(patients)
@@ -73,7 +77,7 @@ def write_cells(home: Path, name: str, patients: list[str], labels: list[str], s
     for col in ("bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col",
                 "protrusion_count"):
         table[col] = 0
-    writer = CellStoreWriter(cohort_dir(name, home), CROP)
+    writer = CellStoreWriter(cohort_dir(name, home), CROP, field_of_view_um=field_of_view_um)
     writer.add(table, rng.uniform(0, 1, (n, CROP, CROP)).astype(np.float32))
     writer.commit()
 
@@ -359,15 +363,19 @@ def test_a_failed_worker_resumes_from_the_last_checkpoint(trained_home, tmp_path
     assert result.metrics["epoch"] == 3 and result.metrics["first_epoch"] == 2
     per_epoch = (int(split.autoencoder.sum()) // 2 // 8) * 8 * 2  # 2 equal shards, whole batches
     assert result.metrics["total_samples"] == 3 * per_epoch
-    aae = load_trained_aae(result.checkpoint, settings.aae_config(CROP, cells.pixel_size_um))
+    aae = load_trained_aae(result.checkpoint, settings.aae_config(CROP, cells.field_of_view_um))
     ev = evaluate(aae, cells, split)
     assert 0.0 <= ev.cell_auc <= 1.0 and ev.n_test_cells == split.test.sum()
 
 
-def test_a_model_learns_crops_of_one_pixel_size():
-    one = pd.DataFrame({"pixel_size_um": [0.65, 0.65]})
-    assert crop_pixel_size(one, ("a",)) == 0.65
-    with pytest.raises(TrainingInputError, match="different pixel sizes"):
-        crop_pixel_size(pd.DataFrame({"pixel_size_um": [0.325, 0.65]}), ("a", "b"))
-    with pytest.raises(TrainingInputError, match="lch segment"):
-        crop_pixel_size(pd.DataFrame({"area": [1.0]}), ("old",))
+def test_a_model_learns_crops_of_one_field_of_view(lch_home):
+    ids, labels = balanced(3, FOUR)
+    write_cells(lch_home, "wide", ids, labels, field_of_view_um=83.2)
+    assert load_cells(["wide"]).field_of_view_um == 83.2
+    write_cells(lch_home, "narrow", ids, labels, field_of_view_um=41.6)
+    with pytest.raises(TrainingInputError, match="different fields of view"):
+        load_cells(["wide", "narrow"])
+    crops = zarr.open_array(cohort_dir("narrow", lch_home) / "crops.zarr", mode="r+")
+    del crops.attrs["field_of_view_um"]
+    with pytest.raises(TrainingInputError, match="narrow.*lch segment"):
+        load_cells(["narrow"])
