@@ -163,6 +163,10 @@ class AAEConfig:
     def from_dict(cls, data: dict[str, Any]) -> AAEConfig:
         """Rebuild a config from :meth:`to_dict` output (unknown keys are an error)."""
         names = {f.name for f in fields(cls) if f.init}
+        data = dict(data)
+        if "pixel_size_um" in data and "field_of_view_um" not in data:
+            # Versions registered before crops had a field of view: crop_size px of that size.
+            data["field_of_view_um"] = data.pop("pixel_size_um") * data["crop_size"]
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown AAEConfig fields: {unknown}")

@@ -95,6 +95,10 @@ def test_config_round_trip_is_json():
     assert data["channels"] == [4, 8, 16] and "n_stages" not in data
     with pytest.raises(ValueError, match="unknown AAEConfig fields"):
         AAEConfig.from_dict({**data, "bogus": 1})
+    # A version registered before crops had a field of view: 32 px of 0.65 µm showed 20.8 µm.
+    old = {k: v for k, v in data.items() if k != "field_of_view_um"} | {"pixel_size_um": 0.65}
+    assert AAEConfig.from_dict(old).field_of_view_um == pytest.approx(20.8)
+    assert AAEConfig.from_dict(old).crop_pixel_size_um == pytest.approx(0.65)
 
 
 def test_init_and_latent_batch_norm():
