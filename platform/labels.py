@@ -1,9 +1,10 @@
-"""Label movies: one made elsewhere (checked), cells from labels, and the choice of segmenter.
+"""Label movies: one made elsewhere (checked), and the choice of segmenter.
 
 A manifest entry may name ``labels: path/to/labels.tif``, a label movie made by another tool
 (Cellpose, StarDist, ilastik, Fiji): T×Y×X like the movie, integer cell ids, 0 = background.
 Ingestion checks it (:func:`check_label_movie`, :func:`iter_label_frames`) and stores it with
-the movie as its NGFF ``labels`` group; segmentation then measures and crops those cells instead
+the movie as its NGFF ``labels`` group; segmentation then measures and crops those cells
+(:func:`lch.cells.frame_cells` with ``labels=``) instead
 of running a segmenter. For the other movies the segmenter is chosen per run
 (:data:`SEGMENTERS`): LCH's own (:func:`lch.segmentation.segment_frame`) or Cellpose
 (:mod:`lch.cellpose_segmenter`, an optional extra that never downloads anything).
