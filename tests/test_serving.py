@@ -423,18 +423,24 @@ def test_ray_and_serve_listen_on_loopback_and_refuse_jobs_without_the_token(serv
 
     proof = tmp_path / "rce-proof.txt"
     job = {"entrypoint": f"id > {proof}"}
-    refused = []
-    for name, _, port in listeners:
-        for path in ("/api/job_agent/jobs/", "/api/jobs/"):
-            for headers in ({}, {"Authorization": "Bearer not-the-token"}):
-                try:
-                    status = httpx.post(f"http://127.0.0.1:{port}{path}", json=job,
-                                        headers=headers, timeout=5).status_code
-                except httpx.HTTPError:
-                    continue  # not HTTP (gRPC, Redis-like protocols)
-                assert not 200 <= status < 300 or name == "ray::ProxyActor", (name, port, path)
-                refused += [status] if name == "ray::DashboardAgent" else []
-    assert 401 in refused  # the job agent is there and asks for the token
+    deadline = time.monotonic() + 60
+    while True:  # the agent registers its job routes a while after it starts listening (405 until)
+        listeners = _listeners()
+        refused = []
+        for name, _, port in listeners:
+            for path in ("/api/job_agent/jobs/", "/api/jobs/"):
+                for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+                    try:
+                        status = httpx.post(f"http://127.0.0.1:{port}{path}", json=job,
+                                            headers=headers, timeout=5).status_code
+                    except httpx.HTTPError:
+                        continue  # not HTTP (gRPC, Redis-like protocols)
+                    assert not 200 <= status < 300 or name == "ray::ProxyActor", (name, port, path)
+                    refused += [status] if name == "ray::DashboardAgent" else []
+        if 401 in refused or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert 401 in refused, refused  # the job agent is there and asks for the token
     time.sleep(1)
     assert not proof.exists()
 
