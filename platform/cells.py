@@ -56,7 +56,7 @@ def frame_cells(
     """
     if labels is None:
         labels = segment_frame(frame, pixel_size_um=pixel_size_um)
-    table = measure_cells(frame, labels)
+    table = measure_cells(frame, labels, pixel_size_um=pixel_size_um)
     crops, _, drop_reason = cut_crops(frame, labels, table, crop_size, pixel_size_um=pixel_size_um,
                                       field_of_view_um=field_of_view_um)
     return table.assign(drop_reason=drop_reason), crops

@@ -1,6 +1,7 @@
 """Cell morphometrics: one function for segmented cells in frames and for decoded crops.
 
-Features (one row per label; lengths in px, intensities as noted):
+Features (one row per label; lengths in px, intensities as noted). The scales that find them
+(opening, halo ring, background annulus) are in µm, so a cell measures alike at any pixel size.
 
 - ``area``, ``perimeter``, ``eccentricity``, ``solidity``, centroid and bounding box
   (scikit-image ``regionprops``; ``bbox_max_*`` are exclusive).
@@ -8,27 +9,26 @@ Features (one row per label; lengths in px, intensities as noted):
   control that arms do not inflate.
 - ``protrusion_count`` / ``protrusion_length``: thin arm-like extensions found by a
   morphological top-hat of the mask. The mask is opened with a disk of radius
-  ``opening_radius`` (removing every part narrower than ``2 * opening_radius + 1`` px: the arms)
+  ``opening_radius_um`` (removing every part narrower than about twice that: the arms)
   and each connected component of *mask minus opening* is a candidate arm. Its length is the
   largest distance of its pixels from the opened body, i.e. how far it reaches beyond the body
-  edge. Candidates shorter than ``min_protrusion_length`` (outline ruggedness) are ignored.
+  edge. Candidates shorter than ``min_protrusion_length_um`` (outline ruggedness) are ignored.
   ``protrusion_length`` is the mean length of the counted arms (0 when there are none).
 - ``protrusion_reach``: how far the longest thin extension reaches beyond the body, in px, with
   no minimum (0 when the mask has no part narrower than the opening). Unlike the count and the
   mean length it grows smoothly as an arm grows out of the body, which is what a decoded image
   shows as a code moves along the discriminant direction.
 - ``mean_intensity``: mean raw intensity inside the mask.
-- ``background``: local background, the median intensity in an annulus ``background_gap`` to
-  ``background_gap + background_width`` px outside the mask (other cells and their surroundings
+- ``background``: local background, the median intensity in an annulus ``background_gap_um`` to
+  ``background_gap_um + background_width_um`` outside the mask (other cells and their surroundings
   excluded).
 - ``body_contrast``: ``(mean_intensity - background) / background``.
-- ``halo_intensity`` (light scattering): ``(mean of a ring 1..ring_width px outside the mask -
-  background) / background``. Dividing by the local background makes it independent of exposure
-  and uneven illumination, so it is comparable across frames, movies and patients; it assumes
-  intensities proportional to light (no camera offset). Crops made by :mod:`lch.crops` are
-  ``0.5 * frame / background``, which leaves this ratio unchanged, so a crop, a decoded crop
-  and the source frame give the same value. NaN where the background is not positive or
-  the annuli are empty.
+- ``halo_intensity`` (light scattering): ``(mean of a ring ring_width_um wide just outside the
+  mask - background) / background``. Dividing by the local background makes it independent of
+  exposure and uneven illumination, so it is comparable across frames, movies and patients; it
+  assumes intensities proportional to light (no camera offset). On crops (:mod:`lch.crops`, a
+  compressed contrast) it keeps its sign and order, not its frame value. NaN where the
+  background is not positive or the annuli are empty.
 - ``touches_border``: the mask reaches the image edge (features are then truncated).
 """
 
@@ -42,14 +42,14 @@ import pandas as pd
 from scipy import ndimage
 from skimage import measure, morphology
 
-from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
 from lch.segmentation import check_frame, segment_frame
 
-OPENING_RADIUS = 3
-MIN_PROTRUSION_LENGTH = 4.0
-RING_WIDTH = 3
-BACKGROUND_GAP = 8
-BACKGROUND_WIDTH = 10
+OPENING_RADIUS_UM = 1.95
+MIN_PROTRUSION_LENGTH_UM = 2.6
+RING_WIDTH_UM = 1.95
+BACKGROUND_GAP_UM = 5.2
+BACKGROUND_WIDTH_UM = 6.5
 
 POSITION_COLUMNS = [
     "label",
@@ -80,7 +80,7 @@ FEATURE_COLUMNS = [
 
 
 def extension_reaches(
-    mask: np.ndarray, *, opening_radius: int = OPENING_RADIUS
+    mask: np.ndarray, *, opening_radius: int
 ) -> tuple[np.ndarray, list[float]]:
     """Split one cell mask into its body and its thin extensions (see the module docstring).
 
@@ -184,15 +184,21 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
     return row
 
 
+def _px(length_um: float, pixel_size_um: float) -> int:
+    """A length in µm as a whole number of px, at least one."""
+    return max(1, round(length_um / pixel_size_um))
+
+
 def measure_cells(
     image: np.ndarray,
     labels: np.ndarray,
     *,
-    opening_radius: int = OPENING_RADIUS,
-    min_protrusion_length: float = MIN_PROTRUSION_LENGTH,
-    ring_width: int = RING_WIDTH,
-    background_gap: int = BACKGROUND_GAP,
-    background_width: int = BACKGROUND_WIDTH,
+    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
+    opening_radius_um: float = OPENING_RADIUS_UM,
+    min_protrusion_length_um: float = MIN_PROTRUSION_LENGTH_UM,
+    ring_width_um: float = RING_WIDTH_UM,
+    background_gap_um: float = BACKGROUND_GAP_UM,
+    background_width_um: float = BACKGROUND_WIDTH_UM,
 ) -> pd.DataFrame:
     """Measure every labelled cell of one image (see the module docstring for definitions).
 
@@ -202,14 +208,17 @@ def measure_cells(
         2-D intensity image (raw frame, normalised crop or decoded crop).
     labels
         Integer label image of the same shape (0 = background).
-    opening_radius, min_protrusion_length
-        Arm detection: parts narrower than ``2 * opening_radius + 1`` px that reach at least
-        ``min_protrusion_length`` px beyond the body count as protrusions.
-    ring_width
-        Width (px) of the halo ring just outside the mask.
-    background_gap, background_width
-        The local background annulus spans ``background_gap`` to
-        ``background_gap + background_width`` px outside the mask.
+    pixel_size_um
+        The image's pixel size: the scales below are in µm, so one cell measures alike at any
+        pixel size (the features themselves stay in px).
+    opening_radius_um, min_protrusion_length_um
+        Arm detection: parts narrower than about ``2 * opening_radius_um`` that reach at least
+        ``min_protrusion_length_um`` beyond the body count as protrusions.
+    ring_width_um
+        Width of the halo ring just outside the mask.
+    background_gap_um, background_width_um
+        The local background annulus spans ``background_gap_um`` to
+        ``background_gap_um + background_width_um`` outside the mask.
 
     Returns
     -------
@@ -220,12 +229,13 @@ def measure_cells(
     lab = np.asarray(labels)
     if img.shape != lab.shape or img.ndim != 2:
         raise ValueError(f"image {img.shape} and labels {lab.shape} must be equal 2-D shapes")
+    px = check_pixel_size(pixel_size_um)
     params = {
-        "opening_radius": opening_radius,
-        "min_length": min_protrusion_length,
-        "ring_width": ring_width,
-        "gap": background_gap,
-        "width": background_width,
+        "opening_radius": _px(opening_radius_um, px),
+        "min_length": min_protrusion_length_um / px,
+        "ring_width": _px(ring_width_um, px),
+        "gap": _px(background_gap_um, px),
+        "width": _px(background_width_um, px),
     }
     rows = [_measure_region(r, img, lab, params) for r in measure.regionprops(lab.astype(np.int32))]
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
@@ -273,7 +283,7 @@ def measure_crop(
     arr, labels, target = _segment_crop(crop, pixel_size_um)
     if target == 0:
         return _nan_features()
-    table = measure_cells(arr, labels, **kwargs)
+    table = measure_cells(arr, labels, pixel_size_um=pixel_size_um, **kwargs)
     return table.loc[table["label"] == target].iloc[0].to_dict()
 
 

@@ -46,7 +46,7 @@ def measured(tmp_path_factory):
             score = object_f1(labels, true_labels)
             for key in counts:
                 counts[key] += score[key]
-            table = measure_cells(frame, labels)
+            table = measure_cells(frame, labels, pixel_size_um=PX)
             table["patient"], table["cls"], table["t"] = movie["patient"], movie["label"], t
             tables.append(table)
     return counts, pd.concat(tables, ignore_index=True), root
@@ -210,7 +210,7 @@ def _one_cell_frame(y: float, x: float, size=(96, 96)):
     cell = CellShape(label=1, y=y, x=x, radius=10, arm_angles=(0.5, 2.9), arm_lengths=(13.0, 8.0))
     frame, _ = render_frame([cell], size, background=900.0, rng=np.random.default_rng(2))
     labels = segment_frame(frame, pixel_size_um=PX)
-    return frame, labels, measure_cells(frame, labels)
+    return frame, labels, measure_cells(frame, labels, pixel_size_um=PX)
 
 
 # Crops showing 64 frame pixels: the geometry tests below read positions in frame pixels.
@@ -234,7 +234,8 @@ def test_crops_turn_the_longest_arm_to_plus_x(angle):
                      arm_lengths=(14.0, 7.0))
     frame, _ = render_frame([cell], (96, 96), background=900.0, rng=np.random.default_rng(2))
     labels = segment_frame(frame, pixel_size_um=PX)
-    crops, keep, _ = cut_crops(frame, labels, measure_cells(frame, labels), size=64, **NATIVE)
+    table = measure_cells(frame, labels, pixel_size_um=PX)
+    crops, keep, _ = cut_crops(frame, labels, table, size=64, **NATIVE)
     assert keep.tolist() == [True]
     crop = crops[0]
     mask = crop < 0.45  # the dark cell
@@ -242,7 +243,7 @@ def test_crops_turn_the_longest_arm_to_plus_x(angle):
     assert abs(farthest_angle(mask, centre)) < 0.15  # the long arm's tip on +x
     assert crop[32, 32 + 10 + 8] < 0.45 and crop[32, 32 - 10 - 8] > 0.45  # arm right, not left
     # Rotation-invariant features survive the resampling.
-    got, source = measure_crop(crop, pixel_size_um=PX), measure_cells(frame, labels).iloc[0]
+    got, source = measure_crop(crop, pixel_size_um=PX), table.iloc[0]
     assert source["protrusion_count"] == 2
     assert got["protrusion_count"] >= 1  # the short arm may fall just below the minimum length
     assert got["area"] == pytest.approx(source["area"], rel=0.05)
@@ -270,7 +271,7 @@ def test_crops_drop_border_and_size_outliers():
 
 def _centre_crop(frame: np.ndarray, px: float) -> np.ndarray | None:
     labels = segment_frame(frame, pixel_size_um=px)
-    table = measure_cells(frame, labels)
+    table = measure_cells(frame, labels, pixel_size_um=PX)
     centre = int(np.argmin(np.hypot(table["centroid_y"] - frame.shape[0] / 2,
                                     table["centroid_x"] - frame.shape[1] / 2)))
     crops, keep, _ = cut_crops(frame, labels, table.iloc[[centre]], pixel_size_um=px)
@@ -297,7 +298,7 @@ def test_measure_crop_recovers_source_cell(measured):
     movie = read_truth(root)["movies"][0]
     frame = tifffile.imread(root / "raw" / f"{movie['id']}.tif", key=0)
     labels = segment_frame(frame, pixel_size_um=PX)
-    table = measure_cells(frame, labels)
+    table = measure_cells(frame, labels, pixel_size_um=PX)
     crops, keep, _ = cut_crops(frame, labels, table, **NATIVE)
     assert len(crops) >= 3
     _, spread = relative_contrast(frame, labels, pixel_size_um=PX)
