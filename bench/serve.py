@@ -11,7 +11,6 @@ loads Ray Serve harder and prints the Classifier replica count it saw rise and f
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,18 +22,12 @@ import numpy as np
 import torch
 
 from lch.model import AAE, AAEConfig, LCHModel
-from lch.pipelines.runtime import init_ray
+from lch.pipelines.runtime import free_port, init_ray
 from lch.promotion import promote
 from lch.registry import log_lch_model, tracking_uri
 from lch.serving.contract import encode_npy
 
 HERE = Path(__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def register_model() -> str:

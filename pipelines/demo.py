@@ -8,7 +8,6 @@ printed held-out metrics and exaggeration trends say whether the pipeline found 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import yaml
@@ -22,6 +21,7 @@ from lch.exaggerate import (
     write_report,
 )
 from lch.paths import cohort_dir, lch_home
+from lch.pipelines.runtime import free_port
 from lch.promotion import PromotionRefused, promote
 from lch.registry import load_lch_model, tracking_uri
 from lch.synth import make_cohort
@@ -32,12 +32,6 @@ STEPS = 6
 
 def _step(n: int, text: str) -> None:
     print(f"\n[{n}/{STEPS}] {text}", flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _exaggeration_report(version: str, out: Path) -> Path:
@@ -60,7 +54,7 @@ def _query_serve(manifest: Path) -> None:
     from lch.serving.app import build_app
     from lch.serving.client import LCHClient
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(), name="lch", route_prefix="/")
     url = f"http://127.0.0.1:{port}"

@@ -156,7 +156,8 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -206,7 +207,7 @@ def local_cluster(
     # agents get free ones from Cluster itself).
     head = {
         "num_cpus": head_cpus, "object_store_memory": store, "include_dashboard": dashboard,
-        "dashboard_port": _free_port(), "dashboard_agent_listen_port": _free_port(),
+        "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(),
     }
     cluster = None
     try:

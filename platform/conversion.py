@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,9 +66,6 @@ class ConversionResult:
     stored_bytes: int = 0
     seconds: float = 0.0
     message: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _aside(dest: Location, prefix: str) -> Location:

@@ -49,10 +49,6 @@ class MovieInfo:
     dtype: np.dtype
     source_axes: str
 
-    @property
-    def nbytes(self) -> int:
-        return self.frames * self.height * self.width * self.dtype.itemsize
-
 
 def stored_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype a movie is stored with: integers unchanged, floats as float32."""

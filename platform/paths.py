@@ -58,11 +58,6 @@ def join(base: Location, *parts: str) -> Location:
     return Path(base).joinpath(*parts)
 
 
-def name_of(location: Location) -> str:
-    """The last component (the file or folder name)."""
-    return str(location).rstrip("/").rsplit("/", 1)[-1]
-
-
 def cohort_dir(cohort: str, home: Location | None = None) -> Location:
     return join(home or lch_home(), "cohorts", cohort)
 

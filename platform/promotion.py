@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL
+from lch.registry import CHAMPION_ALIAS, POPULATION_METRIC_TAG, REGISTERED_MODEL
 
 
 class PromotionRefused(RuntimeError):
@@ -70,7 +70,7 @@ def _holder(client: MlflowClient, name: str, alias: str):
 
 def promote(
     version: str | int,
-    alias: str = "champion",
+    alias: str = CHAMPION_ALIAS,
     *,
     force: bool = False,
     name: str = REGISTERED_MODEL,

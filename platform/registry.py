@@ -28,6 +28,8 @@ from lch.model import LCHModel
 from lch.paths import is_url, join, lch_home
 
 REGISTERED_MODEL = "lch-aae"
+CHAMPION_ALIAS = "champion"
+"""The alias the promotion gate moves and Serve loads: ``models:/lch-aae@champion``."""
 EXPERIMENT = "lch"
 MODEL_NAME = "model"
 POPULATION_METRIC_TAG = "heldout_population_accuracy_k20"

@@ -33,7 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from lch.cells import frame_cells
 from lch.exaggerate import exaggerate, load_crop, montage
 from lch.model import AAEConfig
-from lch.registry import REGISTERED_MODEL
+from lch.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 from lch.serving import contract
 from lch.serving.contract import RequestError
 from lch.serving.model_source import ModelSource
@@ -368,7 +368,7 @@ class Ingress:
 class AppArgs(BaseModel):
     """Arguments of :func:`build_app` (``args:`` in the Serve config)."""
 
-    model_alias: str = "champion"
+    model_alias: str = CHAMPION_ALIAS
     tracking_uri: str | None = None
     poll_interval_s: float = 10.0
     token_env: str = TOKEN_ENV

@@ -68,7 +68,9 @@ def mlflow_server(tmp_path_factory):
 
     import httpx
 
-    from helpers import free_port, stop_session
+    from lch.pipelines.runtime import free_port
+
+    from helpers import stop_session
 
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()

@@ -18,9 +18,10 @@ from lch.omezarr import open_labels, open_movie, read_provenance
 from lch.paths import cohort_dir, movie_store
 from lch.pipelines.cli import main as lch_main
 from lch.pipelines.ingest import convert_cohort
+from lch.pipelines.runtime import free_port
 
 from bombs import tiff_bomb
-from helpers import free_port, stop_session
+from helpers import stop_session
 from movies import entry, random_movie, write_manifest, write_tiff
 from real_cells import REAL
 

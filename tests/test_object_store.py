@@ -29,6 +29,7 @@ from lch.paths import (
     pyarrow_filesystem,
 )
 from lch.pipelines.ingest import convert_cohort
+from lch.pipelines.runtime import free_port
 from lch.pipelines.segment import segment_cohort
 from lch.pipelines.train import TrainSettings, build_trainer, crop_dataset, prepare
 from lch.pipelines.train_loop import load_trained_aae
@@ -36,7 +37,7 @@ from lch.registry import TrackingConfigError, artifact_location, tracking_uri
 from lch.synth import make_cohort
 from lch.training import load_cells, read_rows
 
-from helpers import assert_same_crops, free_port
+from helpers import assert_same_crops
 
 moto_server = pytest.importorskip("moto.server")
 

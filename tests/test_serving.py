@@ -19,6 +19,7 @@ from PIL import Image
 
 from lch.cells import frame_cells
 from lch.model import AAE, AAEConfig, LCHModel
+from lch.pipelines.runtime import free_port
 from lch.promotion import PromotionRefused, list_versions, promote
 from lch.registry import load_lch_model, log_lch_model
 from lch.serving.client import LCHClient, LCHClientError
@@ -26,7 +27,6 @@ from lch.serving.contract import MAX_BODY_BYTES, MAX_CELLS, MAX_SIGMAS
 from lch.synth import PIXEL_SIZE_UM, CellShape, render_frame
 
 from bombs import npy_bomb, npz_crops, png_bomb, tiff_bomb
-from helpers import free_port
 
 CROP = 64
 
