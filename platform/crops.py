@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.stats import median_abs_deviation
 
-from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size, um_to_px
 from lch.segmentation import check_frame, estimate_background
 
 BACKGROUND_VALUE = 0.5
@@ -78,7 +78,7 @@ def relative_contrast(
     if np.shape(labels) != img.shape:
         raise ValueError(f"labels {np.shape(labels)} do not match the frame {img.shape}")
     px = check_pixel_size(pixel_size_um)
-    margin = max(1, round(CELL_MARGIN_UM / px))
+    margin = um_to_px(CELL_MARGIN_UM, px)
     cells = ndimage.binary_dilation(np.asarray(labels) > 0, iterations=margin)
     background = estimate_background(img, mask=cells, block=max(8, round(BACKGROUND_TILE_UM / px)))
     if np.any(background <= 0):

@@ -42,7 +42,7 @@ import pandas as pd
 from scipy import ndimage
 from skimage import measure, morphology
 
-from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size, um_to_px
 from lch.segmentation import check_frame, segment_frame
 
 OPENING_RADIUS_UM = 1.95
@@ -184,11 +184,6 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
     return row
 
 
-def _px(length_um: float, pixel_size_um: float) -> int:
-    """A length in µm as a whole number of px, at least one."""
-    return max(1, round(length_um / pixel_size_um))
-
-
 def measure_cells(
     image: np.ndarray,
     labels: np.ndarray,
@@ -231,11 +226,11 @@ def measure_cells(
         raise ValueError(f"image {img.shape} and labels {lab.shape} must be equal 2-D shapes")
     px = check_pixel_size(pixel_size_um)
     params = {
-        "opening_radius": _px(opening_radius_um, px),
+        "opening_radius": um_to_px(opening_radius_um, px),
         "min_length": min_protrusion_length_um / px,
-        "ring_width": _px(ring_width_um, px),
-        "gap": _px(background_gap_um, px),
-        "width": _px(background_width_um, px),
+        "ring_width": um_to_px(ring_width_um, px),
+        "gap": um_to_px(background_gap_um, px),
+        "width": um_to_px(background_width_um, px),
     }
     rows = [_measure_region(r, img, lab, params) for r in measure.regionprops(lab.astype(np.int32))]
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)

@@ -22,3 +22,8 @@ def check_pixel_size(pixel_size_um: float) -> float:
             f"pixel size {pixel_size_um!r} µm must be positive and at most {MAX_PIXEL_SIZE_UM} µm"
         )
     return px
+
+
+def um_to_px(length_um: float, pixel_size_um: float) -> int:
+    """A length in µm as a whole number of px, at least one."""
+    return max(1, round(length_um / pixel_size_um))

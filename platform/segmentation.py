@@ -25,7 +25,7 @@ from scipy.stats import median_abs_deviation
 from skimage import filters, measure, morphology, segmentation
 from skimage.transform import resize
 
-from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size, um_to_px
 
 BACKGROUND_BLOCK = 32
 # Lengths in µm (areas in µm²): the scales of the method above.
@@ -231,7 +231,7 @@ def _outline(
     dark = _largest(region & (flat < -maps["darkness"]))
     if dark.sum() > DARK_FRACTION * max(mask.sum(), 1):  # a phase-dark body
         edge = steepest_edge_outline(maps["flattened"], dark, EDGE_SIGMA_UM / px,
-                                     max(1, int(round(EDGE_BAND_UM / px))))
+                                     um_to_px(EDGE_BAND_UM, px))
         return _largest(_closed_filled(edge & region, 1)), False
     bright_level = filters.threshold_otsu(smooth[region])
     if bright_level <= maps["background"]:
