@@ -49,6 +49,8 @@ MIN_AREA_UM2 = 25.0
 BACKGROUND_QUANTILE = 0.5
 # Thresholds in background spreads (robust SDs of the background's log texture).
 LOW_SPREADS, HIGH_SPREADS, CELL_SPREADS = 3.0, 6.0, 4.0
+# Real backgrounds' texture varies at least this much (log units); a purely noisy one less.
+MIN_SPREAD = 0.05
 COMPACT_SOLIDITY = 0.85
 BRIGHT_FRACTION = 0.2
 DARK_FRACTION = 0.25
@@ -174,7 +176,7 @@ def _background_level(texture: np.ndarray) -> tuple[float, float]:
 
 def _detect(texture: np.ndarray, px: float, level: float, spread: float) -> np.ndarray:
     """Cell regions, generously: hysteresis on the texture, closed and filled."""
-    high = max(filters.threshold_otsu(texture), level + HIGH_SPREADS * spread)
+    high = level + HIGH_SPREADS * max(spread, MIN_SPREAD)
     found = filters.apply_hysteresis_threshold(texture, level + LOW_SPREADS * spread, high)
     found = _closed_filled(found, DETECT_CLOSING_UM / px)
     return morphology.remove_small_objects(found, max_size=int(MIN_AREA_UM2 / px**2))

@@ -151,6 +151,17 @@ def test_cell_filling_most_of_its_crop_is_measured():
         assert got["area"] == pytest.approx((truth > 0).sum(), rel=0.15)
 
 
+def test_dim_cell_beside_a_bright_one_is_found():
+    # A frame-wide Otsu threshold on the texture sits between a bright rounded cell and the
+    # rest, so a faint cell in the same field was never detected.
+    bright = CellShape(label=1, y=48.0, x=40.0, radius=12.0, darkness=0.6, halo_gain=1.5)
+    dim = CellShape(label=2, y=48.0, x=120.0, radius=12.0, darkness=0.12, halo_gain=0.08)
+    for seed in range(3):
+        frame, truth = render_frame([bright, dim], (96, 160), rng=np.random.default_rng(seed))
+        score = object_f1(segment_frame(frame, pixel_size_um=PX), truth)
+        assert score["matched"] == 2, score
+
+
 def test_measure_table_has_documented_columns(measured):
     _, table, _ = measured
     assert list(table.columns[: len(FEATURE_COLUMNS)]) == FEATURE_COLUMNS
