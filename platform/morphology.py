@@ -23,12 +23,13 @@ Features (one row per label; lengths in px, intensities as noted). The scales th
   ``background_gap_um + background_width_um`` outside the mask (other cells and their surroundings
   excluded).
 - ``body_contrast``: ``(mean_intensity - background) / background``.
-- ``halo_intensity`` (light scattering): ``(mean of a ring ring_width_um wide just outside the
-  mask - background) / background``. Dividing by the local background makes it independent of
-  exposure and uneven illumination, so it is comparable across frames, movies and patients; it
-  assumes intensities proportional to light (no camera offset). On crops (:mod:`lch.crops`, a
-  compressed contrast) it keeps its sign and order, not its frame value. NaN where the
-  background is not positive or the annuli are empty.
+- ``halo_intensity`` (light scattering): ``(mean of a ring ring_width_um wide, from halo_gap_um
+  out from the body, outside the mask - background) / background``. The ring follows the body,
+  so that a cell's arms do not dilute its halo. Dividing by the local background makes it
+  independent of exposure and uneven illumination, so it is comparable across frames, movies and
+  patients; it assumes intensities proportional to light (no camera offset). On crops
+  (:mod:`lch.crops`, a compressed contrast) it keeps its sign and order, not its frame value.
+  NaN where the background is not positive or the annuli are empty.
 - ``touches_border``: the mask reaches the image edge (features are then truncated).
 """
 
@@ -47,6 +48,9 @@ from lch.segmentation import check_frame, segment_frame
 
 OPENING_RADIUS_UM = 1.95
 MIN_PROTRUSION_LENGTH_UM = 2.6
+# The halo ring starts HALO_GAP_UM out: nearer, the optics blur the body's own light into it
+# and outlines from different segmenters differ.
+HALO_GAP_UM = 0.65
 RING_WIDTH_UM = 1.95
 BACKGROUND_GAP_UM = 5.2
 BACKGROUND_WIDTH_UM = 6.5
@@ -107,23 +111,28 @@ def extension_reaches(
 
 
 def _rings(
-    cell: np.ndarray, others: np.ndarray, ring_width: int, gap: int, width: int
+    cell: np.ndarray, body: np.ndarray, others: np.ndarray, params: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The halo ring and the background annulus around ``cell``, away from other cells."""
-    outside = ndimage.distance_transform_edt(~cell)
+    """The halo ring around the cell's ``body`` (outside the cell: its arms left out) and the
+    background annulus around the whole cell, both away from other cells."""
+    gap = params["gap"]
     if others.any():
         near_others = ndimage.distance_transform_edt(~others) <= gap
     else:
         near_others = np.zeros_like(cell)
-    ring = (outside > 0) & (outside <= ring_width) & ~near_others
-    annulus = (outside > gap) & (outside <= gap + width) & ~near_others
+    from_body = ndimage.distance_transform_edt(~(body if body.any() else cell))
+    inner = params["halo_gap"]
+    ring = ~cell & (from_body > inner) & (from_body <= inner + params["ring_width"]) & ~near_others
+    outside = ndimage.distance_transform_edt(~cell)
+    annulus = (outside > gap) & (outside <= gap + params["width"]) & ~near_others
     return ring, annulus
 
 
 def _halo_features(
-    image: np.ndarray, cell: np.ndarray, others: np.ndarray, ring_width: int, gap: int, width: int
+    image: np.ndarray, cell: np.ndarray, body: np.ndarray, others: np.ndarray,
+    params: dict[str, Any],
 ) -> dict[str, float]:
-    ring, annulus = _rings(cell, others, ring_width, gap, width)
+    ring, annulus = _rings(cell, body, others, params)
     mean_in = float(image[cell].mean())
     bg = float(np.median(image[annulus])) if annulus.any() else math.nan
     ok = bg > 0 and ring.any()
@@ -151,6 +160,9 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
     body, reaches = extension_reaches(region.image, opening_radius=params["opening_radius"])
     arms = [r for r in reaches if r >= params["min_length"]]
     r0, c0, r1, c1 = region.bbox
+    body_in_window = np.zeros_like(cell)
+    y0, x0 = r0 - win[0].start, c0 - win[1].start
+    body_in_window[y0 : y0 + body.shape[0], x0 : x0 + body.shape[1]] = body
     row = {
         "label": int(region.label),
         "centroid_y": float(region.centroid[0]),
@@ -169,14 +181,7 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
         "protrusion_reach": max(reaches, default=0.0),
     }
     row.update(
-        _halo_features(
-            image[win],
-            cell,
-            (lab > 0) & ~cell,
-            params["ring_width"],
-            params["gap"],
-            params["width"],
-        )
+        _halo_features(image[win], cell, body_in_window, (lab > 0) & ~cell, params)
     )
     row["touches_border"] = bool(
         r0 == 0 or c0 == 0 or r1 == labels.shape[0] or c1 == labels.shape[1]
@@ -191,6 +196,7 @@ def measure_cells(
     pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
     opening_radius_um: float = OPENING_RADIUS_UM,
     min_protrusion_length_um: float = MIN_PROTRUSION_LENGTH_UM,
+    halo_gap_um: float = HALO_GAP_UM,
     ring_width_um: float = RING_WIDTH_UM,
     background_gap_um: float = BACKGROUND_GAP_UM,
     background_width_um: float = BACKGROUND_WIDTH_UM,
@@ -209,8 +215,9 @@ def measure_cells(
     opening_radius_um, min_protrusion_length_um
         Arm detection: parts narrower than about ``2 * opening_radius_um`` that reach at least
         ``min_protrusion_length_um`` beyond the body count as protrusions.
-    ring_width_um
-        Width of the halo ring just outside the mask.
+    halo_gap_um, ring_width_um
+        The halo ring spans ``halo_gap_um`` to ``halo_gap_um + ring_width_um`` out from the
+        body, outside the mask.
     background_gap_um, background_width_um
         The local background annulus spans ``background_gap_um`` to
         ``background_gap_um + background_width_um`` outside the mask.
@@ -228,6 +235,7 @@ def measure_cells(
     params = {
         "opening_radius": um_to_px(opening_radius_um, px),
         "min_length": min_protrusion_length_um / px,
+        "halo_gap": um_to_px(halo_gap_um, px),
         "ring_width": um_to_px(ring_width_um, px),
         "gap": um_to_px(background_gap_um, px),
         "width": um_to_px(background_width_um, px),

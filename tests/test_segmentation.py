@@ -162,6 +162,27 @@ def test_dim_cell_beside_a_bright_one_is_found():
         assert score["matched"] == 2, score
 
 
+def _halo(frame: np.ndarray, labels: np.ndarray) -> float:
+    return float(measure_cells(frame, labels, pixel_size_um=PX)["halo_intensity"].iloc[0])
+
+
+def test_halo_ring_follows_the_body_not_the_arms():
+    # Flat arms without a halo of their own: a ring around the whole mask ran along them and
+    # read the background there, so the more arms, the weaker the measured halo.
+    def cell(arm_lengths: tuple[float, ...]) -> CellShape:
+        return CellShape(label=1, y=63.5, x=63.5, radius=10.0, halo_gain=0.5,
+                         arm_angles=tuple(2 * math.pi * k / 3 for k in range(len(arm_lengths))),
+                         arm_lengths=arm_lengths)
+
+    frame, bare = render_frame([cell(())], (128, 128))
+    _, armed = render_frame([cell((30.0, 30.0, 30.0))], (128, 128))
+    painted = frame.copy()
+    painted[(armed > 0) & (bare == 0)] = 500  # dark arms on the bare cell's image
+    halo = {"bare": _halo(frame, bare), "armed": _halo(painted, armed)}
+    print(f"\nhalo without arms {halo['bare']:.3f}, with three 30-px arms {halo['armed']:.3f}")
+    assert halo["armed"] == pytest.approx(halo["bare"], rel=0.1)
+
+
 def test_measure_table_has_documented_columns(measured):
     _, table, _ = measured
     assert list(table.columns[: len(FEATURE_COLUMNS)]) == FEATURE_COLUMNS
