@@ -19,7 +19,6 @@ import tifffile
 # Axes tifffile reports for a plain page sequence; all are read as time.
 TIME_AXES = {"T", "I", "Q"}
 SUPPORTED_KINDS = {"u", "i", "f"}
-HASH_BLOCK = 4 << 20
 DEFAULT_MAX_FRAME_PIXELS = 16384 * 16384
 """Largest frame ingestion decodes by default (1 GiB as float32): a file's header can declare far
 more pixels than the file holds, and each worker decodes a whole frame at once."""
@@ -243,9 +242,6 @@ def iter_frames(
 
 
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, read in blocks (the content hash stored as provenance)."""
-    digest = hashlib.sha256()
+    """The SHA-256 of a file's bytes (the content hash stored as provenance)."""
     with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import zarr
 
 from lch.conversion import convert_movie, remove_leftovers
+from lch.movie_io import file_sha256
 from lch.omezarr import chunk_shape, open_movie, read_provenance, shard_shape
 
 from movies import random_movie, write_tiff
@@ -19,6 +21,15 @@ PROVENANCE = {"cohort": "c1", "movie": "m1", "patient": "p1", "label": "high"}
 
 def convert(source, dest, **kwargs):
     return convert_movie(source, dest, movie="m1", provenance=PROVENANCE, **kwargs)
+
+
+def test_source_hash_is_the_sha256_of_the_whole_file(tmp_path):
+    data = np.random.default_rng(0).bytes(9 << 20)  # more than one read block
+    path = tmp_path / "movie.tif"
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the last byte changed
+    assert file_sha256(path) != hashlib.sha256(data).hexdigest()
 
 
 def test_round_trip_is_exact_with_ngff_metadata_and_provenance(tmp_path):
