@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -13,11 +14,16 @@ from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM
 from lch.labels import DEFAULT_SEGMENTER, SEGMENTERS
 from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS
 from lch.pipelines.runtime import quiet_environment
+from lch.synth import make_cohort
+
+
+def _defaults(function) -> dict:
+    """A function's keyword defaults: the CLI shows and uses them, never a copy."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from lch.synth import make_cohort
-
     manifest = make_cohort(
         args.out_dir,
         name=args.name,
@@ -243,12 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="generate a synthetic cohort (TIFF movies + cohort.yaml)")
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--name", default="synth", help="cohort name (default: synth)")
-    p.add_argument("--patients", type=int, default=6)
-    p.add_argument("--movies-per-patient", type=int, default=2)
-    p.add_argument("--frames", type=int, default=20)
-    p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("Y", "X"))
-    p.add_argument("--seed", type=int, default=0)
+    synth = _defaults(make_cohort)
+    p.add_argument("--name", default=synth["name"], help="cohort name (default: %(default)s)")
+    p.add_argument("--patients", type=int, default=synth["patients"],
+                   help="patients (cell lines), high and low alternating (default: %(default)s)")
+    p.add_argument("--movies-per-patient", type=int, default=synth["movies_per_patient"],
+                   help="(default: %(default)s)")
+    p.add_argument("--frames", type=int, default=synth["frames"], help="(default: %(default)s)")
+    p.add_argument("--size", type=int, nargs=2, default=synth["size"], metavar=("Y", "X"),
+                   help="frame size in px (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=synth["seed"], help="(default: %(default)s)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("ingest", help="ingest a cohort manifest into OME-Zarr (a Ray job)")
