@@ -19,6 +19,8 @@ intensity scale (raw counts or crops in [0, 1]):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 from scipy.stats import median_abs_deviation
@@ -142,7 +144,11 @@ def log_texture(image: np.ndarray, pixel_size_um: float) -> np.ndarray:
     mean_sq = ndimage.uniform_filter(smooth * smooth, window)
     sd = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
     sd = filters.gaussian(sd, TEXTURE_SMOOTH_UM / pixel_size_um, preserve_range=True)
-    return np.log(sd + TEXTURE_FLOOR * float(np.ptp(image)))
+    return np.log(sd + _texture_floor(image))
+
+
+def _texture_floor(image: np.ndarray) -> float:
+    return TEXTURE_FLOOR * float(np.ptp(image))
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -167,9 +173,15 @@ def _solidity(mask: np.ndarray) -> float:
     return float(measure.regionprops(mask.astype(np.uint8))[0].solidity) if mask.any() else 0.0
 
 
-def _background_level(texture: np.ndarray) -> tuple[float, float]:
-    """Median and robust spread of the lower half of the texture (the background's)."""
-    low = texture[texture <= np.quantile(texture, BACKGROUND_QUANTILE)]
+def _background_level(texture: np.ndarray, floor: float) -> tuple[float, float]:
+    """Median and robust spread of the lower half of the texture (the background's).
+
+    Exactly flat pixels (texture at ``floor``: a crop's padding beyond the frame edge) are left
+    out; they would put the level below any camera background.
+    """
+    varied = texture[texture > floor + 1e-9]
+    varied = varied if varied.size else texture.ravel()
+    low = varied[varied <= np.quantile(varied, BACKGROUND_QUANTILE)]
     level = float(np.median(low))
     return level, float(median_abs_deviation(low, scale="normal"))
 
@@ -276,7 +288,7 @@ def segment_frame(
     img = check_frame(frame)
     px = check_pixel_size(pixel_size_um)
     texture = log_texture(img, px)
-    level, spread = _background_level(texture)
+    level, spread = _background_level(texture, math.log(_texture_floor(img)))
     basins = _split(_detect(texture, px, level, spread), px)
     found = basins > 0
     smooth = filters.gaussian(img, BODY_SMOOTHING_UM / px, preserve_range=True)
