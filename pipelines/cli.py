@@ -15,6 +15,7 @@ from lch.labels import DEFAULT_SEGMENTER, SEGMENTERS
 from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS
 from lch.pipelines.runtime import quiet_environment
 from lch.synth import make_cohort
+from lch.tracking import MIN_TRACK_FRAMES
 
 
 def _defaults(function) -> dict:
@@ -46,7 +47,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.address:  # the segmenter is checked by the job, where its weights must be
         extra = ["--crop-size", str(args.crop_size), "--max-frame-pixels",
                  str(args.max_frame_pixels), "--segmenter", args.segmenter,
-                 "--field-of-view-um", str(args.field_of_view_um)]
+                 "--field-of-view-um", str(args.field_of_view_um),
+                 "--min-track-frames", str(args.min_track_frames)]
         extra += ["--no-segment"] if args.no_segment else []
         return submit_ingest_job(args.manifest, args.address, extra_args=extra)
     if not args.no_segment:
@@ -61,8 +63,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     print(summary.format(), flush=True)
     status = 1 if summary.failed else 0
     if not args.no_segment:
-        cells = segment_cohort(summary.cohort, crop_size=args.crop_size, progress=not args.quiet,
-                               segmenter=args.segmenter, field_of_view_um=args.field_of_view_um)
+        cells = segment_cohort(summary.cohort, progress=not args.quiet,
+                               **_segmentation_kwargs(args))
         print(cells.format())
         status = status or (1 if cells.movies_failed else 0)
     return status
@@ -72,8 +74,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from lch.pipelines.segment import segment_cohort
 
     try:
-        summary = segment_cohort(args.cohort, crop_size=args.crop_size, progress=not args.quiet,
-                                 segmenter=args.segmenter, field_of_view_um=args.field_of_view_um)
+        summary = segment_cohort(args.cohort, progress=not args.quiet,
+                                 **_segmentation_kwargs(args))
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -227,7 +229,23 @@ def _positive(text: str) -> float:
     return value
 
 
+def _segmentation_kwargs(args: argparse.Namespace) -> dict:
+    return {"crop_size": args.crop_size, "segmenter": args.segmenter,
+            "field_of_view_um": args.field_of_view_um, "min_track_frames": args.min_track_frames}
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _segmentation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-track-frames", type=_at_least_one, default=MIN_TRACK_FRAMES,
+        help="tracks seen in fewer frames are counted and flagged short_track in cells.parquet "
+             "(default %(default)s)")
     parser.add_argument(
         "--field-of-view-um", type=_positive, default=DEFAULT_FIELD_OF_VIEW_UM,
         help="what each crop shows, in µm, resampled to --crop-size px (default %(default)s: "

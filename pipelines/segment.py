@@ -56,6 +56,7 @@ from lch.paths import (
 )
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
+from lch.tracking import MIN_TRACK_FRAMES, check_min_track_frames, track_cohort
 
 FRAMES_PER_BATCH = 4
 # Cellpose-SAM is a large transformer: fewer actors with more threads each, not one per core.
@@ -80,6 +81,10 @@ class SegmentSummary:
     """Per segmented movie, who outlined its cells: a segmenter's name or ``"manifest"``."""
     cells_per_movie: dict[str, int] = field(default_factory=dict)
     dropped_per_movie: dict[str, dict[str, int]] = field(default_factory=dict)
+    tracks: int = 0
+    short_tracks: int = 0
+    """Tracks seen in fewer frames than the minimum (flagged ``short_track`` in the table)."""
+    min_track_frames: int = MIN_TRACK_FRAMES
     seconds: float = 0.0
 
     @property
@@ -108,6 +113,8 @@ class SegmentSummary:
             f"kept, dropped: {dropped}",
             f"  frames without cells: {self.frames_without_cells}   frames skipped: {skipped}"
             f"   movies without usable cells: {len(empty)}",
+            f"  tracks: {self.tracks} ({self.short_tracks} shorter than "
+            f"{self.min_track_frames} frames, flagged short_track)",
             "  labels stored with each movie, by: "
             + (", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"),
         ]
@@ -253,6 +260,7 @@ def _movie_items(
             continue
         meta[movie] = {c: provenance.get(c) for c in META_COLUMNS} | {
             "movie": movie, "pixel_size_um": px, "given_labels": given,
+            "frame_interval_s": provenance.get("frame_interval_s"),
         }
         stores[movie] = store
         items += [{"store": str(store), "movie": movie, "frame": t, "pixel_size_um": px,
@@ -338,6 +346,16 @@ def _stream_cells(
             bar.update(len(set(zip(block["movie"], block["frame"], strict=True))))
 
 
+def _tracks(cells: pd.DataFrame, meta: dict, summary: SegmentSummary) -> pd.DataFrame:
+    """The cohort's tracks, counted in the summary."""
+    intervals = {m: meta[m]["frame_interval_s"] for m in meta}
+    tracks = track_cohort(cells, intervals, min_track_frames=summary.min_track_frames)
+    first = ~tracks["track_id"].duplicated()
+    summary.tracks = int(first.sum())
+    summary.short_tracks = int(tracks["short_track"][first].sum())
+    return tracks
+
+
 def segment_cohort(
     cohort: str,
     *,
@@ -347,9 +365,11 @@ def segment_cohort(
     progress: bool = True,
     segmenter: str = DEFAULT_SEGMENTER,
     field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM,
+    min_track_frames: int = MIN_TRACK_FRAMES,
 ) -> SegmentSummary:
-    """Segment every stored movie of a cohort and replace its ``cells.parquet``/``crops.zarr``
-    and each movie's ``labels`` group.
+    """Segment every stored movie of a cohort, track its cells (:func:`lch.tracking.track_cohort`;
+    tracks in fewer than ``min_track_frames`` frames are flagged) and replace its
+    ``cells.parquet``/``crops.zarr`` and each movie's ``labels`` group.
 
     A movie ingested with its own label movie (the manifest's ``labels``) is measured and
     cropped from those labels; the others are segmented by ``segmenter`` (see
@@ -361,7 +381,8 @@ def segment_cohort(
     Raises
     ------
     ValueError
-        An unknown segmenter or a field of view that is not a positive number of µm.
+        An unknown segmenter, a field of view that is not a positive number of µm, or a minimum
+        track length below 1.
     FileNotFoundError
         If the cohort has no stored movies folder.
     lch.labels.SegmenterUnavailable
@@ -374,6 +395,7 @@ def segment_cohort(
     segmenter_options = check_segmenter(segmenter)
     if not 0 < field_of_view_um < float("inf"):
         raise ValueError(f"field of view {field_of_view_um!r} µm must be a positive number")
+    check_min_track_frames(min_track_frames)
     home = home or lch_home()
     options = storage_options_from_env(home)
     check_root(home, options)
@@ -383,7 +405,7 @@ def segment_cohort(
             f"{cohort_dir(cohort, home)}: no ingested movies for cohort {cohort!r}"
         )
     started = time.perf_counter()
-    summary = SegmentSummary(cohort)
+    summary = SegmentSummary(cohort, min_track_frames=min_track_frames)
     with cohort_lock(cohort_dir(cohort, home), "lch segment", options):
         # Holding the lock, write-aside outputs here are a killed run's.
         remove_leftovers(cohort_dir(cohort, home), options)
@@ -396,7 +418,7 @@ def segment_cohort(
             if items:
                 _stream_cells(items, meta, writer, summary, crop_size, frames_per_batch,
                               options, progress, segmenter, segmenter_options, field_of_view_um)
-            writer.commit()
+            writer.commit(lambda cells: _tracks(cells, meta, summary))
         except BaseException:
             writer.abort()
             for aside in asides.values():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,9 @@ CELL_SCHEMA = pa.schema(
         ("pixel_size_um", _F),
         ("frame", pa.int32()),
         ("cell_id", pa.int32()),
+        ("track_id", _I),
+        ("track_frames", pa.int32()),
+        ("short_track", pa.bool_()),
         ("centroid_y", _F),
         ("centroid_x", _F),
         ("bbox_min_row", _I),
@@ -69,7 +73,11 @@ CELL_SCHEMA = pa.schema(
         ("crop_index", _I),
     ]
 )
-"""The columns of ``cells.parquet``: provenance, position, then the morphology features."""
+"""The columns of ``cells.parquet``: provenance, position and track, then the morphology
+features."""
+TRACK_FIELDS = ("track_id", "track_frames", "short_track")
+# What the segmentation streams in, frame by frame; the track columns are added at commit.
+FRAME_CELL_SCHEMA = pa.schema([f for f in CELL_SCHEMA if f.name not in TRACK_FIELDS])
 
 
 class CellStoreError(ValueError):
@@ -120,8 +128,9 @@ class CellStoreWriter:
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._schema = CELL_SCHEMA.with_metadata({RUN_KEY: self.run_id})
+        self._tmp_rows = join(self.folder, f".tmp-{self.run_id}-rows.parquet")
         self._writer = pq.ParquetWriter(
-            self._path(self._tmp_cells), self._schema, filesystem=self._arrow_fs()
+            self._path(self._tmp_rows), FRAME_CELL_SCHEMA, filesystem=self._arrow_fs()
         )
         self.rows = 0
 
@@ -134,7 +143,7 @@ class CellStoreWriter:
         return self._fs if is_url(self.folder) else None
 
     def add(self, table: pd.DataFrame, crops: np.ndarray) -> None:
-        """Append rows (the columns of :data:`CELL_SCHEMA` but ``crop_index``, which is
+        """Append rows (the columns of :data:`FRAME_CELL_SCHEMA` but ``crop_index``, which is
         assigned here) and their crops, same length and order."""
         if len(table) != len(crops):
             raise ValueError(f"{len(table)} rows but {len(crops)} crops")
@@ -142,7 +151,7 @@ class CellStoreWriter:
             return
         table = table.assign(crop_index=np.arange(self.rows, self.rows + len(table)))
         self._writer.write_table(
-            pa.Table.from_pandas(table, schema=self._schema, preserve_index=False)
+            pa.Table.from_pandas(table, schema=FRAME_CELL_SCHEMA, preserve_index=False)
         )
         self._pending.append(np.asarray(crops, dtype=np.float32))
         self._pending_rows += len(crops)
@@ -161,10 +170,15 @@ class CellStoreWriter:
         self._pending = [block[cut:]] if cut < len(block) else []
         self._pending_rows = len(block) - cut
 
-    def commit(self) -> None:
-        """Finish both files and move them into place (replacing the previous outputs)."""
+    def commit(self, tracks: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+        """Finish both files and move them into place (replacing the previous outputs).
+
+        ``tracks`` gets the whole table of rows and returns its track columns
+        (:data:`TRACK_FIELDS`), row for row.
+        """
         self._flush(whole_chunks=False)
         self._writer.close()
+        self._write_with_tracks(tracks)
         if is_url(self.folder):
             path = self._path
             commit_aside(self._fs, path(self._tmp_crops), path(join(self.folder, CROPS_STORE)))
@@ -173,17 +187,36 @@ class CellStoreWriter:
         _replace(self._tmp_crops, self.folder / CROPS_STORE)
         _replace(self._tmp_cells, self.folder / CELLS_FILE)
 
+    def _write_with_tracks(self, tracks: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+        fs = self._arrow_fs()
+        rows = pq.read_table(self._path(self._tmp_rows), filesystem=fs).to_pandas()
+        columns = tracks(rows)
+        if list(columns.columns) != list(TRACK_FIELDS) or len(columns) != len(rows):
+            raise ValueError(f"tracks gave {list(columns.columns)} for {len(columns)} rows; "
+                             f"expected {list(TRACK_FIELDS)} for {len(rows)}")
+        table = pd.concat([rows, columns.set_index(rows.index)], axis=1)
+        pq.write_table(pa.Table.from_pandas(table, schema=self._schema, preserve_index=False),
+                       self._path(self._tmp_cells), filesystem=fs)
+        self._remove(self._tmp_rows)
+
+    def _remove(self, location: Location) -> None:
+        if is_url(self.folder):
+            self._fs.rm(self._path(location), recursive=True)
+        else:
+            Path(location).unlink(missing_ok=True)
+
     def abort(self) -> None:
         """Remove what was written; the previous outputs stay as they were."""
         self._writer.close()
         if is_url(self.folder):
-            for location in (self._tmp_crops, self._tmp_cells):
+            for location in (self._tmp_crops, self._tmp_rows, self._tmp_cells):
                 try:
                     self._fs.rm(self._path(location), recursive=True)
                 except Exception:  # cleanup must not hide the error that caused it
                     pass
             return
         shutil.rmtree(self._tmp_crops, ignore_errors=True)
+        self._tmp_rows.unlink(missing_ok=True)
         self._tmp_cells.unlink(missing_ok=True)
 
 

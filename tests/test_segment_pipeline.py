@@ -78,6 +78,7 @@ def test_pipeline_matches_the_bare_function_row_for_row(ingested):
         check_dtype=False,
     )
     np.testing.assert_array_equal(crops[:], expected_crops)
+
     assert crops.dtype == np.float32 and 0.0 <= crops[:].min() and crops[:].max() <= 1.0
     assert set(table["label"]) == {"high", "low"}
     assert (table.groupby("movie")["patient"].nunique() == 1).all()
@@ -249,3 +250,25 @@ def test_given_label_movies_are_used_as_they_are_and_all_border_cells_are_a_coun
     text = summary.format()
     assert f"NO CELLS edge: all {2 * frames} cells" in text
     assert "movies without usable cells: 1" in text and "by: lch 1, manifest 2" in text
+
+
+def test_cells_are_tracked_within_each_movie(ingested):
+    summary = segment_cohort("seg", progress=False, min_track_frames=4)
+    table, _ = open_cells(ingested)
+    by_track = table.groupby("track_id")
+    assert (by_track["movie"].nunique() == 1).all()  # unique within the cohort
+    assert (by_track["frame"].apply(lambda f: f.is_unique)).all()  # one row per frame
+    np.testing.assert_array_equal(table["track_frames"], by_track["frame"].transform("size"))
+    np.testing.assert_array_equal(table["short_track"], table["track_frames"] < 4)
+    # The generator's cells stay in the field for all 4 frames: about one track per cell.
+    per_movie = table.groupby("movie")["track_id"].nunique()
+    cells_per_frame = table.groupby(["movie", "frame"]).size().groupby("movie").median()
+    assert (per_movie <= cells_per_frame + 1).all()
+    assert summary.tracks == table["track_id"].nunique()
+    assert summary.short_tracks == table.loc[table["short_track"], "track_id"].nunique()
+    assert "tracks:" in summary.format()
+
+
+def test_a_minimum_track_length_below_one_is_refused(ingested):
+    with pytest.raises(ValueError, match="min_track_frames"):
+        segment_cohort("seg", progress=False, min_track_frames=0)

@@ -17,7 +17,7 @@ import torch
 import zarr
 from mlflow import MlflowClient
 
-from lch.cellstore import CELL_SCHEMA, CellStoreWriter, open_cells
+from lch.cellstore import FRAME_CELL_SCHEMA, CellStoreWriter, open_cells
 from lch.classify import cell_auc
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.exaggerate import DEFAULT_SIGMAS, REPORT_CELLS
@@ -37,6 +37,7 @@ from lch.pipelines.train import (
 )
 from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model
 from lch.synth import make_cohort
+from lch.tracking import track_cohort
 from lch.training import (
     SHRINKAGE_GRID,
     TrainingInputError,
@@ -68,18 +69,18 @@ def write_cells(
     """A cohort with one cell per (patient, label) entry and random crops."""
     rng = np.random.default_rng(seed)
     n = len(patients)
-    columns = {f.name: np.zeros(n) for f in CELL_SCHEMA if f.name != "crop_index"}
+    columns = {f.name: np.zeros(n) for f in FRAME_CELL_SCHEMA if f.name != "crop_index"}
     table = pd.DataFrame(columns).assign(
         cohort=name, movie=[f"{p}-m00" for p in patients], patient=patients,
         cell_line=patients, label=labels, frame=0, cell_id=np.arange(n),
-        touches_border=False,
+        touches_border=False, pixel_size_um=0.325,
     )
     for col in ("bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col",
                 "protrusion_count"):
         table[col] = 0
     writer = CellStoreWriter(cohort_dir(name, home), CROP, field_of_view_um=field_of_view_um)
     writer.add(table, rng.uniform(0, 1, (n, CROP, CROP)).astype(np.float32))
-    writer.commit()
+    writer.commit(lambda cells: track_cohort(cells, {}))  # one frame: a track per cell
 
 
 def balanced(n_per_patient: int, patients: dict[str, str]) -> tuple[list[str], list[str]]:
