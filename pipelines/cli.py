@@ -194,11 +194,11 @@ def _cmd_exaggerate(args: argparse.Namespace) -> int:
         exaggerate,
         exaggerate_stored_cells,
         pick_cells,
-        spearman_table,
         write_report,
     )
     from lch.paths import cohort_dir
     from lch.registry import load_lch_model
+    from lch.trends import spearman_table
 
     if not args.cohort and not args.crop:
         print("error: give --cohort (cells of a stored cohort) or --crop FILE", file=sys.stderr)

@@ -17,7 +17,6 @@ from lch.exaggerate import (
     REPORT_CELLS,
     exaggerate_stored_cells,
     pick_cells,
-    spearman_table,
     write_report,
 )
 from lch.paths import cohort_dir, lch_home
@@ -25,6 +24,7 @@ from lch.pipelines.runtime import free_port
 from lch.promotion import PromotionRefused, promote
 from lch.registry import load_lch_model, tracking_uri
 from lch.synth import make_cohort
+from lch.trends import spearman_table
 
 COHORT = "demo"
 STEPS = 6

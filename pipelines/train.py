@@ -35,7 +35,13 @@ from ray.train.torch import TorchTrainer
 
 from lch.classify import plot_population_curve
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
-from lch.exaggerate import REPORT_CELLS, exaggerate, pick_cells, spearman_table, write_report
+from lch.exaggerate import (
+    REPORT_CELLS,
+    exaggerate,
+    measure_real_cells,
+    pick_cells,
+    write_report,
+)
 from lch.model import AAEConfig
 from lch.paths import join, lch_home, pyarrow_filesystem
 from lch.pipelines.runtime import cluster_cpus, init_ray
@@ -52,6 +58,7 @@ from lch.training import (
     read_rows,
     split_by_patient,
 )
+from lch.trends import spearman_table, trend_report
 
 __all__ = [
     "TrainSettings",
@@ -79,6 +86,8 @@ DEFAULT_WORKERS = 2
 GPU_WORKER_CPUS = 2
 # The exaggeration report logged with every run (held-out cells) goes in this artifact folder.
 REPORT_FOLDER = "exaggeration"
+# Held-out cells measured for the bound on the exaggeration's trends (lch.trends).
+BOUND_CELLS = 256
 
 
 @dataclass(frozen=True)
@@ -299,19 +308,28 @@ def _start_run(settings: TrainSettings, cells: CellSet, split: Split) -> str:
 
 def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed: int) -> None:
     """Exaggerate held-out cells (half high, half low) with the new model; log the montage, the
-    morphology table and the Spearman trends to the active run, and each rho as a metric."""
-    held_out = np.flatnonzero(split.test)
-    rows = pick_cells(
-        cells.table.iloc[held_out].assign(position=held_out), REPORT_CELLS, seed, column="position"
-    )
+    morphology table, the Spearman trends and each feature's trend beside the data's bound
+    (:func:`lch.trends.trend_report`, from :data:`BOUND_CELLS` held-out cells) to the active run,
+    and the figures as metrics."""
+    held_out = cells.table.iloc[np.flatnonzero(split.test)]
+    held_out = held_out.assign(position=np.flatnonzero(split.test))
+    rows = pick_cells(held_out, REPORT_CELLS, seed, column="position")
     ids = [f"{cells.table['patient'].iloc[r]} cell {r}" for r in rows]
     result = exaggerate(evaluation.model, read_rows(cells, rows), cells=ids)
+    real = pick_cells(held_out, BOUND_CELLS, seed, column="position")
+    features, scores = measure_real_cells(evaluation.model, read_rows(cells, real))
+    bounds = trend_report(result.table, features, scores, result.sigmas)
     with tempfile.TemporaryDirectory() as tmp:
         write_report(result, tmp)
+        bounds.to_csv(Path(tmp) / "exaggeration_bounds.csv", index=False)
         mlflow.log_artifacts(tmp, artifact_path=REPORT_FOLDER)
     trends = spearman_table(result.table).dropna(subset=["rho"])
-    rhos = dict(zip(trends.feature, trends.rho, strict=True))
-    mlflow.log_metrics({f"exaggeration_rho_{feature}": rho for feature, rho in rhos.items()})
+    metrics = {f"exaggeration_rho_{f}": rho for f, rho in zip(trends.feature, trends.rho,
+                                                                strict=True)}
+    for row in bounds.dropna(subset=["bound", "ratio"]).itertuples():
+        metrics[f"exaggeration_bound_{row.feature}"] = row.bound
+        metrics[f"exaggeration_bound_ratio_{row.feature}"] = row.ratio
+    mlflow.log_metrics(metrics)
 
 
 def _finish(

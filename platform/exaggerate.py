@@ -36,29 +36,16 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from scipy import stats
 from skimage.transform import resize as _sk_resize
 
 from lch.classify import HIGH, LOW, binary_labels
 from lch.morphology import POSITION_COLUMNS, measure_crop
+from lch.trends import spearman_table
 
 DEFAULT_SIGMAS: tuple[float, ...] = tuple(float(s) for s in range(-4, 5))
 # Cells in a cohort report (half high, half low). Pooled rho of the demo model over 6 random
 # draws of cells: halo SD 0.15 with 8 cells, 0.04 with 32 (reach 0.06 / 0.02), ~2 s on CPU.
 REPORT_CELLS = 32
-# Features whose trend with s is reported by default: the planted ones (protrusions, halo)
-# and the controls (size, shape).
-DEFAULT_FEATURES: tuple[str, ...] = (
-    "protrusion_count",
-    "protrusion_length",
-    "protrusion_reach",
-    "halo_intensity",
-    "area",
-    "body_area",
-    "solidity",
-    "eccentricity",
-    "body_contrast",
-)
 _POSITION_COLUMNS = frozenset(POSITION_COLUMNS)
 _IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff"})
 # Directional tolerance of the unit direction buffer (float32 round-off).
@@ -355,6 +342,32 @@ def morphology_table(
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def discriminant_scores(model: torch.nn.Module, crops: Any) -> np.ndarray:
+    """The classifier's logit ``z . weight + bias`` of each crop's code (C,)."""
+    check_classifier(model)
+    batch = _crop_batch(model, crops, resize=False)
+    weight = model.weight.double().cpu().numpy()
+    return encode_crops(model, batch).astype(np.float64) @ weight + float(model.bias)
+
+
+def measure_real_cells(model: torch.nn.Module, crops: Any) -> tuple[pd.DataFrame, np.ndarray]:
+    """Morphology of real (not decoded) crops, measured as the decoded images are, and their
+    :func:`discriminant_scores`: what :func:`lch.trends.trend_report` bounds the trends with.
+
+    Returns
+    -------
+    features : pandas.DataFrame
+        :func:`lch.morphology.measure_crop` of each crop (C rows), at the model's crop pixel size.
+    scores : numpy.ndarray
+        (C,).
+    """
+    batch = _crop_batch(model, crops, resize=False)
+    px = model.config.crop_pixel_size_um
+    features = pd.DataFrame([measure_crop(crop, pixel_size_um=px) for crop in batch])
+    return features, discriminant_scores(model, batch)
+
+
 def exaggerate_codes(
     model: torch.nn.Module,
     codes: np.ndarray,
@@ -491,50 +504,6 @@ def exaggerate_class_means(
     return exaggerate_codes(
         model, stacked, sigmas, cells=["mean_high", "mean_low"], measure=measure
     )
-
-
-# ---------------------------------------------------------------- trends
-
-
-def spearman_table(table: pd.DataFrame, features: Sequence[str] | None = None) -> pd.DataFrame:
-    """Spearman's rho between ``s`` and each feature, pooled over cells.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        :attr:`Exaggeration.table` (columns ``sigma`` and the features).
-    features : sequence of str, optional
-        Columns to test; default :data:`DEFAULT_FEATURES` plus ``probability_reencoded``,
-        those present in the table.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per feature: ``feature``, ``rho``, ``pvalue``, ``n`` (rows with the feature
-        measured; decoded images without a detected cell are NaN and left out). ``rho`` is NaN
-        when fewer than 3 rows are measured or the feature is constant.
-    """
-    if "sigma" not in table:
-        raise ValueError("table has no 'sigma' column: expected Exaggeration.table")
-    if features is None:
-        wanted = (*DEFAULT_FEATURES, "probability_reencoded")
-        features = [f for f in wanted if f in table]
-    missing = [f for f in features if f not in table]
-    if missing:
-        raise ValueError(f"features not in the table: {missing}")
-    rows = [_spearman_row(table, feature) for feature in features]
-    return pd.DataFrame(rows, columns=["feature", "rho", "pvalue", "n"])
-
-
-def _spearman_row(table: pd.DataFrame, feature: str) -> dict[str, Any]:
-    values = pd.to_numeric(table[feature], errors="coerce").astype(float)
-    ok = np.isfinite(values.to_numpy())
-    s, v = table["sigma"].to_numpy(dtype=float)[ok], values.to_numpy()[ok]
-    rho = pvalue = math.nan
-    if ok.sum() >= 3 and np.ptp(v) > 0 and np.ptp(s) > 0:
-        result = stats.spearmanr(s, v)
-        rho, pvalue = float(result.statistic), float(result.pvalue)
-    return {"feature": feature, "rho": rho, "pvalue": pvalue, "n": int(ok.sum())}
 
 
 # ---------------------------------------------------------------- montage

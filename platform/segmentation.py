@@ -53,6 +53,9 @@ BACKGROUND_QUANTILE = 0.5
 LOW_SPREADS, HIGH_SPREADS, CELL_SPREADS = 3.0, 6.0, 4.0
 # Real backgrounds' texture varies at least this much (log units); a purely noisy one less.
 MIN_SPREAD = 0.05
+# ... and at most this much (the real crops: up to 0.16); a wider lower half holds cells or their
+# halos (a decoded cell exaggerated far: a bright glow over most of the crop).
+MAX_SPREAD = 0.3
 COMPACT_SOLIDITY = 0.85
 BRIGHT_FRACTION = 0.2
 DARK_FRACTION = 0.25
@@ -174,7 +177,8 @@ def _solidity(mask: np.ndarray) -> float:
 
 
 def _background_level(texture: np.ndarray, floor: float) -> tuple[float, float]:
-    """Median and robust spread of the lower half of the texture (the background's).
+    """Median and robust spread (at most :data:`MAX_SPREAD`) of the lower half of the texture
+    (the background's).
 
     Exactly flat pixels (texture at ``floor``: a crop's padding beyond the frame edge) are left
     out; they would put the level below any camera background.
@@ -183,7 +187,7 @@ def _background_level(texture: np.ndarray, floor: float) -> tuple[float, float]:
     varied = varied if varied.size else texture.ravel()
     low = varied[varied <= np.quantile(varied, BACKGROUND_QUANTILE)]
     level = float(np.median(low))
-    return level, float(median_abs_deviation(low, scale="normal"))
+    return level, min(float(median_abs_deviation(low, scale="normal")), MAX_SPREAD)
 
 
 def _detect(texture: np.ndarray, px: float, level: float, spread: float) -> np.ndarray:

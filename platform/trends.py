@@ -1,0 +1,175 @@
+"""Trends of measured features along an exaggeration, and the bound the data set on them.
+
+An exaggeration (:mod:`lch.exaggerate`) decodes each cell at shifts ``s`` along the discriminant
+direction; each decoded image is measured (:func:`lch.morphology.measure_crop`). Whether the
+decoder draws a feature as the classifier reads it is judged by Spearman's rho between ``s`` and
+the feature, pooled over cells.
+
+Pooled over cells, rho cannot reach 1 even for a faithful decoder: each cell's feature moves
+with ``s`` from where that cell starts, and cells start far apart. With a feature that changes
+by ``m`` per SD of shift and cells spread by ``sqrt(v)``, pooled rho^2 is about
+``V m^2 / (V m^2 + v)`` (``V`` the variance of the shifts, 6.67 for s in -4..4); a decoder
+faithful to the data has ``m / sqrt(v)`` equal to ``c``, the feature's correlation with the
+discriminant score among the real cells. So ``rho* = sqrt(V c^2 / (V c^2 + 1))`` is what the data
+allow (:func:`trend_bound`), and the criterion (:func:`judge_trends`) asks of each planted
+feature a rho of at least :data:`BOUND_SHARE` of its bound, and of the planted features that they
+all trend more strongly than every unplanted control, by at least :data:`CONTROL_MARGIN`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+# Features whose trend with s is reported by default: the planted ones (protrusions, halo)
+# and the controls (size, shape).
+DEFAULT_FEATURES: tuple[str, ...] = (
+    "protrusion_count",
+    "protrusion_length",
+    "protrusion_reach",
+    "halo_intensity",
+    "area",
+    "body_area",
+    "solidity",
+    "eccentricity",
+    "body_contrast",
+)
+# What LCH's synthetic cohorts plant (arm-like extensions, light scattering), and measures that
+# nothing plants (total area, solidity and eccentricity are left out: arms change them).
+PLANTED_FEATURES: tuple[str, ...] = ("protrusion_reach", "halo_intensity")
+CONTROL_FEATURES: tuple[str, ...] = ("body_area", "body_contrast")
+BOUND_SHARE = 0.85
+CONTROL_MARGIN = 0.25
+
+
+def spearman_table(table: pd.DataFrame, features: Sequence[str] | None = None) -> pd.DataFrame:
+    """Spearman's rho between ``s`` and each feature, pooled over cells.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :attr:`lch.exaggerate.Exaggeration.table` (columns ``sigma`` and the features).
+    features : sequence of str, optional
+        Columns to test; default :data:`DEFAULT_FEATURES` plus ``probability_reencoded``,
+        those present in the table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per feature: ``feature``, ``rho``, ``pvalue``, ``n`` (rows with the feature
+        measured; decoded images without a detected cell are NaN and left out). ``rho`` is NaN
+        when fewer than 3 rows are measured or the feature is constant.
+    """
+    if "sigma" not in table:
+        raise ValueError("table has no 'sigma' column: expected Exaggeration.table")
+    if features is None:
+        wanted = (*DEFAULT_FEATURES, "probability_reencoded")
+        features = [f for f in wanted if f in table]
+    missing = [f for f in features if f not in table]
+    if missing:
+        raise ValueError(f"features not in the table: {missing}")
+    rows = [_spearman_row(table["sigma"], table[feature], feature) for feature in features]
+    return pd.DataFrame(rows, columns=["feature", "rho", "pvalue", "n"])
+
+
+def _spearman_row(x: pd.Series | np.ndarray, values: pd.Series, feature: str) -> dict[str, Any]:
+    v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    x = np.asarray(x, dtype=float)
+    ok = np.isfinite(v) & np.isfinite(x)
+    x, v = x[ok], v[ok]
+    rho = pvalue = math.nan
+    if ok.sum() >= 3 and np.ptp(v) > 0 and np.ptp(x) > 0:
+        result = stats.spearmanr(x, v)
+        rho, pvalue = float(result.statistic), float(result.pvalue)
+    return {"feature": feature, "rho": rho, "pvalue": pvalue, "n": int(ok.sum())}
+
+
+def trend_bound(c: float | np.ndarray, sigmas: Sequence[float]) -> float | np.ndarray:
+    """The pooled rho a decoder faithful to the data can reach: ``sqrt(V c^2 / (V c^2 + 1))``.
+
+    Parameters
+    ----------
+    c : float or numpy.ndarray
+        The feature's correlation with the discriminant score among real cells.
+    sigmas : sequence of float
+        The shifts of the exaggeration (``V`` is their variance).
+    """
+    explained = float(np.var(np.asarray(sigmas, dtype=float))) * np.square(c)
+    return np.sqrt(explained / (explained + 1.0))
+
+
+def trend_report(
+    exaggerated: pd.DataFrame,
+    cells: pd.DataFrame,
+    scores: np.ndarray,
+    sigmas: Sequence[float],
+    planted: Sequence[str] = PLANTED_FEATURES,
+    controls: Sequence[str] = CONTROL_FEATURES,
+) -> pd.DataFrame:
+    """Each planted and control feature's trend along the exaggeration beside the data's bound.
+
+    Parameters
+    ----------
+    exaggerated : pandas.DataFrame
+        :attr:`lch.exaggerate.Exaggeration.table`.
+    cells : pandas.DataFrame
+        The same features measured on real (not decoded) cells, one row per cell, measured as the
+        decoded images are (:func:`lch.morphology.measure_crop` on their crops).
+    scores : numpy.ndarray
+        Those cells' discriminant scores (logits), (N,).
+    sigmas : sequence of float
+        The exaggeration's shifts.
+    planted, controls : sequence of str
+        Features the phenotype carries, and features it does not.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per feature: ``feature``, ``role`` ("planted"/"control"), ``rho`` (along the
+        exaggeration), ``c`` (Spearman correlation with the score among real cells), ``bound``
+        (:func:`trend_bound` of ``c``) and ``ratio`` (``rho / bound``).
+    """
+    scores = np.asarray(scores, dtype=float).reshape(-1)
+    if len(scores) != len(cells):
+        raise ValueError(f"{len(scores)} scores for {len(cells)} cells")
+    rows = []
+    for role, names in (("planted", planted), ("control", controls)):
+        for feature in names:
+            rho = _spearman_row(exaggerated["sigma"], exaggerated[feature], feature)["rho"]
+            c = _spearman_row(scores, cells[feature], feature)["rho"]
+            bound = float(trend_bound(c, sigmas))
+            ratio = rho / bound if bound > 0 else math.nan
+            rows.append({"feature": feature, "role": role, "rho": rho, "c": c, "bound": bound,
+                         "ratio": ratio})
+    return pd.DataFrame(rows, columns=["feature", "role", "rho", "c", "bound", "ratio"])
+
+
+def judge_trends(
+    report: pd.DataFrame, share: float = BOUND_SHARE, margin: float = CONTROL_MARGIN
+) -> list[str]:
+    """What a :func:`trend_report` falls short of; empty when the exaggeration shows the planted
+    features as the data allow and specifically.
+
+    Each planted feature needs ``rho >= share * bound`` (in the direction of ``c``), and every
+    planted feature's ``|rho|`` must exceed every control's by ``margin``. A NaN (a feature
+    never measured, no trend) fails.
+    """
+    planted = report[report["role"] == "planted"]
+    controls = report[report["role"] == "control"]
+    faults = []
+    for row in planted.itertuples():
+        aligned = row.rho * np.sign(row.c)
+        if not aligned >= share * row.bound:
+            faults.append(f"{row.feature}: rho {row.rho:.3f} below {share} x bound {row.bound:.3f}")
+    weakest = planted["rho"].abs().min()
+    strongest = controls["rho"].abs().fillna(0.0).max() if len(controls) else 0.0
+    if not weakest - strongest >= margin:
+        faults.append(
+            f"planted |rho| {weakest:.3f} not above the controls' {strongest:.3f} by {margin}"
+        )
+    return faults

@@ -1,0 +1,74 @@
+"""The bound on pooled exaggeration trends, and the criterion judged against it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lch.trends import judge_trends, spearman_table, trend_bound, trend_report
+
+SIGMAS = np.arange(-4.0, 5.0)
+
+
+def test_bound_follows_the_formula():
+    # V = var(-4..4) = 60 / 9; with c = 1 the pooled rho can reach sqrt(V / (V + 1)).
+    assert trend_bound(1.0, SIGMAS) == pytest.approx(math.sqrt(60 / 69))
+    assert trend_bound(0.0, SIGMAS) == 0.0
+    assert trend_bound(0.5, SIGMAS) == pytest.approx(math.sqrt(15 / 9 / (15 / 9 + 1)))
+
+
+def _faithful(c_slope: float, n_cells: int = 300, seed: int = 0):
+    """Cells whose feature moves by ``c_slope`` per SD of shift from a unit-spread start."""
+    rng = np.random.default_rng(seed)
+    start = rng.normal(size=n_cells)
+    rows = [{"cell": i, "sigma": s, "grows": start[i] + c_slope * s,
+             "flat": rng.normal()} for i in range(n_cells) for s in SIGMAS]
+    return pd.DataFrame(rows)
+
+
+def test_a_faithful_decoder_reaches_the_bound():
+    # Real cells whose feature correlates c = 0.6 with the score; a decoder that moves it by
+    # 0.6 of its spread per SD of shift (as faithful as can be) reaches the bound.
+    rng = np.random.default_rng(1)
+    score = rng.normal(size=4000)
+    cells = pd.DataFrame({"grows": 0.6 * score + 0.8 * rng.normal(size=4000),
+                          "flat": rng.normal(size=4000)})
+    report = trend_report(_faithful(0.6), cells, score, SIGMAS, ["grows"], ["flat"])
+    row = report.set_index("feature").loc["grows"]
+    assert row["c"] == pytest.approx(0.6, abs=0.03)
+    assert row["ratio"] == pytest.approx(1.0, abs=0.05)
+    assert judge_trends(report) == []
+    # A decoder that draws half the change falls short of the bound.
+    half = trend_report(_faithful(0.3), cells, score, SIGMAS, ["grows"], ["flat"])
+    assert half["ratio"].iloc[0] < 0.8 and judge_trends(half)
+
+
+def _report(rho_planted, c_planted, rho_control):
+    rows = [{"feature": f"p{i}", "role": "planted", "rho": r, "c": c,
+             "bound": float(trend_bound(c, SIGMAS))}
+            for i, (r, c) in enumerate(zip(rho_planted, c_planted, strict=True))]
+    rows += [{"feature": f"c{i}", "role": "control", "rho": r, "c": 0.0, "bound": 0.0}
+             for i, r in enumerate(rho_control)]
+    return pd.DataFrame(rows)
+
+
+def test_judge_names_each_shortfall():
+    assert judge_trends(_report([0.8, 0.75], [0.8, 0.6], [0.1, -0.2])) == []
+    short = judge_trends(_report([0.6, 0.75], [0.8, 0.6], [0.1]))
+    assert len(short) == 1 and short[0].startswith("p0: rho 0.600 below 0.85 x bound")
+    unspecific = judge_trends(_report([0.8, 0.75], [0.8, 0.6], [0.55]))
+    assert len(unspecific) == 1 and "not above the controls' 0.550" in unspecific[0]
+    # A trend against the data's sign, or none at all, fails.
+    assert judge_trends(_report([-0.8], [0.8], [0.0]))
+    assert judge_trends(_report([math.nan], [0.8], [0.0]))
+
+
+def test_report_checks_its_inputs():
+    with pytest.raises(ValueError, match="3 scores for 2 cells"):
+        trend_report(_faithful(0.5), pd.DataFrame({"grows": [1, 2], "flat": [0, 1]}),
+                     np.zeros(3), SIGMAS, ["grows"], ["flat"])
+    with pytest.raises(ValueError, match="no 'sigma' column"):
+        spearman_table(pd.DataFrame({"x": [1, 2, 3]}))
