@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     p.add_argument("--alias", default="champion")
     p.add_argument("--force", action="store_true",
-                   help="promote even if its held-out population accuracy is lower")
+                   help="promote even if its cross-validated population accuracy is lower")
     p.set_defaults(func=_cmd_promote)
 
     p = sub.add_parser("serve", help="serve classification and exaggeration over HTTP")

@@ -106,8 +106,10 @@ def run_demo(seed: int = 0) -> int:
     _step(6, "serving the champion over HTTP (Ray Serve) and querying it")
     _query_serve(manifest)
     ev = trained.evaluation
-    print(f"\ndone. held-out cell-level ROC AUC {ev.cell_auc:.3f}; population of 20 cells: "
-          f"accuracy {ev.population_at(20):.3f}, ROC AUC {ev.population_at(20, 'auc'):.3f}")
+    print(f"\ndone. held-out ROC AUC: cell-level {ev.heldout_cell_auc:.3f}, frame-level "
+          f"{ev.heldout_frame_auc:.3f}; cross-validated population of 20 distinct cells: "
+          f"accuracy {ev.population_at(20):.3f} [{ev.population_at(20, 'ci_low'):.3f}, "
+          f"{ev.population_at(20, 'ci_high'):.3f}], ROC AUC {ev.population_at(20, 'auc'):.3f}")
     print(f"report image: {montage}")
     print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri()}")
     return 0

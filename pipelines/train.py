@@ -33,8 +33,15 @@ from mlflow.entities import Param
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from lch.classify import plot_population_curve
+from lch.classify import HIGH, LOW
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
+from lch.evaluation import (
+    Evaluation,
+    evaluate,
+    plot_population_curve,
+    plot_reliability,
+    sigmoid,
+)
 from lch.exaggerate import (
     REPORT_CELLS,
     exaggerate,
@@ -50,10 +57,8 @@ from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
 from lch.registry import log_lch_model, tracking_uri, use_tracking
 from lch.training import (
     CellSet,
-    Evaluation,
     Split,
     TrainingInputError,
-    evaluate,
     load_cells,
     read_rows,
     split_by_patient,
@@ -181,17 +186,23 @@ class TrainSummary:
 
     def format(self) -> str:
         ev = self.evaluation
+        held = ev.cells["heldout"]
         lines = [
             f"trained on {', '.join(self.cohorts)}: MLflow run {self.run_id}, "
             f"registered lch-aae version {self.model_version}",
-            f"  held-out patients {', '.join(self.test_patients)} ({ev.n_test_cells} cells; "
-            f"classifier fit on {ev.n_train_cells} cells)",
-            f"  held-out cell-level ROC AUC {ev.cell_auc:.3f} (training patients "
-            f"{ev.train_cell_auc:.3f}; classifier shrinkage {ev.shrinkage})",
-            f"  held-out population of 20 cells: accuracy {ev.population_at(20):.3f}, "
-            f"ROC AUC {ev.population_at(20, 'auc'):.3f}",
+            f"  cells (tracks): {len(ev.cells)} labelled, held-out patients "
+            f"{', '.join(self.test_patients)} ({int(held.sum())} cells); every other patient "
+            "scored by a classifier fit without it",
+            f"  held-out cell-level ROC AUC {ev.heldout_cell_auc:.3f}, frame-level "
+            f"{ev.heldout_frame_auc:.3f}; cross-validated cell-level {ev.cv_cell_auc:.3f} "
+            f"(training patients in-sample {ev.train_cell_auc:.3f}; shrinkage {ev.shrinkage})",
+            f"  cross-validated population of 20 distinct cells: accuracy "
+            f"{ev.population_at(20):.3f} [{ev.population_at(20, 'ci_low'):.3f}, "
+            f"{ev.population_at(20, 'ci_high'):.3f}], ROC AUC {ev.population_at(20, 'auc'):.3f}",
             "  population accuracy by k: "
             + ", ".join(f"{r.k}: {r.accuracy:.3f}" for r in ev.population.itertuples()),
+            f"  P(high) calibrated (slope {ev.calibration[0]:.3f}): held-out Brier "
+            f"{ev.brier['heldout_raw']:.3f} -> {ev.brier['heldout_calibrated']:.3f}",
             f"  AAE training {self.train_seconds:.1f} s at {self.samples_per_s:.0f} samples/s; "
             f"total {self.total_seconds:.1f} s",
         ]
@@ -347,14 +358,20 @@ def _finish(
         mlflow.log_metrics(metrics)
         mlflow.log_param("classifier_shrinkage", evaluation.shrinkage)
         mlflow.log_table(evaluation.population, artifact_file="population.json")
+        mlflow.log_table(evaluation.per_line, artifact_file="cross_validation_by_line.json")
+        mlflow.log_table(evaluation.cells, artifact_file="cells.json")
         mlflow.log_figure(plot_population_curve(evaluation.population), "population_curve.png")
+        labelled = evaluation.cells.dropna(subset=["logit"])
+        y = np.where(labelled["label"] == "high", HIGH, LOW)
+        raw = {"uncalibrated": sigmoid(labelled["logit"]), "calibrated": labelled["p_high"]}
+        mlflow.log_figure(plot_reliability(raw, y), "reliability.png")
         _log_exaggeration(evaluation, cells, split, settings.seed)
         return log_lch_model(
             evaluation.model,
             cohorts=list(settings.cohorts),
             population_accuracy=evaluation.population_at(20),
-            tags={"heldout_cell_auc": f"{evaluation.cell_auc:.6f}",
-                  "heldout_population_auc_k20": f"{evaluation.population_at(20, 'auc'):.6f}"},
+            tags={"heldout_cell_auc": f"{evaluation.heldout_cell_auc:.6f}",
+                  "cv_population_auc_k20": f"{evaluation.population_at(20, 'auc'):.6f}"},
         )
 
 

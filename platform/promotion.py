@@ -1,9 +1,9 @@
 """Promoting model versions with MLflow registry aliases (not the deprecated stages).
 
-The gate: a version whose held-out population accuracy (k = 20 cells, the tag written at
-registration) is below that of the alias's current holder is refused unless forced. Every move
-is recorded on the version as tags (who, when, from which version), so ``lch models`` can tell
-the history; promoting the previous version back is the rollback.
+The gate: a version whose cross-validated population accuracy (k = 20 distinct cells, the tag
+written at registration) is below that of the alias's current holder is refused unless forced.
+Every move is recorded on the version as tags (who, when, from which version), so ``lch models``
+can tell the history; promoting the previous version back is the rollback.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def promote(
     ValueError
         If the version does not exist.
     PromotionRefused
-        If its held-out population accuracy is below the current holder's (or unknown while
+        If its cross-validated population accuracy is below the current holder's (or unknown while
         the holder's is known) and ``force`` is not set.
     """
     client = client or MlflowClient()
@@ -99,9 +99,9 @@ def promote(
     if holder is not None and old is not None and not force and (new is None or new < old):
         shown = "unknown" if new is None else f"{new:.3f}"
         raise PromotionRefused(
-            f"refusing to promote {name} version {version} to @{alias}: its held-out population "
-            f"accuracy (k=20) is {shown}, below {old:.3f} of version {holder.version}, the "
-            f"current @{alias}; pass --force to promote it anyway"
+            f"refusing to promote {name} version {version} to @{alias}: its cross-validated "
+            f"population accuracy (k=20) is {shown}, below {old:.3f} of version "
+            f"{holder.version}, the current @{alias}; pass --force to promote it anyway"
         )
     client.set_registered_model_alias(name, alias, version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")

@@ -32,8 +32,9 @@ CHAMPION_ALIAS = "champion"
 """The alias the promotion gate moves and Serve loads: ``models:/lch-aae@champion``."""
 EXPERIMENT = "lch"
 MODEL_NAME = "model"
-POPULATION_METRIC_TAG = "heldout_population_accuracy_k20"
-"""Version tag read by the promotion gate: held-out population accuracy at k = 20 cells."""
+POPULATION_METRIC_TAG = "cv_population_accuracy_k20"
+"""Version tag read by the promotion gate: cross-validated population accuracy at k = 20
+distinct cells (lch.evaluation)."""
 WEIGHTS_ARTIFACT = "weights"
 WEIGHTS_FILE = "lch_model.pt"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -164,7 +165,8 @@ def log_lch_model(
     cohorts : list of str
         Cohorts it was trained on (tag ``cohorts``, comma-separated).
     population_accuracy : float
-        Held-out population accuracy at k = 20 (tag :data:`POPULATION_METRIC_TAG`).
+        Cross-validated population accuracy at k = 20 distinct cells (tag
+        :data:`POPULATION_METRIC_TAG`).
     run_id : str, optional
         Log into this run (the training run). By default the active run, or else a new run of
         the ``lch`` experiment. A run opened here is ended here.

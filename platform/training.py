@@ -1,5 +1,5 @@
-"""What training needs besides Ray: the cohorts' cells, the split by patient, reading crops, and
-the held-out evaluation of a trained AAE.
+"""What training needs besides Ray: the cohorts' cells, the split by patient, reading and
+encoding crops (the evaluation of a trained AAE is :mod:`lch.evaluation`).
 
 The split comes first and decides everything else. Cells of held-out patients are never seen by
 the AAE, not even unsupervised: the AAE's features would otherwise be fitted to exactly the
@@ -17,22 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 import zarr
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-from sklearn.model_selection import GridSearchCV
 from torch import nn
 
 from lch.cellstore import CROPS_STORE, FIELD_OF_VIEW_KEY, CellStoreError, open_cells
 from lch.classify import (
-    HIGH,
-    LOW,
-    POPULATION_KS,
     binary_labels,
-    cell_auc,
-    fit_linear_classifier,
     patient_split,
-    population_table,
 )
-from lch.model import LCHModel, refresh_batch_norm, unwrap
+from lch.model import refresh_batch_norm, unwrap
 from lch.paths import (
     Location,
     cohort_dir,
@@ -47,11 +39,6 @@ from lch.paths import (
 READ_ROWS = 1024
 # A random sample this large pins down the batch-norm statistics; more only costs time.
 REFRESH_CELLS = 4096
-POPULATION_GROUP = "cell_line"
-# Candidate shrinkages of the classifier's covariance ("auto" is Ledoit-Wolf), and at most this
-# many cross-validation folds of one held-out high and one held-out low patient each.
-SHRINKAGE_GRID = ("auto", 0.1, 0.3, 0.5, 0.7, 0.9)
-MAX_FOLDS = 16
 
 
 class TrainingInputError(ValueError):
@@ -249,169 +236,6 @@ def encode(model: nn.Module, cells: CellSet, index: np.ndarray, batch_size: int)
     device = next(inner.parameters()).device
     codes = [inner.encode(x).cpu() for x in iter_crops(cells, index, batch_size, device)]
     return torch.cat(codes).numpy() if codes else np.zeros((0, inner.config.latent_dim), np.float32)
-
-
-def patient_pair_folds(
-    patients: np.ndarray, y: np.ndarray, max_folds: int = MAX_FOLDS, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Cross-validation folds that each leave out one high and one low patient.
-
-    Parameters
-    ----------
-    patients, y : np.ndarray
-        Patient and label code (1 high, 0 low) of each cell (N,).
-    max_folds : int
-        At most this many (high, low) pairs, drawn at random when there are more.
-    seed : int
-        Seed of that draw.
-
-    Returns
-    -------
-    list of (train_index, test_index)
-        Empty when a class has a single patient (leaving it out would leave none to train on).
-    """
-    high = sorted(set(patients[y == HIGH]), key=str)
-    low = sorted(set(patients[y == LOW]), key=str)
-    if len(high) < 2 or len(low) < 2:
-        return []
-    pairs = [(h, q) for h in high for q in low]
-    if len(pairs) > max_folds:
-        chosen = np.random.default_rng(seed).choice(len(pairs), max_folds, replace=False)
-        pairs = [pairs[i] for i in sorted(chosen)]
-    folds = []
-    for h, q in pairs:
-        out = (patients == h) | (patients == q)
-        folds.append((np.flatnonzero(~out), np.flatnonzero(out)))
-    return folds
-
-
-def fit_classifier(
-    z: np.ndarray, y: np.ndarray, patients: np.ndarray, seed: int = 0
-) -> tuple[np.ndarray, float, LinearDiscriminantAnalysis, object]:
-    """Linear discriminant on latent codes, regularised for *new patients*.
-
-    :func:`lch.classify.fit_linear_classifier`'s LDA shrinks the covariance by Ledoit-Wolf,
-    which is optimal for estimating the covariance of these cells. With a handful of training
-    patients that leaves the classifier free to lean on whatever happens to be constant within
-    each patient and different between the few of each class (on the demo cohort: cell-body
-    darkness, drawn alike for both classes; the training high lines happen to be darker), and
-    a held-out patient unlike them is miscalled. Here the shrinkage is chosen among
-    :data:`SHRINKAGE_GRID` by cross-validation that leaves one high and one low training patient
-    out per fold (log-loss on their cells): tuned to generalise across patients, never looking at
-    the held-out ones. With a single training patient in a class there is nothing to
-    cross-validate, and it falls back to :func:`lch.classify.fit_linear_classifier`.
-
-    Parameters
-    ----------
-    z : np.ndarray
-        Latent codes (N, D) of the training cells.
-    y : np.ndarray
-        Label codes (N,), 1 high / 0 low.
-    patients : np.ndarray
-        Patient of each cell (N,).
-    seed : int
-        Seed of the fold draw when there are many patients.
-
-    Returns
-    -------
-    w, b, estimator, shrinkage
-        As :func:`lch.classify.fit_linear_classifier` (``estimator.predict_proba(z)[:, 1]``
-        equals sigmoid(z · w + b)), plus the shrinkage used.
-    """
-    folds = patient_pair_folds(np.asarray(patients, dtype=object), y, seed=seed)
-    if not folds:
-        w, b, estimator = fit_linear_classifier(z, y)
-        return w, b, estimator, "auto"
-    search = GridSearchCV(
-        LinearDiscriminantAnalysis(solver="lsqr"),
-        {"shrinkage": list(SHRINKAGE_GRID)},
-        cv=folds,
-        scoring="neg_log_loss",
-    ).fit(np.asarray(z, dtype=np.float64), y)
-    estimator = search.best_estimator_
-    return (
-        estimator.coef_[0].copy(),
-        float(estimator.intercept_[0]),
-        estimator,
-        search.best_params_["shrinkage"],
-    )
-
-
-@dataclass
-class Evaluation:
-    """The held-out figures of a trained model and the served model built from it."""
-
-    model: LCHModel
-    cell_auc: float
-    train_cell_auc: float
-    population: pd.DataFrame
-    n_train_cells: int
-    n_test_cells: int
-    shrinkage: object = "auto"
-
-    def population_at(self, k: int, metric: str = "accuracy") -> float:
-        """``metric`` (accuracy or auc) of populations of ``k`` cells."""
-        return float(self.population.set_index("k").loc[k, metric])
-
-    def metrics(self) -> dict[str, float]:
-        """Flat metric names for MLflow: ``heldout_cell_auc``, ``heldout_population_*_k<k>``."""
-        out = {"heldout_cell_auc": self.cell_auc, "train_cell_auc": self.train_cell_auc}
-        for row in self.population.itertuples():
-            out[f"heldout_population_accuracy_k{row.k}"] = float(row.accuracy)
-            out[f"heldout_population_auc_k{row.k}"] = float(row.auc)
-        return out
-
-
-def evaluate(
-    aae: nn.Module,
-    cells: CellSet,
-    split: Split,
-    batch_size: int = 256,
-    ks: Sequence[int] = POPULATION_KS,
-    seed: int = 0,
-) -> Evaluation:
-    """Fit the linear classifier (:func:`fit_classifier`) on training patients' codes and
-    score the held-out patients.
-
-    Refreshes the batch-norm statistics (on the autoencoder's training cells) first, so
-    eval-mode codes match what the AAE learned. Populations pool cells of one held-out
-    ``cell_line``.
-
-    Parameters
-    ----------
-    aae : nn.Module
-        The trained :class:`lch.model.AAE` (modified: batch-norm statistics, eval mode).
-    cells, split
-        From :func:`load_cells` and :func:`split_by_patient`.
-    batch_size : int
-        Crops per forward pass.
-    ks : sequence of int
-        Population sizes.
-    seed : int
-        Seed of the refresh sample and the population draws.
-
-    Returns
-    -------
-    Evaluation
-    """
-    refresh_statistics(aae, cells, split.autoencoder, batch_size, seed)
-    train_index, test_index = np.flatnonzero(split.train), np.flatnonzero(split.test)
-    z_train = encode(aae, cells, train_index, batch_size)
-    z_test = encode(aae, cells, test_index, batch_size)
-    y_train, y_test = split.labels[train_index], split.labels[test_index]
-    patients = cells.table["patient"].to_numpy()[train_index]
-    weight, bias, lda, shrinkage = fit_classifier(z_train, y_train, patients, seed)
-    p_train, p_test = lda.predict_proba(z_train)[:, 1], lda.predict_proba(z_test)[:, 1]
-    groups = cells.table[POPULATION_GROUP].to_numpy()[test_index]
-    return Evaluation(
-        model=LCHModel.from_aae(aae, weight, bias, z_train),
-        cell_auc=cell_auc(p_test, y_test),
-        train_cell_auc=cell_auc(p_train, y_train),
-        population=population_table(p_test, y_test, groups, ks=ks, seed=seed),
-        n_train_cells=len(train_index),
-        n_test_cells=len(test_index),
-        shrinkage=shrinkage,
-    )
 
 
 def reconstruction_grid(crops: np.ndarray, recons: np.ndarray, pad: int = 2) -> np.ndarray:

@@ -14,6 +14,7 @@ import os
 from typing import Annotated
 
 import numpy as np
+import pandas as pd
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -31,12 +32,14 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 
 from lch.cells import frame_cells
+from lch.evaluation import cell_means
 from lch.exaggerate import exaggerate, load_crop, montage
 from lch.model import AAEConfig
 from lch.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 from lch.serving import contract
 from lch.serving.contract import RequestError
 from lch.serving.model_source import ModelSource
+from lch.tracking import link_tracks
 
 TOKEN_ENV = "LCH_API_TOKEN"
 # Sized for one 2-core machine; serving/config.yaml overrides them for a cluster.
@@ -54,22 +57,21 @@ RETRY_AFTER_S = 5
 
 
 def _cells_of_frames(
-    frames: np.ndarray, config: AAEConfig, pixel_size_um: float
-) -> tuple[list[dict], np.ndarray]:
-    """Segment frames with the ingestion code; the kept cells' positions and crops (cut as the
-    model's training crops were)."""
-    cells, crops = [], []
-    crop_size = config.crop_size
+    frames: np.ndarray, config: AAEConfig, pixel_size_um: float, frame_interval_s: float
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Segment and track frames with the ingestion code; the kept cells' positions and tracks,
+    and their crops (cut as the model's training crops were)."""
+    tables, crops = [], []
     for t, frame in enumerate(frames):
-        table, frame_crops = frame_cells(frame, crop_size, pixel_size_um=pixel_size_um,
+        table, frame_crops = frame_cells(frame, config.crop_size, pixel_size_um=pixel_size_um,
                                          field_of_view_um=config.field_of_view_um)
         kept = table[table["drop_reason"] == ""]
-        cells += [
-            {"frame": t, "centroid_y": float(y), "centroid_x": float(x)}
-            for y, x in zip(kept["centroid_y"], kept["centroid_x"], strict=True)
-        ]
+        tables.append(kept[["centroid_y", "centroid_x"]].assign(frame=t))
         crops.append(frame_crops)
-    return cells, np.concatenate(crops) if crops else np.zeros((0, crop_size, crop_size))
+    cells = pd.concat(tables, ignore_index=True)
+    cells["track_id"] = link_tracks(cells, pixel_size_um=pixel_size_um,
+                                    frame_interval_s=frame_interval_s)
+    return cells, np.concatenate(crops)
 
 
 class _FollowsModel:
@@ -118,14 +120,22 @@ class Classifier(_FollowsModel):
         return await self._predict(crops)
 
     async def classify_frames(
-        self, frames: np.ndarray, pixel_size_um: float
-    ) -> tuple[str, np.ndarray, list[dict]]:
-        config = self.source.current.model.config
-        cells, crops = await asyncio.to_thread(_cells_of_frames, frames, config, pixel_size_um)
-        if not len(crops):
-            return self.source.current.version, np.zeros(0), []
-        version, p = await self._predict(crops)
-        return version, p, cells
+        self, frames: np.ndarray, pixel_size_um: float, frame_interval_s: float
+    ) -> tuple[str, pd.DataFrame, np.ndarray]:
+        """Each cell of each frame (with its track) and its P(high), and each track's P(high) of
+        the mean code of its frames (rows in ``track_id`` order)."""
+        loaded = self.source.current
+        cells, crops = await asyncio.to_thread(
+            _cells_of_frames, frames, loaded.model.config, pixel_size_um, frame_interval_s
+        )
+        if not len(cells):
+            return loaded.version, cells.assign(p_high=[]), np.zeros(0)
+        with torch.inference_mode():
+            z = loaded.model.encode(torch.from_numpy(crops.astype(np.float32))[:, None])
+            per_frame = loaded.model.classify_latent(z).numpy()
+            means = torch.from_numpy(cell_means(z.numpy(), cells["track_id"].to_numpy()))
+            per_track = loaded.model.classify_latent(means.to(z.dtype)).numpy()
+        return loaded.version, cells.assign(p_high=per_frame), per_track
 
 
 @serve.deployment(
@@ -281,23 +291,31 @@ class Ingress:
         if kind.startswith("multipart/form-data"):
             data, name, fields = await _upload(request)
             px = contract.pixel_size(fields.get("pixel_size_um"))
+            interval = contract.frame_interval(fields.get("frame_interval_s"))
             frames = await asyncio.to_thread(contract.tiff_frames, data, name)
-            version, p, cells = await self._call(
-                self.classifier.classify_frames.remote(frames, px)
+            version, cells, p_tracks = await self._call(
+                self.classifier.classify_frames.remote(frames, px, interval)
             )
-        elif kind.startswith("application/json"):
-            size = await self._crop_size()
-            crops = await asyncio.to_thread(
-                lambda: contract.request_crops(contract.parse_json(body), size, "crops")
+            frames_of = np.bincount(cells["track_id"], minlength=len(p_tracks))
+            return contract.ClassifyResponse(
+                model_version=version,
+                cells=[contract.Cell(index=i, **row) for i, row in
+                       enumerate(cells.to_dict("records"))],
+                tracks=[contract.Track(track_id=t, frames=int(frames_of[t]), p_high=float(p))
+                        for t, p in enumerate(p_tracks)],
+                population=contract.population(p_tracks),
             )
-            version, p = await self._call(self.classifier.classify_crops.remote(crops))
-            cells = [{} for _ in p]
-        else:
+        if not kind.startswith("application/json"):
             raise RequestError("send application/json crops or a multipart/form-data TIFF", 415)
+        size = await self._crop_size()
+        crops = await asyncio.to_thread(
+            lambda: contract.request_crops(contract.parse_json(body), size, "crops")
+        )
+        version, p = await self._call(self.classifier.classify_crops.remote(crops))
         return contract.ClassifyResponse(
             model_version=version,
-            cells=[contract.Cell(index=i, p_high=float(pi), **c)
-                   for i, (pi, c) in enumerate(zip(p, cells, strict=True))],
+            cells=[contract.Cell(index=i, p_high=float(pi)) for i, pi in enumerate(p)],
+            tracks=[],
             population=contract.population(p),
         )
 

@@ -68,17 +68,20 @@ class LCHClient:
         return self._checked(self._http.get("/v1/model")).json()
 
     def classify(
-        self, source: str | Path | np.ndarray, pixel_size_um: float | None = None
+        self, source: str | Path | np.ndarray, pixel_size_um: float | None = None,
+        frame_interval_s: float | None = None,
     ) -> dict:
         """Classify a TIFF movie/frame (path) or normalised crops ((N, S, S) or (S, S) array).
 
-        ``pixel_size_um`` is the movie's pixel size (default on the server: the paper's 0.325).
-        Returns the per-cell ``p_high``, the ``population`` call and the ``model_version``.
+        ``pixel_size_um`` and ``frame_interval_s`` are the movie's (defaults on the server: the
+        paper's 0.325 µm, one minute). Returns the per-crop ``cells``, a movie's ``tracks``, the
+        ``population`` call over distinct cells and the ``model_version``.
         """
         if isinstance(source, str | Path):
             path = Path(source)
             files = {"file": (path.name, path.read_bytes(), "image/tiff")}
-            data = {} if pixel_size_um is None else {"pixel_size_um": str(pixel_size_um)}
+            fields = {"pixel_size_um": pixel_size_um, "frame_interval_s": frame_interval_s}
+            data = {k: str(v) for k, v in fields.items() if v is not None}
             response = self._http.post("/v1/classify", files=files, data=data)
         else:
             crops = np.asarray(source, dtype=np.float32)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from lch.movie_io import FrameTooLarge, MovieError, iter_frames, read_movie_info
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
+from lch.tracking import DEFAULT_FRAME_INTERVAL_S
 
 MAX_BODY_BYTES = 64 << 20
 MAX_FRAMES = 20
@@ -52,6 +53,8 @@ CLASSIFY_BODY = {"requestBody": {"content": {
         file={**_FILE, "description": "TIFF movie or frame"},
         pixel_size_um={"type": "number", "description": "the movie's pixel size in µm "
                        f"(default {DEFAULT_PIXEL_SIZE_UM}, the paper's microscope)"},
+        frame_interval_s={"type": "number", "description": "seconds between frames, for "
+                          f"tracking (default {DEFAULT_FRAME_INTERVAL_S:g})"},
     ),
 }}}
 """OpenAPI description of the /v1/classify body (parsed by hand to enforce the limits)."""
@@ -77,26 +80,38 @@ class RequestError(ValueError):
 
 
 class Population(BaseModel):
-    """The population call: mean P(high) over the cells, as in the paper's pooling."""
+    """The population call: mean P(high) over distinct cells, as in the paper's pooling."""
 
     p_high: float | None = Field(description="mean P(high) over the cells (null if none)")
     call: str | None = Field(description="'high' or 'low' (null if no cell was found)")
-    n_cells: int
+    n_cells: int = Field(description="distinct cells pooled (a movie's tracks, or the crops sent)")
     min_cells: int = MIN_POPULATION
     reaches_minimum: bool = Field(description=f"at least {MIN_POPULATION} cells were pooled")
 
 
 class Cell(BaseModel):
+    """One crop: a sent crop, or one cell in one frame of a sent movie."""
+
     index: int
     p_high: float
     frame: int | None = None
     centroid_y: float | None = None
     centroid_x: float | None = None
+    track_id: int | None = Field(None, description="the tracked cell it belongs to (movies)")
+
+
+class Track(BaseModel):
+    """One tracked cell of a sent movie: P(high) of the mean code of its frames."""
+
+    track_id: int
+    frames: int
+    p_high: float
 
 
 class ClassifyResponse(BaseModel):
     model_version: str
     cells: list[Cell]
+    tracks: list[Track] = Field(description="a movie's tracked cells (empty for crops)")
     population: Population
 
 
@@ -123,7 +138,7 @@ class ModelInfo(BaseModel):
 
 
 def population(p_high: np.ndarray) -> Population:
-    """Pool per-cell probabilities into the population call."""
+    """Pool the probabilities of distinct cells into the population call."""
     n = int(len(p_high))
     if n == 0:
         return Population(p_high=None, call=None, n_cells=0, reaches_minimum=False)
@@ -253,6 +268,20 @@ def pixel_size(value: Any) -> float:
         return check_pixel_size(value)
     except ValueError as exc:
         raise RequestError(f"'pixel_size_um': {exc}") from exc
+
+
+def frame_interval(value: Any) -> float:
+    """The ``frame_interval_s`` form field: default :data:`DEFAULT_FRAME_INTERVAL_S`, else a
+    positive number of seconds."""
+    if value is None or value == "":
+        return DEFAULT_FRAME_INTERVAL_S
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise RequestError(f"'frame_interval_s': {value!r} is not a positive number of seconds")
+    return seconds
 
 
 def tiff_frames(data: bytes, filename: str, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:

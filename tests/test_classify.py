@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from lch.classify import (
+    SHRINKAGE_GRID,
     binary_labels,
     cell_auc,
+    fit_classifier,
     fit_linear_classifier,
+    patient_pair_folds,
     patient_split,
-    plot_population_curve,
+    population_draws,
     population_scores,
-    population_table,
 )
 
 
@@ -161,22 +162,48 @@ def test_population_scores_small_groups_and_errors():
     p = np.array([0.9, 0.8, 0.2, 0.1, 0.3])
     y = np.array([1, 1, 0, 0, 0])
     groups = np.array(["a", "a", "b", "b", "b"])
-    # Fewer cells than k: drawn with replacement, every call still right.
+    # Fewer cells than k: every population pools all of them, never one cell twice.
     assert population_scores(p, y, groups, k=50, n_draws=10) == {"accuracy": 1.0, "auc": 1.0}
+    draws = population_draws(p, y, groups, k=50, n_draws=10)
+    assert list(draws.sizes) == [2, 3]
+    np.testing.assert_allclose(draws.scores, [[0.85] * 10, [0.2] * 10])
     with pytest.raises(ValueError, match="group 'a' has cells labelled both"):
         population_scores(p, [1, 0, 0, 0, 0], groups)
     with pytest.raises(ValueError, match="only one class"):
         population_scores(p, np.zeros(5), groups)
 
 
-def test_population_table_and_plot(tmp_path):
-    p, y, groups = overlapping_populations()
-    table = population_table(p, y, groups, n_draws=50, seed=0)
-    assert isinstance(table, pd.DataFrame)
-    assert table["k"].tolist() == [1, 5, 10, 20, 50]
-    assert list(table.columns) == ["k", "accuracy", "auc"]
-    assert table["accuracy"].iloc[-1] > table["accuracy"].iloc[0] + 0.25
-    assert table["auc"].is_monotonic_increasing
-    fig = plot_population_curve(table)
-    fig.savefig(tmp_path / "population.png")
-    assert (tmp_path / "population.png").stat().st_size > 1000
+def test_classifier_folds_leave_out_one_patient_of_each_class():
+    patients = np.array(["h1", "h1", "h2", "l1", "l2", "l2", "l3"], dtype=object)
+    y = np.array([1, 1, 1, 0, 0, 0, 0])
+    folds = patient_pair_folds(patients, y)
+    assert len(folds) == 2 * 3
+    for train_index, test_index in folds:
+        held = set(patients[test_index])
+        assert len(held) == 2 and set(y[test_index]) == {0, 1}
+        assert not held & set(patients[train_index])
+        assert len(train_index) + len(test_index) == len(patients)
+    assert len(patient_pair_folds(patients, y, max_folds=4)) == 4
+    assert patient_pair_folds(patients[2:], y[2:]) == []  # one high patient: nothing to leave out
+
+
+def test_classifier_generalises_to_a_new_patient_and_matches_its_weights():
+    rng = np.random.default_rng(0)
+    patients, labels, codes = [], [], []
+    for i, label in enumerate([1, 0, 1, 0, 1, 0]):
+        z = rng.normal(size=(60, 8))
+        z[:, 0] += 1.5 if label else -1.5  # the class signal, shared by every patient
+        z[:, 1] += rng.normal(0, 2)  # a per-patient offset unrelated to the class
+        patients += [f"p{i}"] * 60
+        labels += [label] * 60
+        codes.append(z)
+    z, y, patients = np.concatenate(codes), np.array(labels), np.array(patients, dtype=object)
+    train = ~np.isin(patients, ["p4", "p5"])
+    w, b, estimator, shrinkage = fit_classifier(z[train], y[train], patients[train])
+    assert shrinkage in SHRINKAGE_GRID
+    p = estimator.predict_proba(z[~train])[:, 1]
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-(z[~train] @ w + b))), atol=1e-9)
+    assert cell_auc(p, y[~train]) > 0.9
+    # One patient per class: Ledoit-Wolf's shrinkage, as in lch.classify.
+    pair = np.isin(patients, ["p0", "p1"])
+    assert fit_classifier(z[pair], y[pair], patients[pair])[3] == "auto"

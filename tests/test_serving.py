@@ -128,8 +128,17 @@ def test_classify_tiff_segments_server_side_like_ingestion(server, registry, tmp
 
     answer = LCHClient(server).classify(path, pixel_size_um=PIXEL_SIZE_UM)
 
-    assert answer["population"]["n_cells"] == 2 * len(kept) > 0
+    # The same cells in two frames: each is one tracked cell, pooled once.
+    assert answer["population"]["n_cells"] == len(kept) > 0
     assert [c["frame"] for c in answer["cells"]] == [0] * len(kept) + [1] * len(kept)
+    tracks = [c["track_id"] for c in answer["cells"]]
+    assert tracks[: len(kept)] == tracks[len(kept):] and len(set(tracks)) == len(kept)
+    assert [t["frames"] for t in answer["tracks"]] == [2] * len(kept)
+    np.testing.assert_allclose([t["p_high"] for t in answer["tracks"]],
+                               [answer["cells"][tracks.index(t)]["p_high"]
+                                for t in range(len(kept))], atol=1e-5)
+    assert answer["population"]["p_high"] == pytest.approx(
+        np.mean([t["p_high"] for t in answer["tracks"]]), abs=1e-6)
     np.testing.assert_allclose(
         [c["centroid_x"] for c in answer["cells"][: len(kept)]], kept["centroid_x"], atol=1e-6
     )
@@ -182,6 +191,8 @@ BAD_REQUESTS = [
     ("/v1/classify", {"json": {"crops": [[["a"] * CROP] * CROP]}}, 422, "numbers"),
     ("/v1/classify", {"json": {"crops": [[[2.0] * CROP] * CROP]}}, 422, "[0, 1]"),
     ("/v1/classify", {"files": {"file": ("x.tif", b"not a tiff at all")}}, 422, "x.tif"),
+    ("/v1/classify", {"files": {"file": ("m.tif", tiff_bytes(np.zeros((2, 8, 8), np.uint16)))},
+                      "data": {"frame_interval_s": "-5"}}, 422, "'frame_interval_s'"),
     ("/v1/classify", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, ""),
     ("/v1/exaggerate", {"json": {"crop": [[0.5] * CROP] * CROP, "sigmas": [1] * 100}}, 413,
      "limit"),

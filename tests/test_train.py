@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from lch.cellstore import FRAME_CELL_SCHEMA, CellStoreWriter, open_cells
 from lch.classify import cell_auc
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
+from lch.evaluation import cell_index, cell_means, evaluate, first_of_each
 from lch.exaggerate import DEFAULT_SIGMAS, REPORT_CELLS
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
@@ -39,13 +40,9 @@ from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model
 from lch.synth import make_cohort
 from lch.tracking import track_cohort
 from lch.training import (
-    SHRINKAGE_GRID,
     TrainingInputError,
     crop_items,
-    evaluate,
-    fit_classifier,
     load_cells,
-    patient_pair_folds,
     read_rows,
     reconstruction_grid,
     row_ranges,
@@ -170,42 +167,6 @@ def test_row_ranges_items_and_reads(lch_home):
     np.testing.assert_array_equal(read_rows(cells, index), crops[:][index])
 
 
-def test_classifier_folds_leave_out_one_patient_of_each_class():
-    patients = np.array(["h1", "h1", "h2", "l1", "l2", "l2", "l3"], dtype=object)
-    y = np.array([1, 1, 1, 0, 0, 0, 0])
-    folds = patient_pair_folds(patients, y)
-    assert len(folds) == 2 * 3
-    for train_index, test_index in folds:
-        held = set(patients[test_index])
-        assert len(held) == 2 and set(y[test_index]) == {0, 1}
-        assert not held & set(patients[train_index])
-        assert len(train_index) + len(test_index) == len(patients)
-    assert len(patient_pair_folds(patients, y, max_folds=4)) == 4
-    assert patient_pair_folds(patients[2:], y[2:]) == []  # one high patient: nothing to leave out
-
-
-def test_classifier_generalises_to_a_new_patient_and_matches_its_weights():
-    rng = np.random.default_rng(0)
-    patients, labels, codes = [], [], []
-    for i, label in enumerate([1, 0, 1, 0, 1, 0]):
-        z = rng.normal(size=(60, 8))
-        z[:, 0] += 1.5 if label else -1.5  # the class signal, shared by every patient
-        z[:, 1] += rng.normal(0, 2)  # a per-patient offset unrelated to the class
-        patients += [f"p{i}"] * 60
-        labels += [label] * 60
-        codes.append(z)
-    z, y, patients = np.concatenate(codes), np.array(labels), np.array(patients, dtype=object)
-    train = ~np.isin(patients, ["p4", "p5"])
-    w, b, estimator, shrinkage = fit_classifier(z[train], y[train], patients[train])
-    assert shrinkage in SHRINKAGE_GRID
-    p = estimator.predict_proba(z[~train])[:, 1]
-    np.testing.assert_allclose(p, 1 / (1 + np.exp(-(z[~train] @ w + b))), atol=1e-9)
-    assert cell_auc(p, y[~train]) > 0.9
-    # One patient per class: Ledoit-Wolf's shrinkage, as in lch.classify.
-    pair = np.isin(patients, ["p0", "p1"])
-    assert fit_classifier(z[pair], y[pair], patients[pair])[3] == "auto"
-
-
 def test_cpu_share_leaves_one_cpu_for_the_data_reads():
     assert cpus_per_worker(2, 2, gpu=False) == 0.5  # the 2-CPU deadlock case
     assert cpus_per_worker(4, 2, gpu=False) == 0.25
@@ -276,7 +237,17 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
         p_loaded = loaded(crops).numpy()
         p_memory = ev.model.cpu()(crops).numpy()
     np.testing.assert_allclose(p_loaded, p_memory, atol=1e-6)
-    assert cell_auc(p_loaded, split.labels[test_index]) == pytest.approx(ev.cell_auc, abs=1e-6)
+    # Frame-level AUC from the frames' crops; cell-level from each track's mean code.
+    y_frames = split.labels[test_index]
+    assert cell_auc(p_loaded, y_frames) == pytest.approx(ev.heldout_frame_auc, abs=1e-6)
+    cell = cell_index(cells.table.iloc[test_index])
+    with torch.no_grad():
+        means = torch.from_numpy(cell_means(loaded.encode(crops).numpy(), cell)).float()
+        p_cells = loaded.classify_latent(means).numpy()
+    y_cells = first_of_each(y_frames, cell)
+    assert cell_auc(p_cells, y_cells) == pytest.approx(ev.heldout_cell_auc, abs=1e-5)
+    assert len(ev.cells) == len(cells.table[["store", "track_id"]].drop_duplicates())
+    np.testing.assert_allclose(ev.cells.loc[ev.cells["heldout"], "p_high"], p_cells, atol=1e-5)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{summary.model_version}")
     np.testing.assert_allclose(pyfunc.predict(crops[:5, 0].numpy()), p_memory[:5], atol=1e-6)
 
@@ -290,28 +261,38 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     history = client.get_metric_history(summary.run_id, "recon")
     assert [m.step for m in history] == [1, 2]
     assert all(0 < m.value < 1 for m in history)
-    assert run.data.metrics["heldout_cell_auc"] == pytest.approx(ev.cell_auc)
+    for name in ("heldout_cell_auc", "heldout_frame_auc", "cv_population_accuracy_k20",
+                 "cv_population_ci_low_k20", "brier_heldout_calibrated", "calibration_slope"):
+        assert run.data.metrics[name] == pytest.approx(ev.metrics()[name])
     artifacts = {a.path for a in client.list_artifacts(summary.run_id)}
-    assert {"population_curve.png", "checkpoint", "images"} <= artifacts
+    assert {"population_curve.png", "reliability.png", "population.json",
+            "cross_validation_by_line.json", "cells.json", "checkpoint", "images"} <= artifacts
     images = client.list_artifacts(summary.run_id, "images")
     assert sum(a.path.endswith(".png") for a in images) == 2  # epochs 1 and 2
     # The exaggeration report of held-out cells, with the trends as metrics.
     report = {a.path.split("/")[-1] for a in client.list_artifacts(summary.run_id, "exaggeration")}
     assert report == {"exaggeration_montage.png", "exaggeration_morphology.csv",
-                      "exaggeration_spearman.csv"}
+                      "exaggeration_spearman.csv", "exaggeration_bounds.csv"}
     trends = pd.read_csv(client.download_artifacts(
         summary.run_id, "exaggeration/exaggeration_spearman.csv", str(trained_home)))
     finite = trends.dropna(subset=["rho"])
     assert len(finite) >= 1
     for feature, rho in zip(finite.feature, finite.rho, strict=True):
         assert run.data.metrics[f"exaggeration_rho_{feature}"] == pytest.approx(rho)
+    bounds = pd.read_csv(client.download_artifacts(
+        summary.run_id, "exaggeration/exaggeration_bounds.csv", str(trained_home)))
+    assert set(bounds.feature) == {"protrusion_reach", "halo_intensity", "body_area",
+                                   "body_contrast"}
+    for row in bounds.dropna(subset=["ratio"]).itertuples():
+        assert run.data.metrics[f"exaggeration_bound_ratio_{row.feature}"] == pytest.approx(
+            row.ratio)
     morphology = pd.read_csv(client.download_artifacts(
         summary.run_id, "exaggeration/exaggeration_morphology.csv", str(trained_home)))
     assert len(morphology) == REPORT_CELLS * len(DEFAULT_SIGMAS)
     assert set(morphology.sigma) == set(DEFAULT_SIGMAS)
     held_out = set(summary.test_patients)
     assert {cell.split(" ")[0] for cell in morphology.cell} <= held_out
-    assert summary.samples_per_s > 0 and "held-out population of 20 cells" in summary.format()
+    assert summary.samples_per_s > 0 and "population of 20 distinct cells" in summary.format()
     # Nothing went to ./mlruns or ~/ray_results: all under the data root.
     assert (trained_home / "mlartifacts").is_dir() and (trained_home / "ray_results").is_dir()
 
@@ -366,7 +347,9 @@ def test_a_failed_worker_resumes_from_the_last_checkpoint(trained_home, tmp_path
     assert result.metrics["total_samples"] == 3 * per_epoch
     aae = load_trained_aae(result.checkpoint, settings.aae_config(CROP, cells.field_of_view_um))
     ev = evaluate(aae, cells, split)
-    assert 0.0 <= ev.cell_auc <= 1.0 and ev.n_test_cells == split.test.sum()
+    assert 0.0 <= ev.heldout_cell_auc <= 1.0
+    held_tracks = cells.table.loc[split.test, ["store", "track_id"]].drop_duplicates()
+    assert ev.cells["heldout"].sum() == len(held_tracks)
 
 
 def test_a_model_learns_crops_of_one_field_of_view(lch_home):
