@@ -40,7 +40,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from lch.labels import check_segmenter
-    from lch.manifest import ManifestError
+    from lch.manifest import ManifestError, load_manifest
     from lch.pipelines.ingest import convert_cohort, submit_ingest_job
     from lch.pipelines.segment import segment_cohort
 
@@ -51,6 +51,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                  "--min-track-frames", str(args.min_track_frames)]
         extra += ["--no-segment"] if args.no_segment else []
         return submit_ingest_job(args.manifest, args.address, extra_args=extra)
+    try:
+        manifest = load_manifest(args.manifest)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if manifest.crops is not None:
+        return _ingest_crops(manifest, args)
     if not args.no_segment:
         check_segmenter(args.segmenter)  # before any movie is converted
     try:
@@ -68,6 +75,22 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         print(cells.format())
         status = status or (1 if cells.movies_failed else 0)
     return status
+
+
+def _ingest_crops(manifest, args: argparse.Namespace) -> int:
+    """A crop folder's cells straight into the cohort's cell store (no movies to convert)."""
+    from lch.manifest import ManifestError
+    from lch.pipelines.ingest_crops import ingest_crops
+
+    try:
+        summary = ingest_crops(manifest, crop_size=args.crop_size,
+                               field_of_view_um=args.field_of_view_um,
+                               min_track_frames=args.min_track_frames, progress=not args.quiet)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 1 if summary.bad_names else 0
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -279,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=synth["seed"], help="(default: %(default)s)")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("ingest", help="ingest a cohort manifest into OME-Zarr (a Ray job)")
+    p = sub.add_parser("ingest", help="ingest a cohort: its movies into OME-Zarr, or its folder of crops (Ray)")
     p.add_argument("manifest", type=Path, help="cohort.yaml")
     p.add_argument(
         "--address",

@@ -86,7 +86,8 @@ def run_demo(seed: int = 0) -> int:
     home = lch_home()
     source = home / "demo" / "synth-cohort"
     _step(1, f"generating a synthetic cohort in {source}")
-    manifest = make_cohort(source, name=COHORT, seed=seed)
+    # Four movies per patient: 40 tracked cells per line, so a population of 20 is a draw.
+    manifest = make_cohort(source, name=COHORT, movies_per_patient=4, seed=seed)
     _step(2, "ingesting it: movies → OME-Zarr (Ray tasks)")
     ingest = convert_cohort(manifest, home=home)
     print(ingest.format(), flush=True)

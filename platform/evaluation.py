@@ -116,6 +116,10 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 def fit_calibration(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Platt's sigmoid calibration ``P = sigmoid(a * logit + b)`` from out-of-fold logits.
 
+    With the logits of :func:`leave_one_patient_out` and the final classifier fit on all
+    patients, this is scikit-learn's ``CalibratedClassifierCV(method="sigmoid",
+    ensemble=False)`` with patients as the folds.
+
     Returns ``(1, 0)`` (no change) when the logits do not rank the classes the right way
     round (a slope <= 0 would turn the classifier around) or hold one class only.
     """
@@ -197,6 +201,10 @@ def plot_population_curve(table: pd.DataFrame) -> Figure:
                     label=f"{CONFIDENCE:.0%} interval")
     ax.plot(table["k"], table["accuracy"], "o-", label="accuracy")
     ax.plot(table["k"], table["auc"], "s--", label="ROC AUC")
+    for row in table[table["groups_reaching_k"] < 1].itertuples():
+        ax.annotate(f"{row.groups_reaching_k:.0%} of lines\nhave {row.k} cells",
+                    (row.k, row.ci_low), textcoords="offset points", xytext=(0, -24),
+                    ha="center", fontsize="x-small")
     ax.set_xscale("log")
     ax.set_xticks(list(table["k"]), [str(k) for k in table["k"]])
     ax.set_ylim(0.0, 1.02)

@@ -1,6 +1,9 @@
 """The cohort manifest (``cohort.yaml``): parsing and validation.
 
-A manifest that is not YAML, or lacks the cohort name or the movie list, fails as a whole
+A cohort is a list of ``movies``, or a ``crops`` folder of pre-cut single-cell images named as
+in IDR idr0109 (:mod:`lch.crop_folder`), with a mapping from cell line to label.
+
+A manifest that is not YAML, or lacks the cohort name or its movies/crops, fails as a whole
 (:class:`ManifestError`). A single bad movie entry (missing field, bad label, duplicate id) does
 not: it is returned as an :class:`EntryError` so that the other movies of the cohort still land.
 """
@@ -16,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lch.paths import NAME_PATTERN, is_valid_name
-from lch.pixel_size import MAX_PIXEL_SIZE_UM
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, MAX_PIXEL_SIZE_UM
 
 
 class ManifestError(ValueError):
@@ -58,6 +61,25 @@ class MovieEntry(BaseModel):
         return self.cell_line or self.patient
 
 
+class CropFolder(BaseModel):
+    """A folder of single-cell crops (``crops:`` in the manifest)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    folder: str = Field(min_length=1)
+    """Relative to the manifest, like a movie's ``path``."""
+    pixel_size_um: float = Field(default=DEFAULT_PIXEL_SIZE_UM, gt=0, le=MAX_PIXEL_SIZE_UM)
+    labels: dict[str, Literal["high", "low", "unknown"]] = {}
+    """Cell line → label; lines not named are ``unknown``."""
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _lines_are_text(cls, value):
+        if isinstance(value, dict):
+            return {str(k).lower(): v for k, v in value.items()}
+        return value
+
+
 @dataclass(frozen=True)
 class EntryError:
     """A movie entry that failed validation: ``movie`` is its id (or ``movies[i]``)."""
@@ -74,6 +96,13 @@ class Manifest:
     cohort: str
     movies: tuple[MovieEntry, ...]
     errors: tuple[EntryError, ...]
+    crops: CropFolder | None = None
+
+    def crops_path(self) -> Path:
+        """The crop folder, resolved relative to the manifest's folder."""
+        if self.crops is None:
+            raise ValueError(f"{self.path}: no 'crops' folder in this manifest")
+        return (self.path.parent / self.crops.folder).resolve()
 
     def source_path(self, movie: MovieEntry) -> Path:
         """The movie file, resolved relative to the manifest's folder."""
@@ -130,16 +159,31 @@ def _cohort_name(path: Path, data: dict) -> str:
     return cohort
 
 
+def _check_fields(path: Path, data: dict) -> None:
+    unknown = set(data) - {"cohort", "movies", "crops", "description"}
+    if unknown:
+        raise ManifestError(f"{path}: unknown top-level field(s) {sorted(unknown)}")
+    if "movies" in data and "crops" in data:
+        raise ManifestError(f"{path}: give either 'movies' or 'crops', not both")
+
+
 def _movie_list(path: Path, data: dict) -> list:
     movies = data.get("movies")
     if movies is None:
-        raise ManifestError(f"{path}: missing field 'movies'")
+        raise ManifestError(f"{path}: missing field 'movies' (or 'crops', a crop folder)")
     if not isinstance(movies, list) or not movies:
         raise ManifestError(f"{path}: field 'movies' must be a non-empty list")
-    unknown = set(data) - {"cohort", "movies", "description"}
-    if unknown:
-        raise ManifestError(f"{path}: unknown top-level field(s) {sorted(unknown)}")
     return movies
+
+
+def _crop_folder(path: Path, data: dict) -> CropFolder:
+    try:
+        crops = CropFolder.model_validate(data["crops"])
+    except ValidationError as exc:
+        raise ManifestError(_describe(exc, f"{path}: crops")) from None
+    if not (path.parent / crops.folder).is_dir():
+        raise ManifestError(f"{path}: crops.folder {crops.folder!r} is not a folder")
+    return crops
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -159,11 +203,16 @@ def load_manifest(path: str | Path) -> Manifest:
     Raises
     ------
     ManifestError
-        If the file is unreadable, not YAML, or lacks a valid ``cohort`` or ``movies``.
+        If the file is unreadable, not YAML, or lacks a valid ``cohort`` or ``movies`` (or a
+        valid ``crops`` folder).
     """
     path = Path(path).resolve()
     data = _load_yaml(path)
     cohort = _cohort_name(path, data)
+    _check_fields(path, data)
+    if "crops" in data:
+        return Manifest(path=path, cohort=cohort, movies=(), errors=(),
+                        crops=_crop_folder(path, data))
     raw_movies = _movie_list(path, data)
 
     valid: list[MovieEntry] = []
