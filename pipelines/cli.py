@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=synth["seed"], help="(default: %(default)s)")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("ingest", help="ingest a cohort: its movies into OME-Zarr, or its folder of crops (Ray)")
+    p = sub.add_parser(
+        "ingest", help="ingest a cohort: its movies into OME-Zarr, or its folder of crops (Ray)"
+    )
     p.add_argument("manifest", type=Path, help="cohort.yaml")
     p.add_argument(
         "--address",
