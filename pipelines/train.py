@@ -184,6 +184,31 @@ class TrainSummary:
     total_seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
 
+    def _warnings(self) -> list[str]:
+        """What makes the figures weaker than they look: short tracks, lines short of k."""
+        ev, out = self.evaluation, []
+        short = int(ev.cells["short_track"].sum())
+        if short == len(ev.cells):
+            out.append(f"  warning: all {short} cells are tracks shorter than the segmentation's "
+                       "minimum (short_track): each descriptor averages only a few frames")
+        elif short:
+            out.append(f"  note: {short} of {len(ev.cells)} cells are short tracks (short_track)")
+        lines = ev.population["groups_reaching_k"]
+        for row in ev.population[lines < 1].itertuples():
+            out.append(f"  note: k = {row.k}: {row.groups_reaching_k:.0%} of lines have {row.k} "
+                       "cells; the others pool all theirs")
+        return out
+
+    def _calibration(self) -> str:
+        ev = self.evaluation
+        check = (f"(left-out patients' Brier {ev.brier['calibration_check_raw']:.3f} raw, "
+                 f"{ev.brier['calibration_check_calibrated']:.3f} calibrated)")
+        if ev.calibration == (1.0, 0.0):
+            return (f"  P(high) not calibrated: a calibration fit on the other patients did not "
+                    f"help a new one {check}; held-out Brier {ev.brier['heldout_raw']:.3f}")
+        return (f"  P(high) calibrated (slope {ev.calibration[0]:.3f}) {check}: held-out Brier "
+                f"{ev.brier['heldout_raw']:.3f} -> {ev.brier['heldout_calibrated']:.3f}")
+
     def format(self) -> str:
         ev = self.evaluation
         held = ev.cells["heldout"]
@@ -201,8 +226,8 @@ class TrainSummary:
             f"{ev.population_at(20, 'ci_high'):.3f}], ROC AUC {ev.population_at(20, 'auc'):.3f}",
             "  population accuracy by k: "
             + ", ".join(f"{r.k}: {r.accuracy:.3f}" for r in ev.population.itertuples()),
-            f"  P(high) calibrated (slope {ev.calibration[0]:.3f}): held-out Brier "
-            f"{ev.brier['heldout_raw']:.3f} -> {ev.brier['heldout_calibrated']:.3f}",
+            *self._warnings(),
+            self._calibration(),
             f"  AAE training {self.train_seconds:.1f} s at {self.samples_per_s:.0f} samples/s; "
             f"total {self.total_seconds:.1f} s",
         ]

@@ -7,7 +7,8 @@ frames' latent codes (:func:`cell_means`), and populations pool k *different* ce
 never saw: each labelled training patient is left out in turn and scored by a classifier refit on
 the others (:func:`leave_one_patient_out`); the patients held out of the autoencoder are scored by
 the classifier of all training patients. Those out-of-fold logits also calibrate P(high)
-(:func:`fit_calibration`, Platt's sigmoid), which folds into the linear classifier.
+(:func:`fit_calibration`, Platt's sigmoid, folded into the linear classifier) when that
+calibration improves the probabilities of patients it was not fit on (:func:`calibration_check`).
 """
 
 from __future__ import annotations
@@ -127,13 +128,38 @@ def fit_calibration(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     x, t = np.asarray(logits)[ok].reshape(-1, 1), np.asarray(y)[ok]
     if len(np.unique(t)) < 2:
         return 1.0, 0.0
-    platt = LogisticRegression(C=1e6).fit(x, t)
+    platt = LogisticRegression(C=1e6, class_weight="balanced").fit(x, t)
     slope, intercept = float(platt.coef_[0, 0]), float(platt.intercept_[0])
     return (slope, intercept) if slope > 0 else (1.0, 0.0)
 
 
+def calibration_check(
+    logits: np.ndarray, y: np.ndarray, patients: np.ndarray
+) -> tuple[float, float]:
+    """Whether calibration carries over to a new patient: the Brier score of each patient's
+    out-of-fold logits uncalibrated, and calibrated by :func:`fit_calibration` on the other
+    patients' (pooled over patients; NaN logits left out).
+
+    With a handful of patients, each patient's logits are shifted by its own quirks and a
+    calibration fit on the others can make a new patient's probabilities worse, not better.
+    """
+    ok = np.isfinite(logits)
+    logits, y, patients = np.asarray(logits)[ok], np.asarray(y)[ok], np.asarray(patients)[ok]
+    if len(pd.unique(patients)) < 2:
+        return math.nan, math.nan  # no patient to check on
+    calibrated = np.full(len(logits), np.nan)
+    for patient in pd.unique(patients):
+        out = patients == patient
+        slope, intercept = fit_calibration(logits[~out], y[~out])
+        calibrated[out] = sigmoid(slope * logits[out] + intercept)
+    return brier(sigmoid(logits), y), brier(calibrated, y)
+
+
 def brier(p: np.ndarray, y: np.ndarray) -> float:
-    """Brier score of P(high) against label codes (lower is better; 0.25 is a coin)."""
+    """Brier score of P(high) against label codes (lower is better; 0.25 is a coin; NaN for no
+    cells)."""
+    if not len(p):
+        return math.nan
     return float(brier_score_loss(np.asarray(y) == HIGH, np.asarray(p, dtype=np.float64)))
 
 
@@ -241,7 +267,8 @@ class Evaluation:
     """The cross-validated figures of a trained AAE and the served model built from it.
 
     ``cells`` has one row per labelled cell (track): ``patient``, ``cell_line``, ``label``,
-    ``heldout`` (its patient was held out of the autoencoder), ``frames``, ``logit`` (from a
+    ``heldout`` (its patient was held out of the autoencoder), ``frames``, ``short_track`` (seen
+    in fewer frames than the segmentation's minimum), ``logit`` (from a
     classifier that never saw its patient's labels; NaN where no fold could be fit) and
     ``p_high`` (calibrated). ``population`` and ``per_line`` are :func:`population_table` and
     :func:`per_group_table` of those cells.
@@ -297,8 +324,10 @@ def evaluate(
     classifier by patient, calibrate it, and score populations of distinct cells.
 
     The served classifier (:func:`lch.classify.fit_classifier`) is fit on the training patients'
-    cells, with P(high) calibrated on their out-of-fold logits (:func:`leave_one_patient_out`);
-    the patients held out of the autoencoder are scored by it. Batch-norm statistics are
+    cells, with P(high) calibrated on their out-of-fold logits (:func:`leave_one_patient_out`)
+    when that calibration carries over to a patient it was not fit on
+    (:func:`calibration_check`), else left as it is; the patients held out of the autoencoder
+    are scored by it. Batch-norm statistics are
     refreshed on the autoencoder's training cells first, so eval-mode codes match what the AAE
     learned. Populations pool cells of one ``cell_line``.
 
@@ -336,14 +365,18 @@ def evaluate(
         descriptors[train], y[train], patients[train],
         lambda zz, yy, pp: fit_classifier(zz, yy, pp, seed)[:2],
     )
-    slope, intercept = fit_calibration(logits[train], y[train])
+    check = calibration_check(logits[train], y[train], patients[train])
+    slope, intercept = fit_calibration(logits[train], y[train]) if check[1] < check[0] else (
+        1.0, 0.0)
     p_raw, p_high = sigmoid(logits), sigmoid(slope * logits + intercept)
     lines = per_cell(table[POPULATION_GROUP])
     scored = np.isfinite(logits)
     frame_heldout = split.test[rows]
     out = pd.DataFrame({
         "patient": patients, "cell_line": lines, "label": np.where(y == HIGH, "high", "low"),
-        "heldout": heldout, "frames": np.bincount(cell), "logit": logits, "p_high": p_high,
+        "heldout": heldout, "frames": np.bincount(cell),
+        "short_track": per_cell(table["short_track"]).astype(bool), "logit": logits,
+        "p_high": p_high,
     })
     return Evaluation(
         model=LCHModel.from_aae(aae, slope * weight, slope * bias + intercept,
@@ -359,6 +392,7 @@ def evaluate(
         brier={"heldout_raw": brier(p_raw[heldout], y[heldout]),
                "heldout_calibrated": brier(p_high[heldout], y[heldout]),
                "cv_raw": brier(p_raw[scored], y[scored]),
-               "cv_calibrated": brier(p_high[scored], y[scored])},
+               "cv_calibrated": brier(p_high[scored], y[scored]),
+               "calibration_check_raw": check[0], "calibration_check_calibrated": check[1]},
         shrinkage=shrinkage,
     )

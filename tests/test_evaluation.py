@@ -10,6 +10,7 @@ from test_classify import overlapping_populations
 
 from lch.evaluation import (
     brier,
+    calibration_check,
     cell_index,
     cell_means,
     first_of_each,
@@ -69,6 +70,23 @@ def test_calibration_tames_overconfident_logits():
     # Logits that rank the classes the wrong way round are not turned around; NaN is skipped.
     assert fit_calibration(-overconfident, y) == (1.0, 0.0)
     assert fit_calibration(np.r_[overconfident, np.nan], np.r_[y, 1]) == (slope, intercept)
+
+
+def test_calibration_is_checked_on_patients_it_was_not_fit_on():
+    rng = np.random.default_rng(2)
+    patients = np.repeat([f"p{i}" for i in range(8)], 200)
+    y = np.repeat([1, 0] * 4, 200)
+    signal = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 1.0, len(y))
+    # Every patient overconfident alike: a calibration fit on the others helps each one.
+    raw, calibrated = calibration_check(5 * signal, y, patients)
+    assert calibrated < raw - 0.01
+    # Each patient's logits at a level of its own (two on the wrong side): a calibration fit on
+    # the other three does not carry over to the fourth, and the check says so.
+    patients = np.repeat(["h1", "h2", "l1", "l2"], 50)
+    y = np.repeat([1, 1, 0, 0], 50)
+    logits = np.repeat([6.0, -1.0, -6.0, 1.0], 50) + rng.normal(0, 0.5, 200)
+    raw, calibrated = calibration_check(logits, y, patients)
+    assert calibrated > raw + 0.1
 
 
 def test_population_accuracy_with_intervals_and_small_lines():

@@ -293,6 +293,9 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     held_out = set(summary.test_patients)
     assert {cell.split(" ")[0] for cell in morphology.cell} <= held_out
     assert summary.samples_per_s > 0 and "population of 20 distinct cells" in summary.format()
+    # Four-frame movies: every track is short, and no line has 20 cells; the summary says so.
+    assert ev.cells["short_track"].all() and "warning: all" in summary.format()
+    assert "note: k = 20: 0% of lines have 20 cells" in summary.format()
     # Nothing went to ./mlruns or ~/ray_results: all under the data root.
     assert (trained_home / "mlartifacts").is_dir() and (trained_home / "ray_results").is_dir()
 
