@@ -201,13 +201,13 @@ class TrainSummary:
 
     def _calibration(self) -> str:
         ev = self.evaluation
-        check = (f"(left-out patients' Brier {ev.brier['calibration_check_raw']:.3f} raw, "
-                 f"{ev.brier['calibration_check_calibrated']:.3f} calibrated)")
+        brier = ev.brier
+        figures = (f"Brier of every labelled cell {brier['cv_raw']:.3f} raw, "
+                   f"{brier['cv_calibrated']:.3f} calibrated on the other patients; held-out "
+                   f"{brier['heldout_raw']:.3f} / {brier['heldout_calibrated']:.3f}")
         if ev.calibration == (1.0, 0.0):
-            return (f"  P(high) not calibrated: a calibration fit on the other patients did not "
-                    f"help a new one {check}; held-out Brier {ev.brier['heldout_raw']:.3f}")
-        return (f"  P(high) calibrated (slope {ev.calibration[0]:.3f}) {check}: held-out Brier "
-                f"{ev.brier['heldout_raw']:.3f} -> {ev.brier['heldout_calibrated']:.3f}")
+            return f"  P(high) not calibrated (no help to patients it was not fit on): {figures}"
+        return f"  P(high) calibrated (slope {ev.calibration[0]:.3f}): {figures}"
 
     def format(self) -> str:
         ev = self.evaluation

@@ -6,9 +6,10 @@ frames' latent codes (:func:`cell_means`), and populations pool k *different* ce
 (:func:`lch.classify.population_scores`). The classifier is judged on patients whose labels it
 never saw: each labelled training patient is left out in turn and scored by a classifier refit on
 the others (:func:`leave_one_patient_out`); the patients held out of the autoencoder are scored by
-the classifier of all training patients. Those out-of-fold logits also calibrate P(high)
+the classifier of all training patients. Those out-of-patient logits also calibrate P(high)
 (:func:`fit_calibration`, Platt's sigmoid, folded into the linear classifier) when that
-calibration improves the probabilities of patients it was not fit on (:func:`calibration_check`).
+calibration improves the probabilities of patients it was not fit on
+(:func:`calibrate_out_of_patient`).
 """
 
 from __future__ import annotations
@@ -133,26 +134,26 @@ def fit_calibration(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return (slope, intercept) if slope > 0 else (1.0, 0.0)
 
 
-def calibration_check(
+def calibrate_out_of_patient(
     logits: np.ndarray, y: np.ndarray, patients: np.ndarray
-) -> tuple[float, float]:
-    """Whether calibration carries over to a new patient: the Brier score of each patient's
-    out-of-fold logits uncalibrated, and calibrated by :func:`fit_calibration` on the other
-    patients' (pooled over patients; NaN logits left out).
+) -> np.ndarray:
+    """Each cell's P(high) calibrated by :func:`fit_calibration` on the *other* patients' logits
+    (NaN where the logit is NaN, or where there is no other patient).
 
-    With a handful of patients, each patient's logits are shifted by its own quirks and a
-    calibration fit on the others can make a new patient's probabilities worse, not better.
+    With a handful of patients each patient's logits are shifted by its own quirks, and a
+    calibration fit on the others can make a new patient's probabilities worse, not better;
+    these probabilities show whether it does.
     """
+    logits, patients = np.asarray(logits, dtype=np.float64), np.asarray(patients, dtype=object)
     ok = np.isfinite(logits)
-    logits, y, patients = np.asarray(logits)[ok], np.asarray(y)[ok], np.asarray(patients)[ok]
-    if len(pd.unique(patients)) < 2:
-        return math.nan, math.nan  # no patient to check on
     calibrated = np.full(len(logits), np.nan)
-    for patient in pd.unique(patients):
-        out = patients == patient
-        slope, intercept = fit_calibration(logits[~out], y[~out])
-        calibrated[out] = sigmoid(slope * logits[out] + intercept)
-    return brier(sigmoid(logits), y), brier(calibrated, y)
+    for patient in pd.unique(patients[ok]):
+        out = ok & (patients == patient)
+        rest = ok & ~out
+        if rest.any():
+            slope, intercept = fit_calibration(logits[rest], np.asarray(y)[rest])
+            calibrated[out] = sigmoid(slope * logits[out] + intercept)
+    return calibrated
 
 
 def brier(p: np.ndarray, y: np.ndarray) -> float:
@@ -268,10 +269,10 @@ class Evaluation:
 
     ``cells`` has one row per labelled cell (track): ``patient``, ``cell_line``, ``label``,
     ``heldout`` (its patient was held out of the autoencoder), ``frames``, ``short_track`` (seen
-    in fewer frames than the segmentation's minimum), ``logit`` (from a
-    classifier that never saw its patient's labels; NaN where no fold could be fit) and
-    ``p_high`` (calibrated). ``population`` and ``per_line`` are :func:`population_table` and
-    :func:`per_group_table` of those cells.
+    in fewer frames than the segmentation's minimum), ``logit`` (from a classifier that never
+    saw its patient's labels; NaN where no fold could be fit) and ``p_high`` (calibrated on the
+    other patients when calibration is applied). ``population`` and ``per_line`` are
+    :func:`population_table` and :func:`per_group_table` of those cells.
     """
 
     model: LCHModel
@@ -324,12 +325,14 @@ def evaluate(
     classifier by patient, calibrate it, and score populations of distinct cells.
 
     The served classifier (:func:`lch.classify.fit_classifier`) is fit on the training patients'
-    cells, with P(high) calibrated on their out-of-fold logits (:func:`leave_one_patient_out`)
-    when that calibration carries over to a patient it was not fit on
-    (:func:`calibration_check`), else left as it is; the patients held out of the autoencoder
-    are scored by it. Batch-norm statistics are
-    refreshed on the autoencoder's training cells first, so eval-mode codes match what the AAE
-    learned. Populations pool cells of one ``cell_line``.
+    cells; every training patient is also scored by a refit without it
+    (:func:`leave_one_patient_out`) and the patients held out of the autoencoder by the served
+    one, so every labelled cell has a logit from a classifier that never saw its patient. Those
+    logits calibrate P(high) (:func:`fit_calibration`) when a calibration fit on the other
+    patients improves each patient's Brier score (:func:`calibrate_out_of_patient`); the
+    reported probabilities are those out-of-patient ones, never calibrated on their own patient.
+    Batch-norm statistics are refreshed on the autoencoder's training cells first, so eval-mode
+    codes match what the AAE learned. Populations pool cells of one ``cell_line``.
 
     Parameters
     ----------
@@ -365,12 +368,13 @@ def evaluate(
         descriptors[train], y[train], patients[train],
         lambda zz, yy, pp: fit_classifier(zz, yy, pp, seed)[:2],
     )
-    check = calibration_check(logits[train], y[train], patients[train])
-    slope, intercept = fit_calibration(logits[train], y[train]) if check[1] < check[0] else (
-        1.0, 0.0)
-    p_raw, p_high = sigmoid(logits), sigmoid(slope * logits + intercept)
-    lines = per_cell(table[POPULATION_GROUP])
     scored = np.isfinite(logits)
+    p_raw = sigmoid(logits)
+    p_calibrated = calibrate_out_of_patient(logits, y, patients)
+    helps = brier(p_calibrated[scored], y[scored]) < brier(p_raw[scored], y[scored])
+    slope, intercept = fit_calibration(logits[scored], y[scored]) if helps else (1.0, 0.0)
+    p_high = p_calibrated if helps else p_raw
+    lines = per_cell(table[POPULATION_GROUP])
     frame_heldout = split.test[rows]
     out = pd.DataFrame({
         "patient": patients, "cell_line": lines, "label": np.where(y == HIGH, "high", "low"),
@@ -390,9 +394,8 @@ def evaluate(
         train_cell_auc=_auc(sigmoid(train_logits), y[train]),
         calibration=(slope, intercept),
         brier={"heldout_raw": brier(p_raw[heldout], y[heldout]),
-               "heldout_calibrated": brier(p_high[heldout], y[heldout]),
+               "heldout_calibrated": brier(p_calibrated[heldout], y[heldout]),
                "cv_raw": brier(p_raw[scored], y[scored]),
-               "cv_calibrated": brier(p_high[scored], y[scored]),
-               "calibration_check_raw": check[0], "calibration_check_calibrated": check[1]},
+               "cv_calibrated": brier(p_calibrated[scored], y[scored])},
         shrinkage=shrinkage,
     )

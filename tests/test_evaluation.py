@@ -10,7 +10,7 @@ from test_classify import overlapping_populations
 
 from lch.evaluation import (
     brier,
-    calibration_check,
+    calibrate_out_of_patient,
     cell_index,
     cell_means,
     first_of_each,
@@ -78,15 +78,19 @@ def test_calibration_is_checked_on_patients_it_was_not_fit_on():
     y = np.repeat([1, 0] * 4, 200)
     signal = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 1.0, len(y))
     # Every patient overconfident alike: a calibration fit on the others helps each one.
-    raw, calibrated = calibration_check(5 * signal, y, patients)
-    assert calibrated < raw - 0.01
+    calibrated = calibrate_out_of_patient(5 * signal, y, patients)
+    assert brier(calibrated, y) < brier(sigmoid(5 * signal), y) - 0.01
     # Each patient's logits at a level of its own (two on the wrong side): a calibration fit on
     # the other three does not carry over to the fourth, and the check says so.
     patients = np.repeat(["h1", "h2", "l1", "l2"], 50)
     y = np.repeat([1, 1, 0, 0], 50)
     logits = np.repeat([6.0, -1.0, -6.0, 1.0], 50) + rng.normal(0, 0.5, 200)
-    raw, calibrated = calibration_check(logits, y, patients)
-    assert calibrated > raw + 0.1
+    calibrated = calibrate_out_of_patient(logits, y, patients)
+    assert brier(calibrated, y) > brier(sigmoid(logits), y) + 0.1
+    # NaN logits (a patient no fold could score) stay NaN; the rest are calibrated.
+    logits[:50] = np.nan
+    calibrated = calibrate_out_of_patient(logits, y, patients)
+    assert np.isnan(calibrated[:50]).all() and np.isfinite(calibrated[50:]).all()
 
 
 def test_population_accuracy_with_intervals_and_small_lines():
