@@ -127,6 +127,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from lch.pipelines.predict import predict_cohort
+    from lch.training import TrainingInputError
+
+    try:
+        summary = predict_cohort(args.cohort, args.model, out=args.out, force=args.force,
+                                 gpu=args.gpu, progress=not args.quiet, address=args.address)
+    except (TrainingInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from lch.promotion import list_versions
     from lch.registry import REGISTERED_MODEL, use_tracking
@@ -337,6 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4)")
     p.add_argument("--seed", type=int, help="split, weights and population draws (default 0)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="score a stored cohort's cells and call each patient "
+                       "(Ray Data, logged to MLflow)")
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--model", default="models:/lch-aae@champion",
+                   help="a version number, models:/lch-aae/VERSION or models:/lch-aae@ALIAS "
+                        "(default %(default)s)")
+    p.add_argument("--out", help="where to write the per-cell table (default "
+                   "cohorts/<cohort>/predictions/<version>.parquet under LCH_HOME)")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--gpu", action="store_true", help="encode on one GPU")
+    p.add_argument("--force", action="store_true", help="compute again if already stored")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("models", help="list registered versions of lch-aae with aliases")
     p.set_defaults(func=_cmd_models)

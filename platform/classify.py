@@ -19,6 +19,8 @@ from sklearn.model_selection import GridSearchCV
 
 HIGH, LOW, UNKNOWN = 1, 0, -1
 POPULATION_KS = (1, 5, 10, 20, 50)
+MIN_POPULATION = 20
+"""Distinct cells a population call needs (Zaritsky et al.: about 20 cells)."""
 # Candidate shrinkages of the classifier's covariance ("auto" is Ledoit-Wolf), and at most this
 # many cross-validation folds of one held-out high and one held-out low patient each.
 SHRINKAGE_GRID = ("auto", 0.1, 0.3, 0.5, 0.7, 0.9)

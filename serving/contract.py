@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from lch.classify import MIN_POPULATION
 from lch.movie_io import FrameTooLarge, MovieError, iter_frames, read_movie_info
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
 from lch.tracking import DEFAULT_FRAME_INTERVAL_S
@@ -31,8 +32,6 @@ MAX_CROP_PIXELS = 1024 * 1024
 MAX_CELLS = 500
 MAX_SIGMAS = 25
 MAX_ABS_SIGMA = 20.0
-MIN_POPULATION = 20
-"""Cells needed for a population call (Zaritsky et al.: about 20 cells)."""
 DEFAULT_SIGMAS = (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0)
 
 
