@@ -21,12 +21,13 @@ from tqdm.auto import tqdm
 from lch.cellstore import FRAME_CELL_SCHEMA, CellStoreWriter
 from lch.cohort_lock import cohort_lock
 from lch.conversion import remove_leftovers
-from lch.crop_folder import centre_cell, list_crops, read_crop
+from lch.crop_folder import list_crops, read_crop
 from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM
 from lch.manifest import Manifest, ManifestError
 from lch.morphology import FEATURE_COLUMNS
 from lch.paths import Location, check_root, cohort_dir, lch_home, storage_options_from_env
 from lch.pipelines.runtime import cluster_cpus, init_ray
+from lch.single_cell import centre_cell
 from lch.tracking import MIN_TRACK_FRAMES, check_min_track_frames, track_lengths
 
 IMAGES_PER_BATCH = 16

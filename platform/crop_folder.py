@@ -4,8 +4,8 @@ IDR study idr0109 (Zaritsky et al. 2021) publishes crops, not movies, each centr
 cell and named ``<date>_<line>_s<series>_t<start>_x<x>_y<y>_t<end>_t7Ready_f<frame>.png``. The
 name says everything LCH's cell table needs besides the image: the cell line, the track (date,
 line, series, first frame, position, last frame) and the frame. The cell in each crop is found
-and cut as ingestion cuts cells from movies (:func:`lch.cells.frame_cells`), so a model trained
-on these crops reads the same kind of input as one trained on a lab's movies.
+and cut as ingestion cuts cells from movies (:func:`lch.single_cell.centre_cell`), so a model
+trained on these crops reads the same kind of input as one trained on a lab's movies.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
-
-from lch.cells import frame_cells
 
 CROP_NAME = re.compile(
     r"(?P<date>\d{6})_(?P<line>[A-Za-z0-9]+)_s(?P<series>\d+)_t(?P<start>\d+)"
@@ -90,33 +87,3 @@ def read_crop(path: str | Path) -> np.ndarray:
     with Image.open(path) as image:
         grey = image if image.mode in ("L", "I", "I;16", "F") else image.convert("L")
         return np.asarray(grey)
-
-
-def centre_cell(
-    image: np.ndarray, crop_size: int, *, pixel_size_um: float, field_of_view_um: float
-) -> tuple[pd.DataFrame, np.ndarray | None, str]:
-    """Segment a single-cell image and cut the cell nearest its centre as ingestion does.
-
-    Returns
-    -------
-    row : pandas.DataFrame
-        That cell's row of :func:`lch.cells.frame_cells` (empty when no cell was found).
-    crop : numpy.ndarray or None
-        Its crop (``crop_size`` square), None when it was dropped or not found.
-    reason : str
-        ``""`` for a kept cell, else why there is none (``"no_cell"`` or the drop reason, e.g.
-        ``"border"`` for a cell cut by the image edge).
-    """
-    table, crops = frame_cells(image, crop_size, pixel_size_um=pixel_size_um,
-                               field_of_view_um=field_of_view_um)
-    if table.empty:
-        return table, None, "no_cell"
-    centre = (np.asarray(image.shape[:2], dtype=float) - 1) / 2
-    distance = np.hypot(table["centroid_y"] - centre[0], table["centroid_x"] - centre[1])
-    nearest = int(np.argmin(distance.to_numpy()))
-    row = table.iloc[[nearest]]
-    reason = str(row["drop_reason"].iloc[0])
-    if reason:
-        return row, None, reason
-    kept_before = int((table["drop_reason"].iloc[:nearest] == "").sum())
-    return row, crops[kept_before], ""

@@ -36,10 +36,12 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from skimage.transform import resize as _sk_resize
 
 from lch.classify import HIGH, LOW, binary_labels
+from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.morphology import POSITION_COLUMNS, measure_crop
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
+from lch.single_cell import model_crop
 from lch.trends import spearman_table
 
 DEFAULT_SIGMAS: tuple[float, ...] = tuple(float(s) for s in range(-4, 5))
@@ -155,50 +157,35 @@ def _read_image(path: Path) -> np.ndarray:
         raise ValueError(f"crop file {str(path)!r} is not a readable image: {exc}") from exc
 
 
-def _to_unit_range(arr: np.ndarray, what: str) -> np.ndarray:
-    """Integer images are scaled by their dtype's maximum; float ones must lie in [0, 1]."""
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        info = np.iinfo(arr.dtype)
-        if info.min < 0 and arr.min() < 0:
-            raise ValueError(f"{what}: negative pixel values; crops are intensities in [0, 1]")
-        return (arr.astype(np.float64) / info.max).astype(np.float32)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"{what}: pixels of dtype {arr.dtype} are not an image")
-    values = arr.astype(np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{what}: contains NaN or infinite values")
-    lo, hi = float(values.min()), float(values.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(
-            f"{what}: values span [{lo:.4g}, {hi:.4g}]; expected a normalised crop in [0, 1] "
-            "with the background at 0.5 (see lch.crops)"
-        )
-    return values.astype(np.float32)
-
-
 def load_crop(
-    source: np.ndarray | torch.Tensor | str | Path, crop_size: int, *, resize: bool = True
+    source: np.ndarray | torch.Tensor | str | Path,
+    crop_size: int,
+    *,
+    resize: bool = True,
+    field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM,
+    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
+    normalised: bool | None = None,
 ) -> np.ndarray:
-    """Read one single-cell crop and bring it to the model's input format.
+    """Read one single-cell image and bring it to the model's input format.
 
     Parameters
     ----------
     source : numpy.ndarray, torch.Tensor, str or pathlib.Path
         A 2-D array (singleton axes, e.g. (1, S, S), are squeezed), or the path of a PNG or
-        TIFF file holding one greyscale crop. Float pixels must already be normalised to
-        [0, 1] (background at 0.5, as :mod:`lch.crops` makes them); integer pixels (8-/16-bit
-        PNG or TIFF) are divided by their dtype's maximum. The crop is used as it is: a crop
-        cut by another tool should first go through :func:`lch.crops.align_crop`, which
-        centres and turns it as the model's training crops were.
+        TIFF file holding one greyscale image: a normalised crop (floats in [0, 1], or 8-bit
+        with the background at 128, as :mod:`lch.crops` makes them) or a raw window cut from a
+        movie in its own dtype and range, whose centre cell is then cut as ingestion does
+        (:func:`lch.single_cell.model_crop`).
     crop_size : int
         The model's crop side ``S``.
     resize : bool
-        What to do with a square crop of another size: ``True`` (default) resizes it to
-        ``S x S`` (``skimage.transform.resize``, linear, anti-aliased), which also rescales the
-        cell, so morphometrics are then in the model's pixels; ``False`` rejects it. A
-        non-square crop is always rejected (resizing would distort the cell's shape).
+        What to do with a normalised square crop of another size: ``True`` (default) resizes it
+        to ``S x S``, which also rescales the cell, so morphometrics are then in the model's
+        pixels; ``False`` rejects it. A non-square normalised crop is always rejected.
+    field_of_view_um, pixel_size_um : float
+        The model's field of view and a raw window's pixel size.
+    normalised : bool, optional
+        What the image is; None detects it (:func:`lch.single_cell.looks_normalised`).
 
     Returns
     -------
@@ -207,8 +194,8 @@ def load_crop(
     Raises
     ------
     ValueError
-        Unreadable or missing file, not 2-D, empty, NaN/inf, float values outside [0, 1],
-        a non-image dtype, a non-square crop, or (``resize=False``) the wrong size.
+        Unreadable or missing file, not 2-D, empty, NaN/inf, a normalised crop out of range or
+        of the wrong shape, or a raw window without a usable cell at its centre.
     """
     if isinstance(source, str | Path):
         what = f"crop file {str(source)!r}"
@@ -222,26 +209,9 @@ def load_crop(
         )
     arr = np.asarray(arr)
     squeezed = arr.squeeze() if arr.ndim > 2 else arr
-    if squeezed.ndim != 2 or squeezed.size == 0:
-        raise ValueError(f"{what}: expected one 2-D greyscale crop, got shape {arr.shape}")
-    crop = _to_unit_range(squeezed, what)
-    return _fit_size(crop, crop_size, resize, what)
-
-
-def _fit_size(crop: np.ndarray, crop_size: int, resize: bool, what: str) -> np.ndarray:
-    if crop.shape == (crop_size, crop_size):
-        return crop
-    if crop.shape[0] != crop.shape[1]:
-        raise ValueError(
-            f"{what}: non-square crop {crop.shape}; the model takes {crop_size}x{crop_size}"
-        )
-    if not resize:
-        raise ValueError(
-            f"{what}: crop is {crop.shape[0]}x{crop.shape[1]}, the model takes "
-            f"{crop_size}x{crop_size} (pass resize=True to resize it)"
-        )
-    out = _sk_resize(crop, (crop_size, crop_size), order=1, anti_aliasing=True, preserve_range=True)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return model_crop(squeezed, crop_size, field_of_view_um=field_of_view_um,
+                      pixel_size_um=pixel_size_um, normalised=normalised, resize=resize,
+                      what=what)[0]
 
 
 def _crop_batch(model: torch.nn.Module, crops: Any, resize: bool) -> np.ndarray:
@@ -260,7 +230,9 @@ def _crop_batch(model: torch.nn.Module, crops: Any, resize: bool) -> np.ndarray:
         )
     if not items:
         raise ValueError("no crops to exaggerate")
-    return np.stack([load_crop(item, size, resize=resize) for item in items])
+    fov = model.config.field_of_view_um
+    return np.stack([load_crop(item, size, resize=resize, field_of_view_um=fov)
+                     for item in items])
 
 
 def _check_sigmas(sigmas: Sequence[float]) -> np.ndarray:

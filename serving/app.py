@@ -33,12 +33,13 @@ from ray.serve.handle import DeploymentHandle
 
 from lch.cells import frame_cells
 from lch.evaluation import cell_means
-from lch.exaggerate import exaggerate, load_crop, montage
+from lch.exaggerate import exaggerate, montage
 from lch.model import AAEConfig
 from lch.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 from lch.serving import contract
 from lch.serving.contract import RequestError
 from lch.serving.model_source import ModelSource
+from lch.single_cell import model_crop
 from lch.tracking import link_tracks
 
 TOKEN_ENV = "LCH_API_TOKEN"
@@ -72,6 +73,14 @@ def _cells_of_frames(
     cells["track_id"] = link_tracks(cells, pixel_size_um=pixel_size_um,
                                     frame_interval_s=frame_interval_s)
     return cells, np.concatenate(crops)
+
+
+def _model_crops(
+    images: np.ndarray, config: AAEConfig, normalised: bool | None, pixel_size_um: float
+) -> list[tuple[np.ndarray, str]]:
+    return [model_crop(image, config.crop_size, field_of_view_um=config.field_of_view_um,
+                       pixel_size_um=pixel_size_um, normalised=normalised, resize=False,
+                       what=f"crop {i}") for i, image in enumerate(images)]
 
 
 class _FollowsModel:
@@ -116,8 +125,15 @@ class Classifier(_FollowsModel):
         splits = np.cumsum([len(c) for c in crop_sets])[:-1]
         return [(loaded.version, part) for part in np.split(p, splits)]
 
-    async def classify_crops(self, crops: np.ndarray) -> tuple[str, np.ndarray]:
-        return await self._predict(crops)
+    async def classify_crops(
+        self, images: np.ndarray, normalised: bool | None, pixel_size_um: float
+    ) -> tuple[str, np.ndarray, list[str]]:
+        """P(high) of sent crops or raw windows, each made the model's crop first
+        (:func:`lch.single_cell.model_crop`); also which each one was."""
+        config = self.source.current.model.config
+        made = await asyncio.to_thread(_model_crops, images, config, normalised, pixel_size_um)
+        version, p = await self._predict(np.stack([crop for crop, _ in made]))
+        return version, p, [kind for _, kind in made]
 
     async def classify_frames(
         self, frames: np.ndarray, pixel_size_um: float, frame_interval_s: float
@@ -148,10 +164,17 @@ class Exaggerator(_FollowsModel):
     async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float):
         await self._start(model_alias, tracking_uri, poll_interval_s)
 
-    async def exaggerate(self, crop: np.ndarray, sigmas: list[float]):
+    async def exaggerate(self, image: np.ndarray, sigmas: list[float], normalised: bool | None,
+                         pixel_size_um: float):
+        """Exaggerate a sent crop or raw window (made the model's crop first)."""
         loaded = self.source.current
+        config = loaded.model.config
+        crop, kind = await asyncio.to_thread(
+            model_crop, image, config.crop_size, field_of_view_um=config.field_of_view_um,
+            pixel_size_um=pixel_size_um, normalised=normalised, what="crop",
+        )
         result = await asyncio.to_thread(exaggerate, loaded.model, crop, sigmas, cells=["crop"])
-        return loaded.version, result
+        return loaded.version, result, kind
 
 
 # FastAPI's own docs routes are off: the ones below honour the bearer token.
@@ -268,9 +291,6 @@ class Ingress:
         api.state.token = token
         api.state.public_docs = public_docs
 
-    async def _crop_size(self) -> int:
-        return (await self._call(self.classifier.info.remote()))["crop_size"]
-
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
         return Health(status="ok")
@@ -307,14 +327,17 @@ class Ingress:
             )
         if not kind.startswith("application/json"):
             raise RequestError("send application/json crops or a multipart/form-data TIFF", 415)
-        size = await self._crop_size()
-        crops = await asyncio.to_thread(
-            lambda: contract.request_crops(contract.parse_json(body), size, "crops")
+        payload = await asyncio.to_thread(contract.parse_json, body)
+        normalised = contract.normalised_flag(payload.get("normalised"))
+        px = contract.pixel_size(payload.get("pixel_size_um"))
+        images = await asyncio.to_thread(contract.request_crops, payload, "crops")
+        version, p, kinds = await self._call(
+            self.classifier.classify_crops.remote(images, normalised, px)
         )
-        version, p = await self._call(self.classifier.classify_crops.remote(crops))
         return contract.ClassifyResponse(
             model_version=version,
-            cells=[contract.Cell(index=i, p_high=float(pi)) for i, pi in enumerate(p)],
+            cells=[contract.Cell(index=i, p_high=float(pi), input=k)
+                   for i, (pi, k) in enumerate(zip(p, kinds, strict=True))],
             tracks=[],
             population=contract.population(p),
         )
@@ -330,25 +353,22 @@ class Ingress:
         """Decode one crop moved along the discriminant direction by each sigma."""
         body = await _body(request)
         kind = request.headers.get("content-type", "")
-        size = await self._crop_size()
         if kind.startswith("multipart/form-data"):
             data, name, fields = await _upload(request)
-            raw = await asyncio.to_thread(contract.image_crop, data, name)
-            sigmas = fields.get("sigmas")
+            image = await asyncio.to_thread(contract.image_crop, data, name)
         elif kind.startswith("application/json"):
-            payload = await asyncio.to_thread(contract.parse_json, body)
-            sigmas = payload.get("sigmas")
-            raw = (await asyncio.to_thread(
-                contract.request_crops, payload, size, "crop", max_cells=1
+            fields = await asyncio.to_thread(contract.parse_json, body)
+            image = (await asyncio.to_thread(
+                contract.request_crops, fields, "crop", max_cells=1
             ))[0]
         else:
             raise RequestError("send an application/json crop or a multipart/form-data image", 415)
-        sigmas = contract.sigmas_list(sigmas)
-        try:
-            crop = await asyncio.to_thread(load_crop, np.asarray(raw), size)
-        except ValueError as exc:
-            raise RequestError(str(exc)) from exc
-        version, result = await self._call(self.exaggerator.exaggerate.remote(crop, sigmas))
+        sigmas = contract.sigmas_list(fields.get("sigmas"))
+        normalised = contract.normalised_flag(fields.get("normalised"))
+        px = contract.pixel_size(fields.get("pixel_size_um"))
+        version, result, made = await self._call(
+            self.exaggerator.exaggerate.remote(image, sigmas, normalised, px)
+        )
         if "image/png" in request.headers.get("accept", ""):
             buffer = io.BytesIO()
             montage(result).save(buffer, "PNG")
@@ -358,6 +378,7 @@ class Ingress:
         rows = result.table.to_dict("records")
         return contract.ExaggerateResponse(
             model_version=version,
+            input=made,
             steps=[
                 contract.Step(
                     sigma=float(s), p_high=float(result.probability[0, k]),

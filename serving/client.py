@@ -16,6 +16,13 @@ from lch.serving.contract import encode_npy
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
+def _pixels(images) -> np.ndarray:
+    """Crops or raw windows as sent: 8-/16-bit counts stay integers (the server tells a raw
+    window from a normalised crop by them), anything else goes as float32."""
+    images = np.asarray(images)
+    return images if images.dtype in (np.uint8, np.uint16) else images.astype(np.float32)
+
+
 class LCHClientError(RuntimeError):
     """The server refused a request; ``status`` is the HTTP status, the message its detail."""
 
@@ -71,11 +78,14 @@ class LCHClient:
         self, source: str | Path | np.ndarray, pixel_size_um: float | None = None,
         frame_interval_s: float | None = None,
     ) -> dict:
-        """Classify a TIFF movie/frame (path) or normalised crops ((N, S, S) or (S, S) array).
+        """Classify a TIFF movie/frame (path), or crops ((N, S, S) or (S, S) array): normalised
+        crops, or raw windows cut from a movie (integer counts), whose centre cells the server
+        cuts as ingestion does.
 
-        ``pixel_size_um`` and ``frame_interval_s`` are the movie's (defaults on the server: the
-        paper's 0.325 µm, one minute). Returns the per-crop ``cells``, a movie's ``tracks``, the
-        ``population`` call over distinct cells and the ``model_version``.
+        ``pixel_size_um`` (a movie's or the windows') and ``frame_interval_s`` (a movie's);
+        defaults on the server: the paper's 0.325 µm, one minute. Returns the per-crop ``cells``
+        (with what each was), a movie's ``tracks``, the ``population`` call over distinct cells
+        and the ``model_version``.
         """
         if isinstance(source, str | Path):
             path = Path(source)
@@ -84,8 +94,10 @@ class LCHClient:
             data = {k: str(v) for k, v in fields.items() if v is not None}
             response = self._http.post("/v1/classify", files=files, data=data)
         else:
-            crops = np.asarray(source, dtype=np.float32)
-            response = self._http.post("/v1/classify", json={"crops_npy": encode_npy(crops)})
+            body: dict = {"crops_npy": encode_npy(_pixels(source))}
+            if pixel_size_um is not None:
+                body["pixel_size_um"] = pixel_size_um
+            response = self._http.post("/v1/classify", json=body)
         return self._checked(response).json()
 
     def exaggerate(
@@ -115,7 +127,7 @@ class LCHClient:
             data = {"sigmas": ",".join(map(str, sigmas))} if sigmas is not None else {}
             files = {"file": (path.name, path.read_bytes())}
             return self._http.post("/v1/exaggerate", files=files, data=data, headers=headers)
-        body: dict = {"crop_npy": encode_npy(np.asarray(crop, dtype=np.float32))}
+        body: dict = {"crop_npy": encode_npy(_pixels(crop))}
         if sigmas is not None:
             body["sigmas"] = list(sigmas)
         return self._http.post("/v1/exaggerate", json=body, headers=headers)

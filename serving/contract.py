@@ -42,11 +42,18 @@ def _body_schema(**properties: dict) -> dict:
 _FILE = {"type": "string", "format": "binary"}
 _SIGMAS = {"type": "array", "items": {"type": "number"}, "description": "default -4 ... 4"}
 _NPY = {"type": "string", "description": "instead of the lists: base64 of an .npy array "
-        "(float32 in [0, 1] or uint8), much faster to send and parse"}
+        "(float, uint8 or uint16), much faster to send and parse"}
+_NORMALISED = {"type": "boolean", "description": "true: normalised crops (floats in [0, 1], "
+               "background 0.5, the model's size); false: raw windows cut from a movie in its "
+               "own dtype and range, whose centre cell is cut as ingestion does; left out: "
+               "detected (the response says which)"}
+_WINDOW_PIXELS = {"type": "number", "description": "a raw window's pixel size in µm "
+                  f"(default {DEFAULT_PIXEL_SIZE_UM})"}
 CLASSIFY_BODY = {"requestBody": {"content": {
     "application/json": _body_schema(
-        crops={"type": "array", "description": "normalised crops (N, S, S), values in [0, 1]"},
-        crops_npy=_NPY,
+        crops={"type": "array", "description": "normalised crops (N, S, S) or raw windows "
+               "(N, H, W)"},
+        crops_npy=_NPY, normalised=_NORMALISED, pixel_size_um=_WINDOW_PIXELS,
     ),
     "multipart/form-data": _body_schema(
         file={**_FILE, "description": "TIFF movie or frame"},
@@ -59,13 +66,13 @@ CLASSIFY_BODY = {"requestBody": {"content": {
 """OpenAPI description of the /v1/classify body (parsed by hand to enforce the limits)."""
 EXAGGERATE_BODY = {"requestBody": {"content": {
     "application/json": _body_schema(
-        crop={"type": "array", "description": "one normalised crop (S, S) in [0, 1]"},
-        crop_npy=_NPY,
-        sigmas=_SIGMAS,
+        crop={"type": "array", "description": "one normalised crop (S, S) or raw window"},
+        crop_npy=_NPY, sigmas=_SIGMAS, normalised=_NORMALISED, pixel_size_um=_WINDOW_PIXELS,
     ),
     "multipart/form-data": _body_schema(
-        file={**_FILE, "description": "PNG or TIFF crop"},
+        file={**_FILE, "description": "PNG or TIFF crop or raw window"},
         sigmas={"type": "string", "description": "comma-separated, default -4 ... 4"},
+        normalised=_NORMALISED, pixel_size_um=_WINDOW_PIXELS,
     ),
 }}}
 
@@ -89,10 +96,12 @@ class Population(BaseModel):
 
 
 class Cell(BaseModel):
-    """One crop: a sent crop, or one cell in one frame of a sent movie."""
+    """One crop: a sent crop or window, or one cell in one frame of a sent movie."""
 
     index: int
     p_high: float
+    input: str | None = Field(None, description="what was sent: 'normalised' (used as sent) or "
+                              "'raw' (its centre cell cut as ingestion does)")
     frame: int | None = None
     centroid_y: float | None = None
     centroid_x: float | None = None
@@ -123,6 +132,8 @@ class Step(BaseModel):
 
 class ExaggerateResponse(BaseModel):
     model_version: str
+    input: str = Field(description="'normalised' (used as sent) or 'raw' (its centre cell cut "
+                       "as ingestion does)")
     steps: list[Step]
 
 
@@ -167,30 +178,32 @@ def parse_json(body: bytes) -> dict:
     return data
 
 
-def crops_array(
-    value: Any, crop_size: int, field: str, *, max_cells: int = MAX_CELLS
-) -> np.ndarray:
-    """A JSON list of crops (or one crop) → float32 (N, S, S), checked for shape and range."""
+def crops_array(value: Any, field: str, *, max_cells: int = MAX_CELLS) -> np.ndarray:
+    """A JSON list of crops or raw windows (or one) → (N, H, W) in the dtype the numbers give
+    (whole numbers stay integers: a raw window's counts), checked for shape, count and size;
+    what each one is and how it becomes the model's crop is the replica's business
+    (:func:`lch.single_cell.model_crop`)."""
     if value is None:
         raise RequestError(f"missing field '{field}'")
     try:
-        array = np.asarray(value, dtype=np.float32)
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            array = array.astype(np.float64)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise RequestError(f"'{field}' must be numbers in nested lists ({exc})") from exc
     if array.ndim == 2:
         array = array[None]
-    if array.ndim != 3 or array.shape[1:] != (crop_size, crop_size):
-        raise RequestError(
-            f"'{field}' has shape {array.shape}; expected ({crop_size}, {crop_size}) crops"
-        )
+    if array.ndim != 3 or 0 in array.shape[1:]:
+        raise RequestError(f"'{field}' has shape {array.shape}; expected 2-D crops or windows")
     if len(array) == 0:
         raise RequestError(f"'{field}' holds no crop")
     if len(array) > max_cells:
         raise RequestError(f"'{field}' holds {len(array)} crops; the limit is {max_cells}", 413)
-    if not np.isfinite(array).all():
+    if array.shape[1] * array.shape[2] > MAX_CROP_PIXELS:
+        raise RequestError(f"'{field}': {array.shape[1]}x{array.shape[2]} images; the limit is "
+                           f"{MAX_CROP_PIXELS} pixels each", 413)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise RequestError(f"'{field}' contains NaN or infinite values")
-    if array.min() < 0 or array.max() > 1:
-        raise RequestError(f"'{field}' values must lie in [0, 1] (normalised crops)")
     return array
 
 
@@ -209,8 +222,8 @@ def _npy_array(encoded: Any, field: str, max_values: int) -> np.ndarray:
         raise RequestError(f"'{field}' is not a base64-encoded .npy array ({exc})") from exc
     if dtype.hasobject:
         raise RequestError(f"'{field}' holds Python objects; send float or uint8 pixels")
-    if dtype != np.uint8 and dtype.kind != "f":
-        raise RequestError(f"'{field}' must hold float or uint8 pixels, not {dtype}")
+    if dtype not in (np.uint8, np.uint16) and dtype.kind != "f":
+        raise RequestError(f"'{field}' must hold float, uint8 or uint16 pixels, not {dtype}")
     if int(np.prod(shape, dtype=np.float64)) > max_values:
         raise RequestError(f"'{field}' declares shape {shape}; the limit is {max_values} values",
                            413)
@@ -218,17 +231,33 @@ def _npy_array(encoded: Any, field: str, max_values: int) -> np.ndarray:
         value = np.load(io.BytesIO(raw), allow_pickle=False)
     except (ValueError, EOFError) as exc:
         raise RequestError(f"'{field}' is not a complete .npy array ({exc})") from exc
-    return value.astype(np.float32) / 255.0 if dtype == np.uint8 else value
+    return value
 
 
-def request_crops(data: dict, crop_size: int, field: str, *, max_cells: int = MAX_CELLS):
-    """The crops of a JSON body: ``<field>`` as nested lists, or ``<field>_npy``, a base64
-    ``.npy`` array (read without pickle) that spares both sides parsing thousands of floats."""
+def request_crops(data: dict, field: str, *, max_cells: int = MAX_CELLS) -> np.ndarray:
+    """The crops or raw windows of a JSON body: ``<field>`` as nested lists, or ``<field>_npy``,
+    a base64 ``.npy`` array (read without pickle) that spares both sides parsing thousands of
+    numbers."""
     encoded = data.get(f"{field}_npy")
     if encoded is None:
-        return crops_array(data.get(field), crop_size, field, max_cells=max_cells)
-    value = _npy_array(encoded, f"{field}_npy", max_cells * crop_size * crop_size)
-    return crops_array(value, crop_size, f"{field}_npy", max_cells=max_cells)
+        return crops_array(data.get(field), field, max_cells=max_cells)
+    value = _npy_array(encoded, f"{field}_npy", max_cells * MAX_CROP_PIXELS)
+    return crops_array(value, f"{field}_npy", max_cells=max_cells)
+
+
+def normalised_flag(value: Any) -> bool | None:
+    """The ``normalised`` field: true (a normalised crop), false (a raw window) or absent/null
+    (detect, :func:`lch.single_cell.looks_normalised`)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise RequestError(f"'normalised' must be true or false (or left out to detect), not {value!r}")
 
 
 def encode_npy(array: np.ndarray) -> str:
@@ -301,9 +330,8 @@ def tiff_frames(data: bytes, filename: str, max_pixels: int = MAX_FRAME_PIXELS) 
 
 
 def image_crop(data: bytes, filename: str) -> np.ndarray:
-    """An uploaded PNG or TIFF single-cell crop → 2-D array, in the dtype it was stored with
-    (:func:`lch.exaggerate.load_crop` scales integer pixels by their dtype's range). At most
-    :data:`MAX_CROP_PIXELS`, judged from the header."""
+    """An uploaded PNG or TIFF single-cell crop or raw window → 2-D array, in the dtype it was
+    stored with. At most :data:`MAX_CROP_PIXELS`, judged from the header."""
     from PIL import Image, UnidentifiedImageError
 
     if data[:4] in (b"II*\x00", b"MM\x00*"):

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from lch.cellstore import open_cells
-from lch.crop_folder import centre_cell, list_crops, parse_crop_name, read_crop
+from lch.crop_folder import list_crops, parse_crop_name, read_crop
 from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM
 from lch.exaggerate import DEFAULT_SIGMAS, exaggerate, save_montage
 from lch.manifest import ManifestError, load_manifest
@@ -20,6 +20,7 @@ from lch.pipelines.cli import main
 from lch.pipelines.ingest_crops import ingest_crops
 from lch.pipelines.train import TrainSettings, train
 from lch.registry import REGISTERED_MODEL, load_lch_model
+from lch.single_cell import centre_cell
 
 from real_cells import PIXEL_SIZE_UM, REAL
 

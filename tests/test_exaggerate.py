@@ -21,7 +21,7 @@ from PIL import Image
 
 from lch import synth
 from lch.classify import fit_linear_classifier
-from lch.crops import align_crop
+from lch.crops import DEFAULT_FIELD_OF_VIEW_UM, align_crop
 from lch.exaggerate import (
     DEFAULT_SIGMAS,
     check_classifier,
@@ -37,7 +37,10 @@ from lch.exaggerate import (
     save_montage,
 )
 from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers, refresh_batch_norm
+from lch.single_cell import centre_cell
 from lch.trends import judge_trends, spearman_table, trend_report
+
+from real_cells import PIXEL_SIZE_UM, real_images
 
 CROP = 64  # a cell with its arms and the halo's background annulus needs ~60 px
 BACKGROUND = 1000.0
@@ -319,11 +322,31 @@ def test_load_crop_from_array_png_and_tiff(tmp_path):
     Image.fromarray((crop * 255).round().astype(np.uint8)).save(png)
     assert np.allclose(load_crop(png, 32), crop, atol=1 / 255)
     assert np.allclose(load_crop(str(png), 32), crop, atol=1 / 255)
-    tif_float, tif_int = tmp_path / "cell.tif", tmp_path / "cell16.tiff"
+    tif_float = tmp_path / "cell.tif"
     tifffile.imwrite(tif_float, crop)
-    tifffile.imwrite(tif_int, (crop * 65535).round().astype(np.uint16))
     assert np.array_equal(load_crop(tif_float, 32), crop)
-    assert np.allclose(load_crop(tif_int, 32), crop, atol=1e-4)
+
+
+def test_a_raw_window_is_cut_as_ingestion_cuts_it(tmp_path):
+    # A real cell as a 16-bit window from a movie: not divided by 65535 (a near-black image)
+    # but segmented, its centre cell cut, normalised and turned as ingestion does.
+    name, image, _ = next(item for item in real_images() if item[2] is not None)
+    window = image.astype(np.uint16) * 257
+    tif = tmp_path / "window16.tif"
+    tifffile.imwrite(tif, window)
+    expected = centre_cell(image, 32, pixel_size_um=PIXEL_SIZE_UM,
+                           field_of_view_um=DEFAULT_FIELD_OF_VIEW_UM)[1]
+    crop = load_crop(tif, 32, pixel_size_um=PIXEL_SIZE_UM)
+    assert np.allclose(crop, expected, atol=1e-5), name
+    assert abs(float(np.median(crop[:4])) - 0.5) < 0.1  # the background at 0.5
+    # The window as the 8-bit image it is, and as floats in counts: the same cell.
+    assert np.allclose(load_crop(image, 32, pixel_size_um=PIXEL_SIZE_UM), expected, atol=1e-5)
+    floats = image.astype(np.float32) * 3.0
+    assert np.allclose(load_crop(floats, 32, pixel_size_um=PIXEL_SIZE_UM), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="uint16 pixels are not a normalised crop"):
+        load_crop(tif, 32, normalised=True)
+    with pytest.raises(ValueError, match="without a usable cell at its centre"):
+        load_crop(np.random.default_rng(0).integers(100, 110, (64, 64)).astype(np.uint16), 32)
 
 
 def test_wrong_size_is_resized_or_rejected():
@@ -343,7 +366,7 @@ def test_wrong_size_is_resized_or_rejected():
         (np.full((2, 32, 32), 0.5), "2-D"),
         (np.zeros(32), "2-D"),
         (np.where(np.eye(32, dtype=bool), np.nan, 0.5), "NaN"),
-        (np.full((32, 32), 3.0), r"\[0, 1\]"),
+        (np.full((32, 32), 3.0), "constant"),  # a raw window: nothing in it
         (np.full((32, 32), "a"), "not an image"),
         ({"pixels": 1}, "2-D array or the path"),
     ],
@@ -351,6 +374,11 @@ def test_wrong_size_is_resized_or_rejected():
 def test_bad_crops_are_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
         load_crop(bad, 32)
+
+
+def test_a_crop_said_to_be_normalised_is_held_to_it():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        load_crop(np.full((32, 32), 3.0), 32, normalised=True)
 
 
 def test_bad_files_are_rejected(tmp_path):

@@ -24,9 +24,12 @@ from lch.promotion import PromotionRefused, list_versions, promote
 from lch.registry import load_lch_model, log_lch_model
 from lch.serving.client import LCHClient, LCHClientError
 from lch.serving.contract import MAX_BODY_BYTES, MAX_CELLS, MAX_SIGMAS
+from lch.single_cell import centre_cell
 from lch.synth import PIXEL_SIZE_UM, CellShape, render_frame
 
 from bombs import npy_bomb, npz_crops, png_bomb, tiff_bomb
+from real_cells import PIXEL_SIZE_UM as REAL_PIXEL_SIZE_UM
+from real_cells import REAL
 
 CROP = 64
 
@@ -166,6 +169,42 @@ def test_exaggerate_json_and_montage(server, registry, tmp_path):
     assert [s["sigma"] for s in from_file["steps"]] == sigmas
 
 
+def test_raw_windows_are_cut_as_ingestion_cuts_them(server, registry, tmp_path):
+    # What a lab script sends: windows cut around cells from its own movies, as they are (the
+    # paper's 8-bit crops and a 16-bit version), not LCH's normalised crops.
+    model = registry["1"]
+    image = np.asarray(Image.open(next(REAL.glob("150312_m610_s19_*.png"))))
+    window16 = image.astype(np.uint16) * 257
+    cut = centre_cell(image, CROP, pixel_size_um=REAL_PIXEL_SIZE_UM,
+                      field_of_view_um=model.config.field_of_view_um)[1]
+    expected = expected_p(model, cut[None])[0]
+    with LCHClient(server) as client:
+        answer = client.classify(np.stack([image, image]), pixel_size_um=REAL_PIXEL_SIZE_UM)
+        answer16 = client.classify(window16[None], pixel_size_um=REAL_PIXEL_SIZE_UM)
+    assert [c["input"] for c in answer["cells"]] == ["raw", "raw"]
+    assert answer16["cells"][0]["input"] == "raw"
+    for cell in answer["cells"] + answer16["cells"]:
+        assert cell["p_high"] == pytest.approx(expected, abs=1e-5)
+    # The same window through /v1/exaggerate, as a 16-bit TIFF upload: its s = 0 image is the
+    # reconstruction of the cut cell, not of a near-black image.
+    tifffile.imwrite(tmp_path / "window.tif", window16)
+    with LCHClient(server) as client:
+        steps = client.exaggerate(tmp_path / "window.tif", [0])
+    posted = httpx.post(f"{server}/v1/exaggerate", files={"file": ("window.tif", (
+        tmp_path / "window.tif").read_bytes())}, data={"pixel_size_um": str(REAL_PIXEL_SIZE_UM),
+                                                       "sigmas": "0"}).json()
+    assert posted["input"] == "raw" and steps["input"] == "raw"
+    with torch.inference_mode():
+        recon = model.decode(model.encode(torch.from_numpy(cut)[None, None]))[0, 0].numpy()
+    assert np.abs(steps["steps"][0]["image"] - recon).max() < 1.5 / 255  # 8-bit PNG
+    # Normalised crops are still used as sent, and say so.
+    assert {c["input"] for c in LCHClient(server).classify(crops(2))["cells"]} == {"normalised"}
+    # A window with no cell at its centre is the client's error.
+    empty = np.random.default_rng(0).integers(100, 110, (CROP, CROP)).astype(np.uint16)
+    with pytest.raises(LCHClientError, match="without a usable cell at its centre"):
+        LCHClient(server).classify(empty[None])
+
+
 def tiff_bytes(frames: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, frames, photometric="minisblack")
@@ -184,12 +223,17 @@ BAD_REQUESTS = [
     # (route, keyword arguments for httpx.post, expected status, words in the detail)
     ("/v1/classify", {"content": b"{not json", "headers": {"content-type": "application/json"}},
      422, "not valid JSON"),
-    ("/v1/classify", {"json": {"crops": [[[0.5] * 10] * 10]}}, 422, "shape"),
+    ("/v1/classify", {"json": {"crops": [[[0.5] * 10] * 10]}}, 422, "the model takes 64x64"),
     ("/v1/classify", {"json": {"nothing": 1}}, 422, "missing field 'crops'"),
     ("/v1/classify", {"content": json.dumps({"crops": [[[float("nan")] * CROP] * CROP]}),
                       "headers": {"content-type": "application/json"}}, 422, "NaN"),
     ("/v1/classify", {"json": {"crops": [[["a"] * CROP] * CROP]}}, 422, "numbers"),
-    ("/v1/classify", {"json": {"crops": [[[2.0] * CROP] * CROP]}}, 422, "[0, 1]"),
+    # Outside [0, 1]: a raw window, and this one holds nothing.
+    ("/v1/classify", {"json": {"crops": [[[2.0] * CROP] * CROP]}}, 422, "constant"),
+    ("/v1/classify", {"json": {"crops": [[[2.0] * CROP] * CROP], "normalised": True}}, 422,
+     "[0, 1]"),
+    ("/v1/classify", {"json": {"crops": [[[0.5] * CROP] * CROP], "normalised": "maybe"}}, 422,
+     "'normalised'"),
     ("/v1/classify", {"files": {"file": ("x.tif", b"not a tiff at all")}}, 422, "x.tif"),
     ("/v1/classify", {"files": {"file": ("m.tif", tiff_bytes(np.zeros((2, 8, 8), np.uint16)))},
                       "data": {"frame_interval_s": "-5"}}, 422, "'frame_interval_s'"),
@@ -356,6 +400,9 @@ def test_decompression_bombs_are_refused_from_their_headers(server, route, name,
 
     poller = threading.Thread(target=poll_health)
     poller.start()
+    deadline = time.monotonic() + 10
+    while not health and time.monotonic() < deadline:  # polling, before the bomb goes in
+        time.sleep(0.01)
     try:
         response = httpx.post(f"{server}{route}", files={"file": (name, bomb())}, timeout=10)
     finally:
