@@ -16,6 +16,7 @@ import pandas as pd
 from skimage.transform import resize as _sk_resize
 
 from lch.cells import frame_cells
+from lch.segmentation import segment_frame
 
 NORMALISED, RAW = "normalised", "raw"
 # A normalised crop's background sits at 0.5; an 8-bit one (as LCH writes PNGs) at 127-128.
@@ -104,6 +105,35 @@ def centre_cell(
         return row, None, reason
     kept_before = int((table["drop_reason"].iloc[:nearest] == "").sum())
     return row, crops[kept_before], ""
+
+
+def cell_at(
+    frame: np.ndarray, y: int, x: int, crop_size: int, *, pixel_size_um: float,
+    field_of_view_um: float,
+) -> np.ndarray:
+    """The crop of the cell at pixel (``y``, ``x``) of a raw frame, cut as ingestion cuts it.
+
+    Raises
+    ------
+    ValueError
+        A point outside the frame, no cell there, or a cell that cannot be cut (e.g. touching
+        the frame's edge); the message says which.
+    """
+    height, width = np.shape(frame)
+    if not (0 <= y < height and 0 <= x < width):
+        raise ValueError(f"'x', 'y': ({x}, {y}) lies outside the {width}x{height} frame")
+    labels = segment_frame(frame, pixel_size_um=pixel_size_um)
+    label = int(labels[y, x])
+    if label == 0:
+        raise ValueError(f"no cell at x={x}, y={y}: the segmentation finds background there")
+    table, crops = frame_cells(frame, crop_size, pixel_size_um=pixel_size_um,
+                               field_of_view_um=field_of_view_um, labels=labels)
+    kept = table["drop_reason"] == ""
+    at = int(np.flatnonzero(table["label"].to_numpy() == label)[0])
+    if not kept.iloc[at]:
+        reason = table["drop_reason"].iloc[at]
+        raise ValueError(f"the cell at x={x}, y={y} cannot be cut ({reason})")
+    return crops[int(kept.iloc[:at].sum())]
 
 
 def model_crop(

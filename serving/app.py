@@ -39,7 +39,7 @@ from lch.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 from lch.serving import contract
 from lch.serving.contract import RequestError
 from lch.serving.model_source import ModelSource
-from lch.single_cell import model_crop
+from lch.single_cell import cell_at, model_crop
 from lch.tracking import link_tracks
 
 TOKEN_ENV = "LCH_API_TOKEN"
@@ -165,14 +165,22 @@ class Exaggerator(_FollowsModel):
         await self._start(model_alias, tracking_uri, poll_interval_s)
 
     async def exaggerate(self, image: np.ndarray, sigmas: list[float], normalised: bool | None,
-                         pixel_size_um: float):
-        """Exaggerate a sent crop or raw window (made the model's crop first)."""
+                         pixel_size_um: float, point: tuple[int, int] | None = None):
+        """Exaggerate a sent crop or raw window (made the model's crop first), or, with a
+        ``point`` (y, x), the cell there in a raw frame."""
         loaded = self.source.current
         config = loaded.model.config
-        crop, kind = await asyncio.to_thread(
-            model_crop, image, config.crop_size, field_of_view_um=config.field_of_view_um,
-            pixel_size_um=pixel_size_um, normalised=normalised, what="crop",
-        )
+        if point is None:
+            crop, kind = await asyncio.to_thread(
+                model_crop, image, config.crop_size, field_of_view_um=config.field_of_view_um,
+                pixel_size_um=pixel_size_um, normalised=normalised, what="crop",
+            )
+        else:
+            crop = await asyncio.to_thread(
+                cell_at, image, *point, config.crop_size, pixel_size_um=pixel_size_um,
+                field_of_view_um=config.field_of_view_um,
+            )
+            kind = f"the cell at x={point[1]}, y={point[0]} of a frame, cut as ingestion does"
         result = await asyncio.to_thread(exaggerate, loaded.model, crop, sigmas, cells=["crop"])
         return loaded.version, result, kind
 
@@ -353,9 +361,18 @@ class Ingress:
         """Decode one crop moved along the discriminant direction by each sigma."""
         body = await _body(request)
         kind = request.headers.get("content-type", "")
+        point = None
         if kind.startswith("multipart/form-data"):
             data, name, fields = await _upload(request)
-            image = await asyncio.to_thread(contract.image_crop, data, name)
+            picked = contract.picked_point(fields)
+            if picked is None:
+                image = await asyncio.to_thread(contract.image_crop, data, name)
+            else:
+                frames = await asyncio.to_thread(contract.tiff_frames, data, name)
+                t, *point = picked
+                if t >= len(frames):
+                    raise RequestError(f"'frame' {t}: {name} has {len(frames)} frame(s)")
+                image = frames[t]
         elif kind.startswith("application/json"):
             fields = await asyncio.to_thread(contract.parse_json, body)
             image = (await asyncio.to_thread(
@@ -367,7 +384,8 @@ class Ingress:
         normalised = contract.normalised_flag(fields.get("normalised"))
         px = contract.pixel_size(fields.get("pixel_size_um"))
         version, result, made = await self._call(
-            self.exaggerator.exaggerate.remote(image, sigmas, normalised, px)
+            self.exaggerator.exaggerate.remote(image, sigmas, normalised, px,
+                                               tuple(point) if point else None)
         )
         if "image/png" in request.headers.get("accept", ""):
             buffer = io.BytesIO()

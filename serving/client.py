@@ -101,13 +101,19 @@ class LCHClient:
         return self._checked(response).json()
 
     def exaggerate(
-        self, crop: str | Path | np.ndarray, sigmas: list[float] | None = None
+        self, crop: str | Path | np.ndarray, sigmas: list[float] | None = None, *,
+        pixel_size_um: float | None = None, at: tuple[int, int, int] | None = None,
     ) -> dict:
         """Decode ``crop`` moved along the discriminant direction by each sigma.
 
+        ``crop`` is a normalised crop or a raw window (array or PNG/TIFF path, of
+        ``pixel_size_um``); with ``at`` = (frame, y, x) it is a TIFF frame or movie and the cell
+        at that point is segmented, picked and exaggerated.
+
         Returns the JSON answer with each step's ``image`` decoded to a float array in [0, 1].
         """
-        response = self._checked(self._post_crop(crop, sigmas, accept="application/json"))
+        response = self._checked(self._post_crop(crop, sigmas, accept="application/json",
+                                                 pixel_size_um=pixel_size_um, at=at))
         answer = response.json()
         for step in answer["steps"]:
             png = base64.b64decode(step["png_base64"])
@@ -120,14 +126,22 @@ class LCHClient:
         """The montage PNG (one column per sigma, labelled with P(high))."""
         return self._checked(self._post_crop(crop, sigmas, accept="image/png")).content
 
-    def _post_crop(self, crop, sigmas, *, accept: str) -> httpx.Response:
+    def _post_crop(self, crop, sigmas, *, accept: str, pixel_size_um: float | None = None,
+                   at: tuple[int, int, int] | None = None) -> httpx.Response:
         headers = {"Accept": accept}
         if isinstance(crop, str | Path):
             path = Path(crop)
-            data = {"sigmas": ",".join(map(str, sigmas))} if sigmas is not None else {}
+            fields = {"sigmas": None if sigmas is None else ",".join(map(str, sigmas)),
+                      "pixel_size_um": pixel_size_um}
+            fields |= dict(zip(("frame", "y", "x"), at, strict=True)) if at else {}
+            data = {k: str(v) for k, v in fields.items() if v is not None}
             files = {"file": (path.name, path.read_bytes())}
             return self._http.post("/v1/exaggerate", files=files, data=data, headers=headers)
+        if at is not None:
+            raise ValueError("a cell is picked by its position in a TIFF frame or movie (a path)")
         body: dict = {"crop_npy": encode_npy(_pixels(crop))}
+        if pixel_size_um is not None:
+            body["pixel_size_um"] = pixel_size_um
         if sigmas is not None:
             body["sigmas"] = list(sigmas)
         return self._http.post("/v1/exaggerate", json=body, headers=headers)

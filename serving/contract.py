@@ -70,11 +70,16 @@ EXAGGERATE_BODY = {"requestBody": {"content": {
         crop_npy=_NPY, sigmas=_SIGMAS, normalised=_NORMALISED, pixel_size_um=_WINDOW_PIXELS,
     ),
     "multipart/form-data": _body_schema(
-        file={**_FILE, "description": "PNG or TIFF crop or raw window"},
+        file={**_FILE, "description": "PNG or TIFF crop or raw window; or, with x and y, a "
+              "TIFF frame or movie in which the cell at (x, y) is segmented and picked"},
         sigmas={"type": "string", "description": "comma-separated, default -4 ... 4"},
         normalised=_NORMALISED, pixel_size_um=_WINDOW_PIXELS,
+        x={"type": "integer", "description": "the picked cell's column (px)"},
+        y={"type": "integer", "description": "the picked cell's row (px)"},
+        frame={"type": "integer", "description": "the frame it is picked in (default 0)"},
     ),
 }}}
+"""OpenAPI description of the /v1/exaggerate body (parsed by hand to enforce the limits)."""
 
 
 class RequestError(ValueError):
@@ -132,8 +137,8 @@ class Step(BaseModel):
 
 class ExaggerateResponse(BaseModel):
     model_version: str
-    input: str = Field(description="'normalised' (used as sent) or 'raw' (its centre cell cut "
-                       "as ingestion does)")
+    input: str = Field(description="'normalised' (used as sent), 'raw' (its centre cell cut "
+                       "as ingestion does), or the cell picked at x, y of a frame")
     steps: list[Step]
 
 
@@ -310,6 +315,29 @@ def frame_interval(value: Any) -> float:
     if not 0 < seconds < float("inf"):
         raise RequestError(f"'frame_interval_s': {value!r} is not a positive number of seconds")
     return seconds
+
+
+def picked_point(fields: dict) -> tuple[int, int, int] | None:
+    """``frame``, ``y``, ``x`` of a cell picked in an uploaded movie (None when neither ``x`` nor
+    ``y`` is given: the upload is a single crop)."""
+    if fields.get("x") in (None, "") and fields.get("y") in (None, ""):
+        return None
+    point = []
+    for name, default in (("frame", 0), ("y", None), ("x", None)):
+        value = fields.get(name)
+        if value in (None, ""):
+            if default is None:
+                raise RequestError(f"'{name}' is missing: a cell is picked by both 'x' and 'y'")
+            value = default
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise RequestError(f"'{name}' must be a whole number of pixels/frames, not "
+                               f"{value!r}") from None
+        if number < 0:
+            raise RequestError(f"'{name}' must not be negative, got {number}")
+        point.append(number)
+    return point[0], point[1], point[2]
 
 
 def tiff_frames(data: bytes, filename: str, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:

@@ -22,6 +22,7 @@ from lch.model import AAE, AAEConfig, LCHModel
 from lch.pipelines.runtime import free_port
 from lch.promotion import PromotionRefused, list_versions, promote
 from lch.registry import load_lch_model, log_lch_model
+from lch.segmentation import segment_frame
 from lch.serving.client import LCHClient, LCHClientError
 from lch.serving.contract import MAX_BODY_BYTES, MAX_CELLS, MAX_SIGMAS
 from lch.single_cell import centre_cell
@@ -203,6 +204,30 @@ def test_raw_windows_are_cut_as_ingestion_cuts_them(server, registry, tmp_path):
     empty = np.random.default_rng(0).integers(100, 110, (CROP, CROP)).astype(np.uint16)
     with pytest.raises(LCHClientError, match="without a usable cell at its centre"):
         LCHClient(server).classify(empty[None])
+
+
+def test_a_cell_picked_in_a_movie_is_exaggerated(server, registry, tmp_path):
+    model = registry["1"]
+    frame = synthetic_frame()
+    movie = tmp_path / "movie.tif"
+    tifffile.imwrite(movie, np.stack([frame, frame]), photometric="minisblack")
+    labels = segment_frame(frame, pixel_size_um=PIXEL_SIZE_UM)
+    table, cut = frame_cells(frame, CROP, pixel_size_um=PIXEL_SIZE_UM, labels=labels)
+    kept = table[table["drop_reason"] == ""].reset_index(drop=True)
+    expected = cut[int(np.flatnonzero(kept["label"] == labels[60, 180])[0])]
+    with LCHClient(server) as client:
+        answer = client.exaggerate(movie, [0], pixel_size_um=PIXEL_SIZE_UM, at=(1, 60, 180))
+    assert "the cell at x=180, y=60" in answer["input"]
+    with torch.inference_mode():
+        recon = model.decode(model.encode(torch.from_numpy(expected)[None, None]))[0, 0].numpy()
+    assert np.abs(answer["steps"][0]["image"] - recon).max() < 1.5 / 255
+    for fields, words in (({"x": "5", "y": "5"}, "no cell at x=5, y=5"),
+                          ({"x": "999", "y": "60"}, "outside the 256x256 frame"),
+                          ({"x": "180", "y": "60", "frame": "5"}, "'frame' 5"),
+                          ({"x": "180"}, "'y' is missing")):
+        response = httpx.post(f"{server}/v1/exaggerate", files={"file": (
+            "movie.tif", movie.read_bytes())}, data={"pixel_size_um": "0.65", **fields})
+        assert response.status_code == 422 and words in response.json()["detail"], fields
 
 
 def tiff_bytes(frames: np.ndarray) -> bytes:
