@@ -198,7 +198,7 @@ def structural(schema):
 def validators() -> dict[tuple[str, str], jsonschema.Draft4Validator]:
     """(apiVersion, kind) -> validator, for every served version of the three CRDs."""
     if not CRDS.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {CRDS} (the shared/ folder beside the repo)")
+        pytest.skip(f"KubeRay CRDs not found at {CRDS}")
     found = {}
     for kind, name in CRD_FILES.items():
         crd = yaml.safe_load((CRDS / name).read_text())
