@@ -13,11 +13,12 @@ background pixels (robust SD) and compressed into [0, 1] with the background at
 
     crop = 0.5 + 0.5 * tanh(contrast / (CONTRAST_SDS * spread))
 
-Dividing by the background removes uneven illumination; dividing by the spread removes exposure,
-gain and any camera offset, so raw camera frames and display-stretched 8-bit images (a nearly
-black background, bright cells) both fill the range; ``tanh`` keeps the order of intensities
-instead of clipping the brightest parts. Because the spread comes from the background, not the
-cells, a brighter halo in one movie than another stays brighter in its crops.
+Dividing by the background removes uneven illumination; dividing by the spread removes exposure
+and gain (and a camera offset, as far as the background is even), so raw camera frames and
+display-stretched 8-bit images (a nearly black background, bright cells) both fill the range;
+``tanh`` keeps the order of intensities instead of clipping the brightest parts. Because the
+spread comes from the background, not the cells, a brighter halo in one movie than another stays
+brighter in its crops.
 :func:`lch.morphology.measure_crop` therefore measures the halo and body contrast of a crop on
 this compressed scale, ``tanh(contrast / (CONTRAST_SDS * spread))``, a monotonic function of
 what :func:`lch.morphology.measure_cells` measures on the frame.
