@@ -28,7 +28,7 @@ from lch.morphology import FEATURE_COLUMNS
 from lch.paths import Location, check_root, cohort_dir, lch_home, storage_options_from_env
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.single_cell import centre_cell
-from lch.tracking import MIN_TRACK_FRAMES, check_min_track_frames, track_lengths
+from lch.tracking import MIN_TRACK_FRAMES, check_min_track_frames, count_tracks, track_columns
 
 IMAGES_PER_BATCH = 16
 
@@ -173,13 +173,10 @@ def _stream(images: pd.DataFrame, writer: CellStoreWriter, summary: CropIngestSu
 
 def _track_columns(tracks: list[str], min_track_frames: int,
                    summary: CropIngestSummary) -> pd.DataFrame:
-    ids = pd.factorize(pd.Series(tracks, dtype=object))[0].astype(np.int64)
-    frames = track_lengths(ids)
-    summary.tracks = len(set(tracks))
-    first = ~pd.Series(ids).duplicated().to_numpy()
-    summary.short_tracks = int((frames[first] < min_track_frames).sum())
-    return pd.DataFrame({"track_id": ids, "track_frames": frames.astype(np.int32),
-                         "short_track": frames < min_track_frames})
+    """The track columns of the kept rows, from their tracks' names; counted in the summary."""
+    columns = track_columns(pd.factorize(pd.Series(tracks, dtype=object))[0], min_track_frames)
+    summary.tracks, summary.short_tracks = count_tracks(columns)
+    return columns
 
 
 def ingest_crops(

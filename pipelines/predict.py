@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from lch.paths import Location, cohort_dir, filesystem, join, lch_home, storage_options_from_env
 from lch.pipelines.runtime import cluster_cpus, init_ray
+from lch.pipelines.train_data import read_crop_items
 from lch.predictions import call_accuracy, cell_predictions, patient_calls
 from lch.registry import (
     CHAMPION_ALIAS,
@@ -101,8 +102,6 @@ class CropEncoder:
         self.device = device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from lch.pipelines.train_data import read_crop_items
-
         crops = read_crop_items(batch, self.options)["crop"]
         rows = np.concatenate([np.arange(a, b) for a, b in zip(batch["start"], batch["stop"],
                                                                 strict=True)])

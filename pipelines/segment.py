@@ -56,7 +56,7 @@ from lch.paths import (
 )
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
-from lch.tracking import MIN_TRACK_FRAMES, check_min_track_frames, track_cohort
+from lch.tracking import MIN_TRACK_FRAMES, check_min_track_frames, count_tracks, track_cohort
 
 FRAMES_PER_BATCH = 4
 # Cellpose-SAM is a large transformer: fewer actors with more threads each, not one per core.
@@ -350,9 +350,7 @@ def _tracks(cells: pd.DataFrame, meta: dict, summary: SegmentSummary) -> pd.Data
     """The cohort's tracks, counted in the summary."""
     intervals = {m: meta[m]["frame_interval_s"] for m in meta}
     tracks = track_cohort(cells, intervals, min_track_frames=summary.min_track_frames)
-    first = ~tracks["track_id"].duplicated()
-    summary.tracks = int(first.sum())
-    summary.short_tracks = int(tracks["short_track"][first].sum())
+    summary.tracks, summary.short_tracks = count_tracks(tracks)
     return tracks
 
 

@@ -306,9 +306,13 @@ class PopulationDraws:
     sizes: np.ndarray
     scores: np.ndarray
 
+    def correct(self) -> np.ndarray:
+        """Whether each population (group, draw) is called right: high above 0.5."""
+        return (self.scores > 0.5) == (self.labels[:, None] == HIGH)
+
     def accuracy(self) -> float:
-        """Fraction of correct calls (high above 0.5) over all draws, groups weighing the same."""
-        return float(np.mean((self.scores > 0.5) == (self.labels[:, None] == HIGH)))
+        """Fraction of correct calls over all draws, groups weighing the same."""
+        return float(self.correct().mean())
 
     def auc(self) -> float:
         """ROC AUC of the population scores against their groups' labels."""

@@ -164,6 +164,12 @@ def brier(p: np.ndarray, y: np.ndarray) -> float:
     return float(brier_score_loss(np.asarray(y) == HIGH, np.asarray(p, dtype=np.float64)))
 
 
+def percentile_interval(samples: np.ndarray) -> tuple[float, float]:
+    """The :data:`CONFIDENCE` percentile interval of bootstrap ``samples``."""
+    tail = (1 - CONFIDENCE) / 2
+    return float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail))
+
+
 def population_table(
     p: np.ndarray,
     y: np.ndarray,
@@ -184,13 +190,12 @@ def population_table(
     rows = []
     for k in ks:
         draws = population_draws(p, y, groups, k=k, n_draws=n_draws, rng=rng)
-        correct = (draws.scores > 0.5) == (draws.labels[:, None] == HIGH)  # (G, n_draws)
+        correct = draws.correct()  # (G, n_draws)
         picks = rng.integers(0, n_draws, (N_BOOTSTRAP, *correct.shape))
-        boot = np.take_along_axis(correct[None], picks, axis=2).mean(axis=(1, 2))
-        tail = (1 - CONFIDENCE) / 2
+        low, high = percentile_interval(
+            np.take_along_axis(correct[None], picks, axis=2).mean(axis=(1, 2)))
         rows.append({
-            "k": k, "accuracy": float(correct.mean()),
-            "ci_low": float(np.quantile(boot, tail)), "ci_high": float(np.quantile(boot, 1 - tail)),
+            "k": k, "accuracy": float(correct.mean()), "ci_low": low, "ci_high": high,
             "auc": draws.auc(), "groups_reaching_k": float(np.mean(draws.sizes >= k)),
         })
     return pd.DataFrame(rows, columns=["k", "accuracy", "ci_low", "ci_high", "auc",
@@ -204,6 +209,7 @@ def per_group_table(
     """One row per group: its label, cells, mean P(high), the fraction of its cells called
     right, and the accuracy of its populations of ``k`` distinct cells."""
     draws = population_draws(p, y, groups, k=k, n_draws=n_draws, rng=np.random.default_rng(seed))
+    correct = draws.correct()
     groups = np.asarray(groups, dtype=object)
     rows = []
     for i, name in enumerate(draws.names):
@@ -212,7 +218,7 @@ def per_group_table(
             "group": name, "label": "high" if high else "low", "cells": len(cell_p),
             "mean_p_high": float(cell_p.mean()),
             "cell_accuracy": float(np.mean((cell_p > 0.5) == high)),
-            f"population_accuracy_k{k}": float(np.mean((draws.scores[i] > 0.5) == high)),
+            f"population_accuracy_k{k}": float(correct[i].mean()),
         })
     return pd.DataFrame(rows)
 

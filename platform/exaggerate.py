@@ -315,12 +315,15 @@ def morphology_table(
 
 
 @torch.no_grad()
+def _logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    weight = model.weight.double().cpu().numpy()
+    return encode_crops(model, batch).astype(np.float64) @ weight + float(model.bias)
+
+
 def discriminant_scores(model: torch.nn.Module, crops: Any) -> np.ndarray:
     """The classifier's logit ``z . weight + bias`` of each crop's code (C,)."""
     check_classifier(model)
-    batch = _crop_batch(model, crops, resize=False)
-    weight = model.weight.double().cpu().numpy()
-    return encode_crops(model, batch).astype(np.float64) @ weight + float(model.bias)
+    return _logits(model, _crop_batch(model, crops, resize=False))
 
 
 def measure_real_cells(model: torch.nn.Module, crops: Any) -> tuple[pd.DataFrame, np.ndarray]:
@@ -334,10 +337,11 @@ def measure_real_cells(model: torch.nn.Module, crops: Any) -> tuple[pd.DataFrame
     scores : numpy.ndarray
         (C,).
     """
+    check_classifier(model)
     batch = _crop_batch(model, crops, resize=False)
     px = model.config.crop_pixel_size_um
     features = pd.DataFrame([measure_crop(crop, pixel_size_um=px) for crop in batch])
-    return features, discriminant_scores(model, batch)
+    return features, _logits(model, batch)
 
 
 def exaggerate_codes(

@@ -12,7 +12,14 @@ import numpy as np
 import pandas as pd
 
 from lch.classify import MIN_POPULATION, UNKNOWN, binary_labels
-from lch.evaluation import CONFIDENCE, N_BOOTSTRAP, cell_index, cell_means, first_of_each, sigmoid
+from lch.evaluation import (
+    N_BOOTSTRAP,
+    cell_index,
+    cell_means,
+    first_of_each,
+    percentile_interval,
+    sigmoid,
+)
 from lch.model import LCHModel
 
 CELL_COLUMNS = ["cohort", "movie", "patient", "cell_line", "label", "track_id"]
@@ -58,23 +65,23 @@ def patient_calls(predictions: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per patient: ``label``, ``cells``, ``p_high`` (mean over its cells), ``ci_low``
-        and ``ci_high`` (a :data:`lch.evaluation.CONFIDENCE` percentile interval from
+        and ``ci_high`` (:func:`lch.evaluation.percentile_interval` of
         :data:`lch.evaluation.N_BOOTSTRAP` resamples of its cells), ``call`` ("high" when
         ``p_high`` >= 0.5), ``reaches_minimum`` (at least :data:`MIN_POPULATION` cells) and
         ``correct`` (None for an unlabelled patient).
     """
     rng = np.random.default_rng(seed)
-    tail = (1 - CONFIDENCE) / 2
     rows = []
     for patient, group in predictions.groupby("patient", sort=True):
         p = group["p_high"].to_numpy()
-        boot = p[rng.integers(0, len(p), (N_BOOTSTRAP, len(p)))].mean(axis=1)
+        low, high = percentile_interval(
+            p[rng.integers(0, len(p), (N_BOOTSTRAP, len(p)))].mean(axis=1))
         label = str(group["label"].iloc[0])
         call = "high" if p.mean() >= 0.5 else "low"
         known = binary_labels([label])[0] != UNKNOWN
         rows.append({
             "patient": patient, "label": label, "cells": len(p), "p_high": float(p.mean()),
-            "ci_low": float(np.quantile(boot, tail)), "ci_high": float(np.quantile(boot, 1 - tail)),
+            "ci_low": low, "ci_high": high,
             "call": call, "reaches_minimum": len(p) >= MIN_POPULATION,
             "correct": (call == label.lower()) if known else None,
         })

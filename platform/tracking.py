@@ -155,6 +155,19 @@ def track_cohort(
         )
         track[rows] = local + offset
         offset += int(local.max()) + 1 if len(local) else 0
-    frames = track_lengths(track)
-    return pd.DataFrame({"track_id": track, "track_frames": frames.astype(np.int32),
+    return track_columns(track, min_track_frames)
+
+
+def track_columns(track_ids: np.ndarray, min_track_frames: int = MIN_TRACK_FRAMES) -> pd.DataFrame:
+    """:data:`TRACK_COLUMNS` of rows whose tracks are ``track_ids``: the id, how many rows its
+    track has, and whether that is fewer than ``min_track_frames``."""
+    track_ids = np.asarray(track_ids, dtype=np.int64)
+    frames = track_lengths(track_ids)
+    return pd.DataFrame({"track_id": track_ids, "track_frames": frames.astype(np.int32),
                          "short_track": frames < min_track_frames})
+
+
+def count_tracks(columns: pd.DataFrame) -> tuple[int, int]:
+    """How many tracks :func:`track_columns` holds, and how many of them are short."""
+    first = ~columns["track_id"].duplicated()
+    return int(first.sum()), int(columns["short_track"][first].sum())

@@ -170,14 +170,15 @@ def real_features(model, trained) -> pd.DataFrame:
     return measure_real_cells(model, trained["crops"])[0]
 
 
-def _judged(name: str, model: LCHModel, result, trained, real_features) -> list[str]:
-    """:func:`lch.trends.judge_trends` of ``result``, the bound taken from the training cells'
-    scores under ``model``; prints the report."""
+def _judged(name: str, model: LCHModel, result, trained,
+            real_features) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`lch.trends.trend_report` of ``result``, the bound taken from the training cells'
+    scores under ``model``, and what :func:`lch.trends.judge_trends` finds short; prints both."""
     scores = discriminant_scores(model, trained["crops"])
     report = trend_report(result.table, real_features, scores, result.sigmas)
     _report(name, result)
     print(report.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    return judge_trends(report)
+    return report, judge_trends(report)
 
 
 # ---------------------------------------------------------------- the planted phenotype
@@ -187,9 +188,8 @@ def _judged(name: str, model: LCHModel, result, trained, real_features) -> list[
 def test_planted_features_trend_as_far_as_the_data_allow(model, result, trained, real_features):
     # Crops turned so the longest extension points along +x (lch.crops) give the arm one
     # place in the latent space; unaligned, the arms did not grow at all (rho -0.2).
-    assert _judged("true labels", model, result, trained, real_features) == []
-    scores = discriminant_scores(model, trained["crops"])
-    report = trend_report(result.table, real_features, scores, result.sigmas)
+    report, faults = _judged("true labels", model, result, trained, real_features)
+    assert faults == []
     # The bound is no free pass: the training cells do carry both planted features.
     assert (report.loc[report["role"] == "planted", "c"] > 0.5).all()
 
@@ -203,7 +203,7 @@ def test_every_decoded_image_holds_one_cell(result):
 @pytest.mark.slow
 def test_shuffled_labels_fail_the_criterion(shuffled_model, shuffled_result, trained,
                                             real_features):
-    assert _judged("shuffled labels", shuffled_model, shuffled_result, trained, real_features)
+    assert _judged("shuffled labels", shuffled_model, shuffled_result, trained, real_features)[1]
 
 
 @pytest.mark.slow
@@ -216,7 +216,7 @@ def test_untrained_model_fails_the_criterion(trained, real_features):
     weight, bias, _ = fit_linear_classifier(codes, trained["labels"])
     untrained = LCHModel.from_aae(aae, weight, bias, codes)
     out = exaggerate(untrained, _exaggerated_cells(trained))
-    assert _judged("untrained AAE", untrained, out, trained, real_features)
+    assert _judged("untrained AAE", untrained, out, trained, real_features)[1]
 
 
 @pytest.mark.slow
