@@ -129,12 +129,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from lch.pipelines.predict import predict_cohort
+    from lch.registry import ModelNotFound
     from lch.training import TrainingInputError
 
     try:
         summary = predict_cohort(args.cohort, args.model, out=args.out, force=args.force,
                                  gpu=args.gpu, progress=not args.quiet, address=args.address)
-    except (TrainingInputError, ValueError) as exc:
+    except (TrainingInputError, ModelNotFound, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary.format())

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import ray
 import torch
-from mlflow import MlflowClient
 from tqdm.auto import tqdm
 
 from lch.paths import Location, cohort_dir, filesystem, join, lch_home, storage_options_from_env
@@ -32,6 +31,7 @@ from lch.registry import (
     CHAMPION_ALIAS,
     REGISTERED_MODEL,
     load_lch_model,
+    resolve_version,
     tracking_uri,
     use_tracking,
 )
@@ -74,21 +74,6 @@ class PredictSummary:
             known = int(self.calls["correct"].notna().sum())
             lines.append(f"  labelled patients called right: {accuracy:.3f} of {known}")
         return "\n".join(lines)
-
-
-def resolve_version(model: str) -> str:
-    """The registered version a model reference names: a version number, ``models:/NAME/V`` or
-    ``models:/NAME@ALIAS``."""
-    if model.isdigit():
-        return model
-    name, sep, ref = model.removeprefix("models:/").partition("/")
-    if sep and ref:
-        return ref
-    if "@" in name:
-        registered, alias = name.split("@", 1)
-        return str(MlflowClient().get_model_version_by_alias(registered, alias).version)
-    raise ValueError(f"{model!r}: expected a version number, models:/NAME/VERSION or "
-                     "models:/NAME@ALIAS")
 
 
 class CropEncoder:
@@ -183,17 +168,16 @@ def predict_cohort(
     ------
     lch.training.TrainingInputError
         The cohort is missing or has no segmented cells (the message names it).
-    ValueError
+    lch.registry.ModelNotFound
         A model reference that names no registered version.
+    ValueError
+        A model reference of no known form.
     """
     started = time.perf_counter()
     home = home or lch_home()
     use_tracking()
     tracking = tracking_uri()
-    try:
-        version = resolve_version(model)
-    except mlflow.exceptions.MlflowException as exc:
-        raise ValueError(f"{model!r}: no such registered model version ({exc.message})") from None
+    version = resolve_version(model, tracking)
     model_uri = f"models:/{REGISTERED_MODEL}/{version}"
     path = out or join(cohort_dir(cohort, home), PREDICTIONS, f"{version}.parquet")
     options = storage_options_from_env(home)

@@ -263,3 +263,30 @@ def open_cells(
             "run `lch segment` again"
         )
     return table.to_pandas(), crops
+
+
+class UnknownMovie(LookupError):
+    """A movie the cohort's cell store does not hold."""
+
+
+def movie_cells(
+    folder: Location, movie: str, storage_options: dict | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """One stored movie's cells, in frame order, and their crops (read from the store).
+
+    Raises
+    ------
+    CellStoreError
+        No (consistent) segmentation outputs in ``folder``.
+    UnknownMovie
+        ``folder`` holds no cell of ``movie``.
+    """
+    table, crops = open_cells(folder, storage_options)
+    rows = table[table["movie"] == movie].sort_values(["frame", "cell_id"], kind="stable")
+    if rows.empty:
+        held = sorted(table["movie"].unique())
+        shown = ", ".join(held[:10]) + (", ..." if len(held) > 10 else "")
+        raise UnknownMovie(f"no segmented movie {movie!r} ({len(held)} movies: {shown})")
+    pixels = crops.get_orthogonal_selection((rows["crop_index"].to_numpy(), slice(None),
+                                             slice(None)))
+    return rows.reset_index(drop=True), np.asarray(pixels, dtype=np.float32)

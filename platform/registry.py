@@ -12,6 +12,7 @@ neither MLflow nor :func:`load_lch_model` ever unpickles code.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,6 +30,8 @@ from lch.paths import is_url, join, lch_home
 
 REGISTERED_MODEL = "lch-aae"
 CHAMPION_ALIAS = "champion"
+ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+"""A version number or an MLflow alias (letters, digits, ``_`` and ``-``)."""
 """The alias the promotion gate moves and Serve loads: ``models:/lch-aae@champion``."""
 EXPERIMENT = "lch"
 MODEL_NAME = "model"
@@ -224,6 +227,53 @@ def _model_location(uri: str, tracking_uri: str) -> str:
     elif not sep or not ref:
         raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
     return client.get_model_version_download_uri(name, ref).rstrip("/")
+
+
+class ModelNotFound(LookupError):
+    """A model reference that names no registered version."""
+
+
+def resolve_version(
+    reference: str, tracking_uri: str | None = None, name: str = REGISTERED_MODEL
+) -> str:
+    """The registered version a model reference names, checked to exist.
+
+    Parameters
+    ----------
+    reference : str
+        A version number (``"3"``), an alias (``"challenger"``), ``models:/NAME/VERSION`` or
+        ``models:/NAME@ALIAS``.
+    tracking_uri : str, optional
+        The MLflow store; default as in :func:`load_lch_model`.
+    name : str
+        The registered model a bare version or alias belongs to.
+
+    Raises
+    ------
+    ModelNotFound
+        No such version or alias.
+    ValueError
+        ``reference`` is none of the forms above.
+    """
+    reference = str(reference).strip()
+    if reference.startswith("models:/"):
+        name, sep, ref = reference.removeprefix("models:/").partition("/")
+        if not sep and "@" in name:
+            name, ref = name.split("@", 1)
+    else:
+        ref = reference
+    if not ref or not ALIAS_PATTERN.match(ref):
+        raise ValueError(f"{reference!r}: expected a version number, an alias, "
+                         "models:/NAME/VERSION or models:/NAME@ALIAS")
+    uri = tracking_uri or _current_store()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        if ref.isdigit():
+            return str(client.get_model_version(name, ref).version)
+        return str(client.get_model_version_by_alias(name, ref).version)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelNotFound(f"{reference!r}: {name} has no such version or alias "
+                            f"({exc.message})") from None
 
 
 def load_lch_model(uri: str, tracking_uri: str | None = None) -> LCHModel:

@@ -32,13 +32,15 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 
 from lch.cells import frame_cells
+from lch.cellstore import CellStoreError, UnknownMovie, movie_cells
 from lch.evaluation import cell_means
-from lch.exaggerate import exaggerate, montage
+from lch.exaggerate import encode_crops, exaggerate, exaggerate_codes, montage
 from lch.model import AAEConfig
-from lch.registry import CHAMPION_ALIAS, REGISTERED_MODEL
+from lch.paths import cohort_dir, lch_home, storage_options_from_env
+from lch.registry import CHAMPION_ALIAS, REGISTERED_MODEL, ModelNotFound, resolve_version
 from lch.serving import contract
 from lch.serving.contract import RequestError
-from lch.serving.model_source import ModelSource
+from lch.serving.model_source import LoadedModel, ModelSource
 from lch.single_cell import cell_at, model_crop
 from lch.tracking import link_tracks
 
@@ -55,6 +57,8 @@ INGRESS_AUTOSCALING = {**CLASSIFIER_AUTOSCALING, "target_ongoing_requests": 16}
 UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError,
                ReplicaUnavailableError)
 RETRY_AFTER_S = 5
+VERSIONS_PER_REPLICA = 2
+"""Named versions a model replica keeps loaded besides the champion (least recently used go)."""
 
 
 def _cells_of_frames(
@@ -75,6 +79,40 @@ def _cells_of_frames(
     return cells, np.concatenate(crops)
 
 
+def _score_movie(loaded: LoadedModel, cells: pd.DataFrame,
+                 crops: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each cell's P(high) in each frame, and each track's P(high) of the mean code of its
+    frames (rows in ``track_id`` order, with their frame counts)."""
+    ids, cell = np.unique(cells["track_id"].to_numpy(), return_inverse=True)
+    if not len(cells):
+        return cells.assign(p_high=[]), pd.DataFrame({"track_id": ids, "frames": ids,
+                                                      "p_high": ids})
+    with torch.inference_mode():
+        z = loaded.model.encode(torch.from_numpy(crops.astype(np.float32))[:, None])
+        per_frame = loaded.model.classify_latent(z).numpy()
+        means = torch.from_numpy(cell_means(z.numpy(), cell)).to(z.dtype)
+        per_track = loaded.model.classify_latent(means).numpy()
+    tracks = pd.DataFrame({"track_id": ids, "frames": np.bincount(cell), "p_high": per_track})
+    return cells.assign(p_high=per_frame), tracks
+
+
+def _stored_movie(root: str, cohort: str, movie: str,
+                  loaded: LoadedModel) -> tuple[pd.DataFrame, np.ndarray]:
+    """A segmented movie's cells and crops from the data root, by names checked in the
+    ingress (:func:`lch.serving.contract.stored_movie`)."""
+    try:
+        cells, crops = movie_cells(cohort_dir(cohort, root), movie, storage_options_from_env(root))
+    except CellStoreError:
+        raise RequestError(f"'cohort': no segmented cohort {cohort!r} here", 404) from None
+    except UnknownMovie as exc:
+        raise RequestError(f"'movie': cohort {cohort!r} has {exc}", 404) from None
+    size = loaded.model.config.crop_size
+    if crops.shape[1:] != (size, size):
+        raise RequestError(f"cohort {cohort!r} was cut into {crops.shape[1]}-px crops; version "
+                           f"{loaded.version} takes {size} px")
+    return cells, crops
+
+
 def _model_crops(
     images: np.ndarray, config: AAEConfig, normalised: bool | None, pixel_size_um: float
 ) -> list[tuple[np.ndarray, str]]:
@@ -84,16 +122,28 @@ def _model_crops(
 
 
 class _FollowsModel:
-    """Shared by the model deployments: the model source and its polling task."""
+    """Shared by the model deployments: the model source and its polling task, the versions
+    requests name (Serve model multiplexing), and the data root stored movies are read from."""
 
-    async def _start(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float):
+    async def _start(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float,
+                     data_root: str):
         self.source = await asyncio.to_thread(ModelSource, model_alias, tracking_uri)
+        self.data_root = data_root
         self._follower = asyncio.get_running_loop().create_task(
             self.source.follow(poll_interval_s)
         )
 
-    def info(self) -> dict:
-        loaded = self.source.current
+    @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)
+    async def _named_version(self, version: str) -> LoadedModel:
+        return await asyncio.to_thread(self.source.load_version, version)
+
+    async def _model(self) -> LoadedModel:
+        """The version the request named (its multiplexed model id), else the followed alias's."""
+        version = serve.get_multiplexed_model_id()
+        return await self._named_version(version) if version else self.source.current
+
+    async def info(self) -> dict:
+        loaded = await self._model()
         return {
             "name": self.source.name, "alias": self.source.alias, "version": loaded.version,
             "run_id": loaded.run_id, "crop_size": loaded.model.config.crop_size,
@@ -108,12 +158,14 @@ class _FollowsModel:
 class Classifier(_FollowsModel):
     """P(high) for crops, batched across concurrent requests with ``@serve.batch``."""
 
-    async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float):
-        await self._start(model_alias, tracking_uri, poll_interval_s)
+    async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float,
+                       data_root: str):
+        await self._start(model_alias, tracking_uri, poll_interval_s, data_root)
 
+    # Serve splits batches by multiplexed model id: one version per batch.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _predict(self, crop_sets: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
-        loaded = self.source.current  # one model for the whole batch, even mid-swap
+        loaded = await self._model()  # one model for the whole batch, even mid-swap
         size = loaded.model.config.crop_size
         for crops in crop_sets:
             if crops.shape[1:] != (size, size):
@@ -130,28 +182,29 @@ class Classifier(_FollowsModel):
     ) -> tuple[str, np.ndarray, list[str]]:
         """P(high) of sent crops or raw windows, each made the model's crop first
         (:func:`lch.single_cell.model_crop`); also which each one was."""
-        config = self.source.current.model.config
+        config = (await self._model()).model.config
         made = await asyncio.to_thread(_model_crops, images, config, normalised, pixel_size_um)
         version, p = await self._predict(np.stack([crop for crop, _ in made]))
         return version, p, [kind for _, kind in made]
 
     async def classify_frames(
         self, frames: np.ndarray, pixel_size_um: float, frame_interval_s: float
-    ) -> tuple[str, pd.DataFrame, np.ndarray]:
-        """Each cell of each frame (with its track) and its P(high), and each track's P(high) of
-        the mean code of its frames (rows in ``track_id`` order)."""
-        loaded = self.source.current
+    ) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+        """Segment and track sent frames; each cell's and each track's P(high)
+        (:func:`_score_movie`)."""
+        loaded = await self._model()
         cells, crops = await asyncio.to_thread(
             _cells_of_frames, frames, loaded.model.config, pixel_size_um, frame_interval_s
         )
-        if not len(cells):
-            return loaded.version, cells.assign(p_high=[]), np.zeros(0)
-        with torch.inference_mode():
-            z = loaded.model.encode(torch.from_numpy(crops.astype(np.float32))[:, None])
-            per_frame = loaded.model.classify_latent(z).numpy()
-            means = torch.from_numpy(cell_means(z.numpy(), cells["track_id"].to_numpy()))
-            per_track = loaded.model.classify_latent(means.to(z.dtype)).numpy()
-        return loaded.version, cells.assign(p_high=per_frame), per_track
+        return (loaded.version, *await asyncio.to_thread(_score_movie, loaded, cells, crops))
+
+    async def classify_stored(self, cohort: str, movie: str) -> tuple[str, pd.DataFrame,
+                                                                      pd.DataFrame]:
+        """The same for a movie ingested and segmented on this server, all its frames."""
+        loaded = await self._model()
+        cells, crops = await asyncio.to_thread(_stored_movie, self.data_root, cohort, movie,
+                                               loaded)
+        return (loaded.version, *await asyncio.to_thread(_score_movie, loaded, cells, crops))
 
 
 @serve.deployment(
@@ -161,14 +214,15 @@ class Classifier(_FollowsModel):
 class Exaggerator(_FollowsModel):
     """Decoded images along the discriminant direction, with their morphology."""
 
-    async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float):
-        await self._start(model_alias, tracking_uri, poll_interval_s)
+    async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float,
+                       data_root: str):
+        await self._start(model_alias, tracking_uri, poll_interval_s, data_root)
 
     async def exaggerate(self, image: np.ndarray, sigmas: list[float], normalised: bool | None,
                          pixel_size_um: float, point: tuple[int, int] | None = None):
         """Exaggerate a sent crop or raw window (made the model's crop first), or, with a
         ``point`` (y, x), the cell there in a raw frame."""
-        loaded = self.source.current
+        loaded = await self._model()
         config = loaded.model.config
         if point is None:
             crop, kind = await asyncio.to_thread(
@@ -182,6 +236,31 @@ class Exaggerator(_FollowsModel):
             )
             kind = f"the cell at x={point[1]}, y={point[0]} of a frame, cut as ingestion does"
         result = await asyncio.to_thread(exaggerate, loaded.model, crop, sigmas, cells=["crop"])
+        return loaded.version, result, kind
+
+    async def exaggerate_stored(self, cohort: str, movie: str, key: str, index: int,
+                                sigmas: list[float]):
+        """Exaggerate a cell of a stored movie: a track (``key`` "track_id", from the mean code
+        of its frames, the descriptor it is classified by) or one cell in one frame ("cell")."""
+        loaded = await self._model()
+        cells, crops = await asyncio.to_thread(_stored_movie, self.data_root, cohort, movie,
+                                               loaded)
+        if key == "cell":
+            if index >= len(cells):
+                raise RequestError(f"'cell' {index}: movie {movie!r} has {len(cells)} cells "
+                                   f"(0 to {len(cells) - 1})", 404)
+            rows = np.array([index])
+            kind = (f"cell {index} of movie {movie} (frame {cells['frame'].iloc[index]}, "
+                    f"track {cells['track_id'].iloc[index]})")
+        else:
+            rows = np.flatnonzero(cells["track_id"].to_numpy() == index)
+            if not len(rows):
+                raise RequestError(f"'track_id' {index}: movie {movie!r} has no such track "
+                                   f"(its tracks: {_ranges(cells['track_id'])})", 404)
+            kind = f"track {index} of movie {movie} (the mean code of its {len(rows)} frames)"
+        codes = await asyncio.to_thread(encode_crops, loaded.model, crops[rows])
+        result = await asyncio.to_thread(exaggerate_codes, loaded.model, codes.mean(axis=0),
+                                         sigmas, cells=[kind])
         return loaded.version, result, kind
 
 
@@ -265,6 +344,14 @@ async def _upload(request: Request) -> tuple[bytes, str, dict]:
     return await upload.read(), upload.filename or "upload", fields
 
 
+def _ranges(values: pd.Series) -> str:
+    """Sorted distinct ids as short ranges: "0-4, 7, 9-12"."""
+    ids = np.unique(values.to_numpy())
+    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+    parts = [f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in np.split(ids, breaks)]
+    return ", ".join(parts)
+
+
 def _png(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)).save(buffer, "PNG")
@@ -277,6 +364,19 @@ def _finite_or_none(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if np.isfinite(value) else None
+
+
+def _movie_response(version: str, cells: pd.DataFrame,
+                    tracks: pd.DataFrame) -> contract.ClassifyResponse:
+    """A movie's answer: every cell of every frame, every track, the call over the tracks."""
+    columns = ["frame", "centroid_y", "centroid_x", "track_id", "p_high"]
+    return contract.ClassifyResponse(
+        model_version=version,
+        cells=[contract.Cell(index=i, **row) for i, row in
+               enumerate(cells[columns].to_dict("records"))],
+        tracks=[contract.Track(**row) for row in tracks.to_dict("records")],
+        population=contract.population(tracks["p_high"].to_numpy()),
+    )
 
 
 class Health(BaseModel):
@@ -294,18 +394,35 @@ class Ingress:
     """HTTP routes (OpenAPI at /docs); the models run in the composed deployments."""
 
     def __init__(self, classifier: DeploymentHandle, exaggerator: DeploymentHandle,
-                 token: str | None = None, public_docs: bool = False) -> None:
+                 token: str | None = None, public_docs: bool = False,
+                 tracking_uri: str | None = None) -> None:
         self.classifier, self.exaggerator = classifier, exaggerator
+        self.tracking_uri = tracking_uri
         api.state.token = token
         api.state.public_docs = public_docs
+
+    async def _handles(self, reference: str | None) -> tuple[DeploymentHandle, DeploymentHandle]:
+        """The model deployments, routed to the version ``reference`` names (Serve model
+        multiplexing), or as they are for the followed champion."""
+        if reference is None:
+            return self.classifier, self.exaggerator
+        try:
+            version = await asyncio.to_thread(resolve_version, reference, self.tracking_uri)
+        except ModelNotFound:
+            raise RequestError(f"'model': {REGISTERED_MODEL} has no version or alias "
+                               f"{reference!r}", 404) from None
+        return (self.classifier.options(multiplexed_model_id=version),
+                self.exaggerator.options(multiplexed_model_id=version))
 
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
         return Health(status="ok")
 
     @api.get("/v1/model", response_model=contract.ModelInfo, dependencies=[Depends(require_token)])
-    async def model(self) -> contract.ModelInfo:
-        return contract.ModelInfo(**await self._call(self.classifier.info.remote()))
+    async def model(self, model: str | None = None) -> contract.ModelInfo:
+        """The version that answers (``?model=`` a version or alias, default the champion)."""
+        classifier, _ = await self._handles(contract.model_reference(model))
+        return contract.ModelInfo(**await self._call(classifier.info.remote()))
 
     @api.post(
         "/v1/classify", response_model=contract.ClassifyResponse,
@@ -313,34 +430,31 @@ class Ingress:
         openapi_extra=contract.CLASSIFY_BODY,
     )
     async def classify(self, request: Request) -> contract.ClassifyResponse:
-        """Per-cell P(high) and the population call, for JSON crops or an uploaded TIFF."""
+        """Per-cell P(high) and the population call, for JSON crops, an uploaded TIFF, or a
+        movie ingested on the server (JSON ``cohort`` and ``movie``)."""
         body = await _body(request)
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             data, name, fields = await _upload(request)
+            classifier, _ = await self._handles(contract.model_reference(fields.get("model")))
             px = contract.pixel_size(fields.get("pixel_size_um"))
             interval = contract.frame_interval(fields.get("frame_interval_s"))
             frames = await asyncio.to_thread(contract.tiff_frames, data, name)
-            version, cells, p_tracks = await self._call(
-                self.classifier.classify_frames.remote(frames, px, interval)
-            )
-            frames_of = np.bincount(cells["track_id"], minlength=len(p_tracks))
-            return contract.ClassifyResponse(
-                model_version=version,
-                cells=[contract.Cell(index=i, **row) for i, row in
-                       enumerate(cells.to_dict("records"))],
-                tracks=[contract.Track(track_id=t, frames=int(frames_of[t]), p_high=float(p))
-                        for t, p in enumerate(p_tracks)],
-                population=contract.population(p_tracks),
-            )
+            return _movie_response(*await self._call(
+                classifier.classify_frames.remote(frames, px, interval)
+            ))
         if not kind.startswith("application/json"):
             raise RequestError("send application/json crops or a multipart/form-data TIFF", 415)
         payload = await asyncio.to_thread(contract.parse_json, body)
+        classifier, _ = await self._handles(contract.model_reference(payload.get("model")))
+        stored = contract.stored_movie(payload)
+        if stored is not None:
+            return _movie_response(*await self._call(classifier.classify_stored.remote(*stored)))
         normalised = contract.normalised_flag(payload.get("normalised"))
         px = contract.pixel_size(payload.get("pixel_size_um"))
         images = await asyncio.to_thread(contract.request_crops, payload, "crops")
         version, p, kinds = await self._call(
-            self.classifier.classify_crops.remote(images, normalised, px)
+            classifier.classify_crops.remote(images, normalised, px)
         )
         return contract.ClassifyResponse(
             model_version=version,
@@ -358,10 +472,11 @@ class Ingress:
                          "description": "JSON, or a montage PNG for Accept: image/png"}},
     )
     async def exaggerate(self, request: Request):
-        """Decode one crop moved along the discriminant direction by each sigma."""
+        """Decode one cell moved along the discriminant direction by each sigma: a sent crop or
+        window, the cell at x, y of an uploaded frame, or a cell of a stored movie."""
         body = await _body(request)
         kind = request.headers.get("content-type", "")
-        point = None
+        point = image = stored = None
         if kind.startswith("multipart/form-data"):
             data, name, fields = await _upload(request)
             picked = contract.picked_point(fields)
@@ -375,18 +490,24 @@ class Ingress:
                 image = frames[t]
         elif kind.startswith("application/json"):
             fields = await asyncio.to_thread(contract.parse_json, body)
-            image = (await asyncio.to_thread(
-                contract.request_crops, fields, "crop", max_cells=1
-            ))[0]
+            stored = contract.stored_movie(fields)
+            if stored is None:
+                image = (await asyncio.to_thread(
+                    contract.request_crops, fields, "crop", max_cells=1
+                ))[0]
         else:
             raise RequestError("send an application/json crop or a multipart/form-data image", 415)
+        _, exaggerator = await self._handles(contract.model_reference(fields.get("model")))
         sigmas = contract.sigmas_list(fields.get("sigmas"))
-        normalised = contract.normalised_flag(fields.get("normalised"))
-        px = contract.pixel_size(fields.get("pixel_size_um"))
-        version, result, made = await self._call(
-            self.exaggerator.exaggerate.remote(image, sigmas, normalised, px,
-                                               tuple(point) if point else None)
-        )
+        if stored is not None:
+            call = exaggerator.exaggerate_stored.remote(*stored, *contract.stored_cell(fields),
+                                                        sigmas)
+        else:
+            normalised = contract.normalised_flag(fields.get("normalised"))
+            px = contract.pixel_size(fields.get("pixel_size_um"))
+            call = exaggerator.exaggerate.remote(image, sigmas, normalised, px,
+                                                 tuple(point) if point else None)
+        version, result, made = await self._call(call)
         if "image/png" in request.headers.get("accept", ""):
             buffer = io.BytesIO()
             montage(result).save(buffer, "PNG")
@@ -414,7 +535,8 @@ class Ingress:
         try:
             return await response
         except ValueError as exc:  # a replica's own input check (e.g. crop size after a swap)
-            raise RequestError(str(exc).splitlines()[-1]) from exc
+            status = getattr(getattr(exc, "cause", exc), "status", 422)
+            raise RequestError(str(exc).splitlines()[-1], status) from exc
         except UNAVAILABLE as exc:
             raise RequestError(
                 f"the model is not available right now ({type(exc).__name__}); retry shortly",
@@ -429,6 +551,8 @@ class AppArgs(BaseModel):
     tracking_uri: str | None = None
     poll_interval_s: float = 10.0
     token_env: str = TOKEN_ENV
+    data_root: str | None = None
+    """Where ingested cohorts are read from by name; default ``$LCH_HOME``."""
     public_docs: bool = False
     """Serve /docs, /redoc and /openapi.json without the token (they describe, never act)."""
 
@@ -444,12 +568,14 @@ def build_app(args: dict | None = None):
 
     config = AppArgs(**(args or {}))
     uri = config.tracking_uri or tracking_uri()
-    model_args = (config.model_alias, uri, config.poll_interval_s)
+    root = config.data_root or str(lch_home())
+    model_args = (config.model_alias, uri, config.poll_interval_s, root)
     return Ingress.bind(
         Classifier.bind(*model_args),
         Exaggerator.bind(*model_args),
         os.environ.get(config.token_env) or None,
         config.public_docs,
+        uri,
     )
 
 

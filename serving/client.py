@@ -42,11 +42,16 @@ class LCHClient:
         Bearer token; defaults to ``$LCH_API_TOKEN``.
     timeout : float
         Seconds per request.
+    model : str, optional
+        A registered version (``"3"``) or alias (``"challenger"``) to answer every request;
+        default the server's champion.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0):
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0,
+                 model: str | None = None):
         token = token if token is not None else os.environ.get("LCH_API_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.model_reference = model
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
     def __enter__(self) -> LCHClient:
@@ -70,9 +75,22 @@ class LCHClient:
     def health(self) -> dict:
         return self._checked(self._http.get("/healthz")).json()
 
+    def _with_model(self, fields: dict) -> dict:
+        """``fields`` with the chosen model, the ``None`` values left out."""
+        fields = {**fields, "model": self.model_reference}
+        return {k: v for k, v in fields.items() if v is not None}
+
     def model(self) -> dict:
         """Which model version answers, its crop size and tags."""
-        return self._checked(self._http.get("/v1/model")).json()
+        params = self._with_model({})
+        return self._checked(self._http.get("/v1/model", params=params)).json()
+
+    def predict_movie(self, cohort: str, movie: str) -> dict:
+        """Classify a movie already ingested and segmented on the server, by name: every cell
+        of every frame, every tracked cell, and the population call over the tracks (no frame
+        limit: nothing is uploaded)."""
+        body = self._with_model({"cohort": cohort, "movie": movie})
+        return self._checked(self._http.post("/v1/classify", json=body)).json()
 
     def classify(
         self, source: str | Path | np.ndarray, pixel_size_um: float | None = None,
@@ -90,30 +108,41 @@ class LCHClient:
         if isinstance(source, str | Path):
             path = Path(source)
             files = {"file": (path.name, path.read_bytes(), "image/tiff")}
-            fields = {"pixel_size_um": pixel_size_um, "frame_interval_s": frame_interval_s}
-            data = {k: str(v) for k, v in fields.items() if v is not None}
+            fields = self._with_model({"pixel_size_um": pixel_size_um,
+                                       "frame_interval_s": frame_interval_s})
+            data = {k: str(v) for k, v in fields.items()}
             response = self._http.post("/v1/classify", files=files, data=data)
         else:
-            body: dict = {"crops_npy": encode_npy(_pixels(source))}
-            if pixel_size_um is not None:
-                body["pixel_size_um"] = pixel_size_um
+            body = self._with_model({"crops_npy": encode_npy(_pixels(source)),
+                                     "pixel_size_um": pixel_size_um})
             response = self._http.post("/v1/classify", json=body)
         return self._checked(response).json()
 
     def exaggerate(
-        self, crop: str | Path | np.ndarray, sigmas: list[float] | None = None, *,
+        self, crop: str | Path | np.ndarray | None = None, sigmas: list[float] | None = None, *,
         pixel_size_um: float | None = None, at: tuple[int, int, int] | None = None,
+        cohort: str | None = None, movie: str | None = None, track_id: int | None = None,
+        cell: int | None = None,
     ) -> dict:
-        """Decode ``crop`` moved along the discriminant direction by each sigma.
+        """Decode a cell moved along the discriminant direction by each sigma.
 
         ``crop`` is a normalised crop or a raw window (array or PNG/TIFF path, of
         ``pixel_size_um``); with ``at`` = (frame, y, x) it is a TIFF frame or movie and the cell
-        at that point is segmented, picked and exaggerated.
+        at that point is segmented, picked and exaggerated. Without ``crop``, a cell of a movie
+        stored on the server: ``cohort``, ``movie`` and either ``track_id`` (a tracked cell,
+        from the mean code of its frames) or ``cell`` (an index of :meth:`predict_movie`'s
+        ``cells``).
 
         Returns the JSON answer with each step's ``image`` decoded to a float array in [0, 1].
         """
-        response = self._checked(self._post_crop(crop, sigmas, accept="application/json",
-                                                 pixel_size_um=pixel_size_um, at=at))
+        if crop is None:
+            body = self._with_model({"cohort": cohort, "movie": movie, "track_id": track_id,
+                                     "cell": cell, "sigmas": sigmas})
+            response = self._http.post("/v1/exaggerate", json=body)
+        else:
+            response = self._post_crop(crop, sigmas, accept="application/json",
+                                       pixel_size_um=pixel_size_um, at=at)
+        response = self._checked(response)
         answer = response.json()
         for step in answer["steps"]:
             png = base64.b64decode(step["png_base64"])
@@ -134,14 +163,12 @@ class LCHClient:
             fields = {"sigmas": None if sigmas is None else ",".join(map(str, sigmas)),
                       "pixel_size_um": pixel_size_um}
             fields |= dict(zip(("frame", "y", "x"), at, strict=True)) if at else {}
-            data = {k: str(v) for k, v in fields.items() if v is not None}
+            data = {k: str(v) for k, v in self._with_model(fields).items()}
             files = {"file": (path.name, path.read_bytes())}
             return self._http.post("/v1/exaggerate", files=files, data=data, headers=headers)
         if at is not None:
             raise ValueError("a cell is picked by its position in a TIFF frame or movie (a path)")
-        body: dict = {"crop_npy": encode_npy(_pixels(crop))}
-        if pixel_size_um is not None:
-            body["pixel_size_um"] = pixel_size_um
-        if sigmas is not None:
-            body["sigmas"] = list(sigmas)
+        body = self._with_model({"crop_npy": encode_npy(_pixels(crop)),
+                                 "pixel_size_um": pixel_size_um,
+                                 "sigmas": None if sigmas is None else list(sigmas)})
         return self._http.post("/v1/exaggerate", json=body, headers=headers)

@@ -21,7 +21,9 @@ from pydantic import BaseModel, Field
 
 from lch.classify import MIN_POPULATION
 from lch.movie_io import FrameTooLarge, MovieError, iter_frames, read_movie_info
+from lch.paths import NAME_PATTERN, is_valid_name
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
+from lch.registry import ALIAS_PATTERN, CHAMPION_ALIAS
 from lch.tracking import DEFAULT_FRAME_INTERVAL_S
 
 MAX_BODY_BYTES = 64 << 20
@@ -49,11 +51,19 @@ _NORMALISED = {"type": "boolean", "description": "true: normalised crops (floats
                "detected (the response says which)"}
 _WINDOW_PIXELS = {"type": "number", "description": "a raw window's pixel size in µm "
                   f"(default {DEFAULT_PIXEL_SIZE_UM})"}
+_MODEL = {"type": "string", "description": "a registered version ('3') or alias "
+          f"('challenger') of the model to answer with; default the {CHAMPION_ALIAS}, "
+          "followed as it is promoted"}
+_COHORT = {"type": "string", "pattern": NAME_PATTERN.pattern,
+           "description": "instead of images: an ingested cohort, with 'movie'"}
+_MOVIE = {"type": "string", "pattern": NAME_PATTERN.pattern,
+          "description": "a segmented movie of 'cohort', by its manifest id"}
 CLASSIFY_BODY = {"requestBody": {"content": {
     "application/json": _body_schema(
         crops={"type": "array", "description": "normalised crops (N, S, S) or raw windows "
                "(N, H, W)"},
         crops_npy=_NPY, normalised=_NORMALISED, pixel_size_um=_WINDOW_PIXELS,
+        cohort=_COHORT, movie=_MOVIE, model=_MODEL,
     ),
     "multipart/form-data": _body_schema(
         file={**_FILE, "description": "TIFF movie or frame"},
@@ -61,6 +71,7 @@ CLASSIFY_BODY = {"requestBody": {"content": {
                        f"(default {DEFAULT_PIXEL_SIZE_UM}, the paper's microscope)"},
         frame_interval_s={"type": "number", "description": "seconds between frames, for "
                           f"tracking (default {DEFAULT_FRAME_INTERVAL_S:g})"},
+        model=_MODEL,
     ),
 }}}
 """OpenAPI description of the /v1/classify body (parsed by hand to enforce the limits)."""
@@ -68,6 +79,11 @@ EXAGGERATE_BODY = {"requestBody": {"content": {
     "application/json": _body_schema(
         crop={"type": "array", "description": "one normalised crop (S, S) or raw window"},
         crop_npy=_NPY, sigmas=_SIGMAS, normalised=_NORMALISED, pixel_size_um=_WINDOW_PIXELS,
+        cohort=_COHORT, movie=_MOVIE, model=_MODEL,
+        track_id={"type": "integer", "description": "with cohort and movie: a tracked cell, "
+                  "exaggerated from the mean code of its frames"},
+        cell={"type": "integer", "description": "with cohort and movie: one cell in one frame, "
+              "its index in /v1/classify's 'cells' for the movie"},
     ),
     "multipart/form-data": _body_schema(
         file={**_FILE, "description": "PNG or TIFF crop or raw window; or, with x and y, a "
@@ -77,6 +93,7 @@ EXAGGERATE_BODY = {"requestBody": {"content": {
         x={"type": "integer", "description": "the picked cell's column (px)"},
         y={"type": "integer", "description": "the picked cell's row (px)"},
         frame={"type": "integer", "description": "the frame it is picked in (default 0)"},
+        model=_MODEL,
     ),
 }}}
 """OpenAPI description of the /v1/exaggerate body (parsed by hand to enforce the limits)."""
@@ -248,6 +265,55 @@ def request_crops(data: dict, field: str, *, max_cells: int = MAX_CELLS) -> np.n
         return crops_array(data.get(field), field, max_cells=max_cells)
     value = _npy_array(encoded, f"{field}_npy", max_cells * MAX_CROP_PIXELS)
     return crops_array(value, f"{field}_npy", max_cells=max_cells)
+
+
+def model_reference(value: Any) -> str | None:
+    """The ``model`` field: a version or alias to answer with; None for the followed champion."""
+    if value is None or value == "" or value == CHAMPION_ALIAS:
+        return None
+    if not isinstance(value, str | int) or isinstance(value, bool) \
+            or not ALIAS_PATTERN.match(str(value)):
+        raise RequestError(f"'model' must be a version number or an alias name, not {value!r}")
+    return str(value)
+
+
+def _name(data: dict, field: str) -> str:
+    value = data.get(field)
+    if value is None:
+        raise RequestError(f"missing field '{field}'")
+    if not isinstance(value, str) or not is_valid_name(value):
+        raise RequestError(f"'{field}' must be a name ({NAME_PATTERN.pattern}, no '..'), "
+                           f"not {value!r}")
+    return value
+
+
+def stored_movie(data: dict) -> tuple[str, str] | None:
+    """``cohort`` and ``movie`` of a request about an ingested movie (None when it sends
+    images): names, never paths, so nothing outside the data root can be named."""
+    if data.get("cohort") is None and data.get("movie") is None:
+        return None
+    return _name(data, "cohort"), _name(data, "movie")
+
+
+def _index(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise RequestError(f"'{field}' must be a whole number, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise RequestError(f"'{field}' must be a whole number, not {value!r}") from None
+    if number < 0:
+        raise RequestError(f"'{field}' must not be negative, got {number}")
+    return number
+
+
+def stored_cell(data: dict) -> tuple[str, int]:
+    """Which cell of a stored movie to exaggerate: ``("track_id", t)`` or ``("cell", i)``."""
+    given = [f for f in ("track_id", "cell") if data.get(f) is not None]
+    if len(given) != 1:
+        raise RequestError("name the cell of the movie by exactly one of 'track_id' (a tracked "
+                           "cell) and 'cell' (one cell in one frame)")
+    return given[0], _index(data[given[0]], given[0])
 
 
 def normalised_flag(value: Any) -> bool | None:

@@ -41,6 +41,10 @@ class ModelSource:
     def _resolve(self):
         return self.client.get_model_version_by_alias(self.name, self.alias)
 
+    def load_version(self, version: str) -> LoadedModel:
+        """Another registered version of the same model (a request naming one)."""
+        return self._load(self.client.get_model_version(self.name, version))
+
     def _load(self, version) -> LoadedModel:
         model = load_lch_model(f"models:/{self.name}/{version.version}").eval()
         return LoadedModel(str(version.version), model, version.run_id, dict(version.tags))

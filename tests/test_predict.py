@@ -92,8 +92,9 @@ def test_every_tracked_cell_is_scored_and_every_patient_called(stored, capsys):
 
 @pytest.mark.parametrize(("args", "words"), [
     (["--cohort", "nope"], "cohort 'nope': not found"),
-    (["--cohort", "openlch", "--model", "models:/lch-aae@nobody"], "no such registered model"),
-    (["--cohort", "openlch", "--model", "latest"], "expected a version number"),
+    (["--cohort", "openlch", "--model", "models:/lch-aae@nobody"], "no such version or alias"),
+    (["--cohort", "openlch", "--model", "7"], "no such version or alias"),
+    (["--cohort", "openlch", "--model", "../v1"], "expected a version number"),
 ])
 def test_bad_input_is_a_clear_error(stored, capsys, args, words):
     assert main(["predict", *args, "--quiet"]) == 2

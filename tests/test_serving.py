@@ -21,12 +21,12 @@ from lch.cells import frame_cells
 from lch.model import AAE, AAEConfig, LCHModel
 from lch.pipelines.runtime import free_port
 from lch.promotion import PromotionRefused, list_versions, promote
-from lch.registry import load_lch_model, log_lch_model
+from lch.registry import REGISTERED_MODEL, load_lch_model, log_lch_model
 from lch.segmentation import segment_frame
 from lch.serving.client import LCHClient, LCHClientError
 from lch.serving.contract import MAX_BODY_BYTES, MAX_CELLS, MAX_SIGMAS
 from lch.single_cell import centre_cell
-from lch.synth import PIXEL_SIZE_UM, CellShape, render_frame
+from lch.synth import FRAME_INTERVAL_S, PIXEL_SIZE_UM, CellShape, make_cohort, render_frame
 
 from bombs import npy_bomb, npz_crops, png_bomb, tiff_bomb
 from real_cells import PIXEL_SIZE_UM as REAL_PIXEL_SIZE_UM
@@ -60,7 +60,22 @@ def registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, registry):
+def stored(ray_session, registry, tmp_path_factory):
+    """A synthetic movie ingested and segmented on the server as cohort "ward", movie
+    "p00-m00"; its TIFF, for the same movie sent as an upload. Before Serve starts: its
+    replicas would hold the CPUs the ingestion's Ray tasks wait for."""
+    from lch.pipelines.ingest import convert_cohort
+    from lch.pipelines.segment import segment_cohort
+
+    manifest = make_cohort(tmp_path_factory.mktemp("ward"), name="ward", patients=1,
+                           movies_per_patient=1, frames=5, seed=11)
+    assert convert_cohort(manifest, progress=False).count("ok") == 1
+    segment_cohort("ward", crop_size=CROP, progress=False)
+    return next((manifest.parent / "raw").glob("*.tif"))
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, registry, stored):
     from ray import serve
 
     from lch.serving.app import build_app
@@ -287,6 +302,89 @@ BAD_REQUESTS = [
     ("/v1/classify", {"files": {"file": ("flat.tif", tiff_bytes(np.zeros((64, 64), np.uint16)))}},
      422, "constant"),
 ]
+
+
+def test_a_stored_movie_by_name_answers_as_its_upload(server, registry, stored):
+    with LCHClient(server) as client:
+        by_id = client.predict_movie("ward", "p00-m00")
+        uploaded = client.classify(stored, pixel_size_um=PIXEL_SIZE_UM,
+                                   frame_interval_s=FRAME_INTERVAL_S)
+    # The same cells, cut and tracked as ingestion did; track ids are the store's.
+    assert by_id["model_version"] == uploaded["model_version"] == "1"
+    assert len(by_id["cells"]) == len(uploaded["cells"]) > 10
+    assert len(by_id["tracks"]) == len(uploaded["tracks"]) > 1
+    for key in ("frame", "centroid_y", "centroid_x"):
+        assert [c[key] for c in by_id["cells"]] == pytest.approx([c[key] for c in
+                                                                  uploaded["cells"]])
+    np.testing.assert_allclose([c["p_high"] for c in by_id["cells"]],
+                               [c["p_high"] for c in uploaded["cells"]], atol=1e-4)
+    np.testing.assert_allclose(sorted(t["p_high"] for t in by_id["tracks"]),
+                               sorted(t["p_high"] for t in uploaded["tracks"]), atol=1e-4)
+    assert by_id["population"]["p_high"] == pytest.approx(uploaded["population"]["p_high"],
+                                                          abs=1e-4)
+
+    # A track exaggerated from the mean code of its frames: at s = 0, the track's P(high).
+    track = by_id["tracks"][1]
+    answer = LCHClient(server).exaggerate(cohort="ward", movie="p00-m00",
+                                          track_id=track["track_id"], sigmas=[0, 2])
+    assert answer["input"].startswith(f"track {track['track_id']} of movie p00-m00")
+    assert answer["steps"][0]["p_high"] == pytest.approx(track["p_high"], abs=1e-4)
+    one = LCHClient(server).exaggerate(cohort="ward", movie="p00-m00", cell=3, sigmas=[0])
+    assert one["steps"][0]["p_high"] == pytest.approx(by_id["cells"][3]["p_high"], abs=1e-4)
+
+
+STORED_BAD = [  # (body, status, words in the detail)
+    ({"cohort": "nope", "movie": "p00-m00"}, 404, "'cohort'"),
+    ({"cohort": "ward", "movie": "p09-m00"}, 404, "'movie'"),
+    ({"cohort": "../ward", "movie": "p00-m00"}, 422, "'cohort' must be a name"),
+    ({"cohort": "ward", "movie": "a/b"}, 422, "'movie' must be a name"),
+    ({"cohort": "ward", "movie": ".."}, 422, "'movie' must be a name"),
+    ({"cohort": "ward"}, 422, "missing field 'movie'"),
+    ({"cohort": "ward", "movie": "p00-m00", "model": "7"}, 404, "'model'"),
+    ({"cohort": "ward", "movie": "p00-m00", "model": "../1"}, 422, "'model'"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), STORED_BAD)
+def test_bad_names_are_refused_naming_the_field(server, stored, body, status, words):
+    response = httpx.post(f"{server}/v1/classify", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"track_id": 99999}, 404, "'track_id' 99999"),
+    ({"cell": 99999}, 404, "'cell' 99999"),
+    ({"cell": -1}, 422, "'cell' must not be negative"),
+    ({}, 422, "exactly one of 'track_id'"),
+    ({"cell": 1, "track_id": 1}, 422, "exactly one of 'track_id'"),
+])
+def test_a_stored_cell_that_is_not_there_is_a_404(server, stored, body, status, words):
+    response = httpx.post(f"{server}/v1/exaggerate", timeout=30,
+                          json={"cohort": "ward", "movie": "p00-m00", **body})
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+
+
+def test_each_request_names_its_model_version(server, registry):
+    """Serve model multiplexing: a version or alias per request; the default stays the
+    champion."""
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(REGISTERED_MODEL, "challenger", "2")
+    batch = crops(6, seed=8)
+    champion = LCHClient(server).model()["version"]
+    for model, version in (("1", "1"), ("2", "2"), ("challenger", "2"), (None, champion),
+                           ("champion", champion)):
+        with LCHClient(server, model=model) as client:
+            answer = client.classify(batch)
+            assert answer["model_version"] == version
+            np.testing.assert_allclose([c["p_high"] for c in answer["cells"]],
+                                       expected_p(registry[version], batch), atol=1e-5)
+            assert client.exaggerate(batch[0], [0])["model_version"] == version
+            assert client.model()["version"] == version
+    missing = httpx.get(f"{server}/v1/model", params={"model": "nobody"})
+    assert missing.status_code == 404 and "'model'" in missing.json()["detail"]
 
 
 @pytest.mark.parametrize(("route", "request_kwargs", "status", "words"), BAD_REQUESTS)
