@@ -366,6 +366,42 @@ def test_a_stored_cell_that_is_not_there_is_a_404(server, stored, body, status, 
     assert words in response.json()["detail"]
 
 
+def test_a_request_built_from_the_openapi_schema_alone_is_answered(server, stored):
+    """What a generated client does: field names, content types and the answer's shape all from
+    /openapi.json."""
+    import re
+
+    import jsonschema
+
+    spec = httpx.get(f"{server}/openapi.json").json()
+    operation = spec["paths"]["/v1/classify"]["post"]
+    answer_schema = {**operation["responses"]["200"]["content"]["application/json"]["schema"],
+                     "components": spec["components"]}
+    content = operation["requestBody"]["content"]
+
+    # JSON: the two name fields the schema gives a pattern, filled with the stored movie's ids.
+    fields = content["application/json"]["schema"]["properties"]
+    names = dict(zip(sorted(f for f, p in fields.items() if "pattern" in p),
+                     ("ward", "p00-m00"), strict=True))
+    assert set(names) == {"cohort", "movie"}
+    for field, value in names.items():
+        assert re.fullmatch(fields[field]["pattern"], value)
+    response = httpx.post(f"{server}/v1/classify", json=names, timeout=60)
+    assert response.status_code == 200, response.text
+    jsonschema.Draft202012Validator(answer_schema).validate(response.json())
+    assert response.json()["population"]["n_cells"] > 1
+
+    # Multipart: the one binary field carries the movie, the numeric fields their values.
+    form = content["multipart/form-data"]["schema"]["properties"]
+    (file_field,) = [f for f, p in form.items() if p.get("format") == "binary"]
+    numbers = {f: str(PIXEL_SIZE_UM if "pixel" in f else FRAME_INTERVAL_S)
+               for f, p in form.items() if p.get("type") == "number"}
+    response = httpx.post(f"{server}/v1/classify", data=numbers, timeout=60,
+                          files={file_field: ("movie.tif", stored.read_bytes(), "image/tiff")})
+    assert response.status_code == 200, response.text
+    jsonschema.Draft202012Validator(answer_schema).validate(response.json())
+
+
 def test_each_request_names_its_model_version(server, registry):
     """Serve model multiplexing: a version or alias per request; the default stays the
     champion."""
