@@ -1,5 +1,6 @@
-"""`lch predict` on a stored cohort (the real crops of tests/data/real): every tracked cell
-scored by the mean code of its frames, each patient called, the table stored and the run logged."""
+"""`lch predict` on stored cohorts: the real crops of tests/data/real (every tracked cell scored
+by the mean code of its frames, each patient called, the table stored and the run logged), and a
+labelled synthetic cohort whose held-out patients a trained model must call right."""
 
 from __future__ import annotations
 
@@ -13,14 +14,20 @@ import yaml
 from mlflow import MlflowClient
 
 from lch.cellstore import open_cells
+from lch.classify import fit_linear_classifier
 from lch.evaluation import cell_index, cell_means, first_of_each
 from lch.manifest import load_manifest
+from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers, refresh_batch_norm
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
+from lch.pipelines.ingest import convert_cohort
 from lch.pipelines.ingest_crops import ingest_crops
+from lch.pipelines.segment import segment_cohort
 from lch.predictions import patient_calls
 from lch.promotion import promote
 from lch.registry import log_lch_model, use_tracking
+from lch.synth import make_cohort
+from lch.training import load_cells
 
 from helpers import tiny_model
 from real_cells import PIXEL_SIZE_UM, REAL
@@ -99,3 +106,70 @@ def test_every_tracked_cell_is_scored_and_every_patient_called(stored, capsys):
 def test_bad_input_is_a_clear_error(stored, capsys, args, words):
     assert main(["predict", *args, "--quiet"]) == 2
     assert words in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a trained model's calls
+
+TRAIN_PATIENTS = ["p00", "p01", "p02", "p03"]  # classes alternate: two high, two low
+HELD_OUT = ["p04", "p05", "p06", "p07"]
+STEPS = 800
+
+
+def _train_aae(crops: np.ndarray, field_of_view_um: float) -> AAE:
+    """The AAE trained in this process, seeded on one thread (deterministic), as
+    tests/test_exaggerate.py trains its model."""
+    x = torch.from_numpy(crops[:, None])
+    torch.manual_seed(0)
+    config = AAEConfig(crop_size=crops.shape[-1], latent_dim=8, channels=(8, 16, 32, 64),
+                       disc_hidden=(64, 64, 32), lr=2e-3, field_of_view_um=field_of_view_um)
+    aae = AAE(config)
+    optimizers = make_optimizers(aae, config)
+    draws = torch.Generator().manual_seed(0)
+    for step in range(STEPS):
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * max(0.05, 1.0 - step / STEPS)
+        aae_train_step(aae, optimizers, x[torch.randint(0, len(x), (32,), generator=draws)])
+    refresh_batch_norm(aae, x.split(100))
+    return aae.eval()
+
+
+@pytest.fixture(scope="module")
+def labelled(ray_session, single_thread, tmp_path_factory):
+    """Eight synthetic patients ingested and segmented; a model trained on the first four (the
+    AAE on their crops, the LDA on their tracked cells) registered as the champion."""
+    folder = tmp_path_factory.mktemp("labelled")
+    manifest = make_cohort(folder / "source", name="ward", patients=8, movies_per_patient=2,
+                           frames=4, seed=21)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LCH_HOME", str(folder / "home"))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert convert_cohort(manifest, progress=False).count("ok") == 16
+        segment_cohort("ward", crop_size=64, progress=False)
+        cells = load_cells(["ward"])
+        table, crops = open_cells(cohort_dir("ward"))
+        train_rows = table["patient"].isin(TRAIN_PATIENTS).to_numpy()
+        x = np.asarray(crops[:])[train_rows]
+        aae = _train_aae(x, cells.field_of_view_um)
+        with torch.no_grad():
+            codes = aae.encode(torch.from_numpy(x[:, None])).numpy()
+        cell = cell_index(table[train_rows], by=("track_id",))
+        means = cell_means(codes, cell)
+        weight, bias, _ = fit_linear_classifier(
+            means, first_of_each(table.loc[train_rows, "label"].to_numpy(), cell))
+        use_tracking()
+        promote(log_lch_model(LCHModel.from_aae(aae, weight, bias, means), cohorts=["ward"],
+                              population_accuracy=1.0))
+        yield folder / "home"
+
+
+def test_a_trained_model_calls_every_held_out_patient_right(labelled, capsys):
+    assert main(["predict", "--cohort", "ward", "--quiet"]) == 0
+    print(capsys.readouterr().out)
+    cells = pd.read_parquet(cohort_dir("ward", labelled) / "predictions" / "1.parquet")
+    calls = patient_calls(cells).set_index("patient")
+    held_out = calls.loc[HELD_OUT]
+    assert (held_out["cells"] >= 20).all() and held_out["reaches_minimum"].all()
+    assert held_out["correct"].all(), held_out
+    # Not by a hair: each held-out call's bootstrap interval over its 20 cells excludes 0.5.
+    assert ((held_out["ci_low"] > 0.5) | (held_out["ci_high"] < 0.5)).all(), held_out
