@@ -42,7 +42,7 @@ from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.morphology import POSITION_COLUMNS, measure_crop
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
 from lch.single_cell import model_crop
-from lch.trends import spearman_table
+from lch.trends import plot_trends, spearman_table
 
 DEFAULT_SIGMAS: tuple[float, ...] = tuple(float(s) for s in range(-4, 5))
 # Cells in a cohort report (half high, half low). Pooled rho of the demo model over 6 random
@@ -605,15 +605,18 @@ def exaggerate_stored_cells(
 
 
 def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:
-    """Write the montage (PNG), the morphology table and the Spearman trends (CSV) to
-    ``out_dir``; return their paths by kind."""
+    """Write the montage (PNG), the morphology table and the Spearman trends (CSV), and the
+    trend figure (PNG, :func:`lch.trends.plot_trends`) to ``out_dir``; return their paths by
+    kind."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "montage": save_montage(result, out / "exaggeration_montage.png"),
         "table": out / "exaggeration_morphology.csv",
         "trends": out / "exaggeration_spearman.csv",
+        "figure": out / "exaggeration_trends.png",
     }
     result.table.to_csv(paths["table"], index=False)
     spearman_table(result.table).to_csv(paths["trends"], index=False)
+    plot_trends(result.table).savefig(paths["figure"], dpi=120)
     return paths

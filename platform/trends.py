@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Features whose trend with s is reported by default: the planted ones (protrusions, halo)
 # and the controls (size, shape).
@@ -173,3 +176,45 @@ def judge_trends(
             f"planted |rho| {weakest:.3f} not above the controls' {strongest:.3f} by {margin}"
         )
     return faults
+
+
+def plot_trends(table: pd.DataFrame, features: Sequence[str] | None = None,
+                planted: Sequence[str] = PLANTED_FEATURES,
+                controls: Sequence[str] = CONTROL_FEATURES) -> Figure:
+    """Each measured feature against the shift ``s``: the median over cells and their
+    interquartile band, one panel per feature, each titled with its pooled rho
+    (:func:`spearman_table`); the planted features in red, the unplanted controls in blue, the
+    other measures in grey. A matplotlib Figure built without pyplot; save with
+    ``fig.savefig(path)``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :attr:`lch.exaggerate.Exaggeration.table`.
+    features : sequence of str, optional
+        As in :func:`spearman_table`.
+    planted, controls : sequence of str
+        The features the criterion (:func:`judge_trends`) holds to a trend, and to none.
+    """
+    from matplotlib.figure import Figure
+
+    rho = spearman_table(table, features).set_index("feature")["rho"]
+    columns = 4
+    rows = math.ceil(len(rho) / columns)
+    fig = Figure(figsize=(2.6 * columns, 2.1 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, feature in zip(axes, rho.index, strict=False):
+        by_s = table.groupby("sigma")[feature]
+        s = np.asarray(by_s.median().index, dtype=float)
+        kind, colour = (("planted, ", "tab:red") if feature in planted
+                        else ("control, ", "tab:blue") if feature in controls else ("", "0.35"))
+        ax.fill_between(s, by_s.quantile(0.25), by_s.quantile(0.75), color=colour, alpha=0.25,
+                        lw=0)
+        ax.plot(s, by_s.median(), "o-", color=colour, ms=3)
+        ax.set_title(f"{feature}\n{kind}rho {rho[feature]:.2f}", fontsize="small",
+                     color=colour, fontweight="bold" if feature in planted else "normal")
+        ax.set_xlabel("s (SD of the training cells' scores)", fontsize="x-small")
+        ax.tick_params(labelsize="x-small")
+    for ax in axes[len(rho):]:
+        ax.set_axis_off()
+    return fig

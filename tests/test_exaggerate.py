@@ -35,6 +35,7 @@ from lch.exaggerate import (
     measure_real_cells,
     montage,
     save_montage,
+    write_report,
 )
 from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers, refresh_batch_norm
 from lch.single_cell import centre_cell
@@ -252,6 +253,15 @@ def test_result_layout(result):
 
 
 @pytest.mark.slow
+def test_report_holds_montage_tables_and_trend_figure(result, tmp_path):
+    paths = write_report(result, tmp_path / "report")
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {
+        "exaggeration_montage.png", "exaggeration_morphology.csv", "exaggeration_spearman.csv",
+        "exaggeration_trends.png"}
+    figure = Image.open(paths["figure"])
+    assert figure.size[0] > 800 and figure.size[1] > 500  # 3 rows of 4 panels
+
+
 def test_deterministic_and_survives_save_load(model, trained, result, tmp_path):
     cells = _exaggerated_cells(trained)
     again = exaggerate(model, cells, measure=False)

@@ -272,7 +272,8 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     # The exaggeration report of held-out cells, with the trends as metrics.
     report = {a.path.split("/")[-1] for a in client.list_artifacts(summary.run_id, "exaggeration")}
     assert report == {"exaggeration_montage.png", "exaggeration_morphology.csv",
-                      "exaggeration_spearman.csv", "exaggeration_bounds.csv"}
+                      "exaggeration_spearman.csv", "exaggeration_bounds.csv",
+                      "exaggeration_trends.png"}
     trends = pd.read_csv(client.download_artifacts(
         summary.run_id, "exaggeration/exaggeration_spearman.csv", str(trained_home)))
     finite = trends.dropna(subset=["rho"])

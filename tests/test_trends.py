@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lch.trends import judge_trends, spearman_table, trend_bound, trend_report
+from lch.trends import judge_trends, plot_trends, spearman_table, trend_bound, trend_report
 
 SIGMAS = np.arange(-4.0, 5.0)
 
@@ -72,3 +72,23 @@ def test_report_checks_its_inputs():
                      np.zeros(3), SIGMAS, ["grows"], ["flat"])
     with pytest.raises(ValueError, match="no 'sigma' column"):
         spearman_table(pd.DataFrame({"x": [1, 2, 3]}))
+
+
+def test_trend_figure_shows_the_median_and_band_of_each_feature(tmp_path):
+    table = _faithful(0.6, n_cells=50)
+    fig = plot_trends(table, ["grows", "flat"], planted=["grows"], controls=["flat"])
+    panels = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title().split("\n")[0] for ax in panels] == ["grows", "flat"]
+    grows, flat = panels
+    rho = spearman_table(table, ["grows"])["rho"].iloc[0]
+    assert f"planted, rho {rho:.2f}" in grows.get_title() and "control, rho" in flat.get_title()
+    assert grows.title.get_color() != flat.title.get_color()
+    line = grows.get_lines()[0]
+    np.testing.assert_allclose(line.get_xdata(), SIGMAS)
+    np.testing.assert_allclose(line.get_ydata(), table.groupby("sigma")["grows"].median())
+    band = grows.collections[0].get_paths()[0].vertices[:, 1]
+    quartiles = table.groupby("sigma")["grows"].quantile([0.25, 0.75])
+    assert band.min() == pytest.approx(quartiles.min()) and band.max() == pytest.approx(
+        quartiles.max())
+    fig.savefig(tmp_path / "trends.png")
+    assert (tmp_path / "trends.png").stat().st_size > 1000
