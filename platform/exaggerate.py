@@ -77,6 +77,10 @@ class Exaggeration:
         ``probability_reencoded`` and the morphology of the decoded image
         (:func:`lch.morphology.measure_crop`, without the position columns).
         Empty of features (only the first four columns) when morphology was not measured.
+    beyond_range : numpy.ndarray of bool, shape (C, K), or None
+        Whether the shifted code lies beyond the training cells' natural range along the
+        direction (:attr:`lch.model.LCHModel.natural_range`); None when the model does not
+        know its range.
     """
 
     cells: list[str]
@@ -86,6 +90,7 @@ class Exaggeration:
     probability: np.ndarray
     probability_reencoded: np.ndarray
     table: pd.DataFrame
+    beyond_range: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------- model checks
@@ -395,7 +400,22 @@ def exaggerate_codes(
                 "probability_reencoded": p_again.reshape(-1),
             }
         )
-    return Exaggeration(ids, s, z, images, p_shift, p_again, table)
+    return Exaggeration(ids, s, z, images, p_shift, p_again, table,
+                        beyond_natural_range(model, z, s))
+
+
+def beyond_natural_range(model: torch.nn.Module, codes: np.ndarray,
+                         sigmas: np.ndarray) -> np.ndarray | None:
+    """(C, K): whether each code shifted by each ``s`` lies outside the training cells'
+    1st-99th percentile along the direction; None when the model's range is unknown."""
+    low, high = (float(v) for v in model.natural_range.cpu())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    direction = model.direction.double().cpu().numpy()
+    centre = float(model.latent_mean.double().cpu().numpy() @ direction)
+    start = (np.asarray(codes, dtype=np.float64) @ direction - centre) / float(model.sigma)
+    position = start[:, None] + np.asarray(sigmas, dtype=np.float64)[None, :]
+    return (position < low) | (position > high)
 
 
 def exaggerate(
@@ -491,6 +511,9 @@ _CAPTION = 12
 _MIN_ROW_LABEL = 64
 
 
+_BEYOND = (255, 140, 0)  # the frame of a tile past the training cells' natural range
+
+
 def _probability_colour(p: float) -> tuple[int, int, int]:
     """Blue (P = 0, low) through grey to red (P = 1, high): the caption strip's colour bar."""
     p = min(max(p, 0.0), 1.0) if math.isfinite(p) else 0.5
@@ -510,7 +533,9 @@ def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
 
     The header above each column gives its ``s``; the strip under each tile gives that image's
     P(high) (of the shifted code), coloured from blue (0, low) through grey to red (1, high).
-    The row's cell id is on the left.
+    The row's cell id is on the left. Tiles whose code lies beyond anything the training cells
+    reach along the direction (:attr:`Exaggeration.beyond_range`) are framed in orange, and
+    "past range" in orange above the ids says so: those images are extrapolations.
 
     Parameters
     ----------
@@ -538,12 +563,16 @@ def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
     for j, s in enumerate(result.sigmas):
         x = label + j * (tile + _GAP)
         draw.text((x + 2, 1), f"s={s:+g}", fill=(0, 0, 0), font=font)
+    if result.beyond_range is not None and result.beyond_range.any():
+        draw.text((2, 1), "past range", fill=_BEYOND, font=font)  # the frames' legend
     for i, cell in enumerate(result.cells):
         y = _HEADER + i * (tile + _CAPTION + _GAP)
         draw.text((2, y + tile // 2 - 5), cell, fill=(0, 0, 0), font=font)
         for j in range(n_sigmas):
             x = label + j * (tile + _GAP)
             canvas.paste(_tile(result.images[i, j], scale).convert("RGB"), (x, y))
+            if result.beyond_range is not None and result.beyond_range[i, j]:
+                draw.rectangle((x, y, x + tile - 1, y + tile - 1), outline=_BEYOND, width=2)
             p = float(result.probability[i, j])
             draw.rectangle(
                 (x, y + tile, x + tile - 1, y + tile + _CAPTION - 1), fill=_probability_colour(p)

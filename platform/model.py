@@ -445,13 +445,19 @@ def _as_tensor(value: Any, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value, dtype=np.float32)).to(like)
 
 
+NATURAL_QUANTILES = (0.01, 0.99)
+"""Where the training cells' scores are taken to end (LCHModel.natural_range)."""
+
+
 class LCHModel(nn.Module):
     """The served model: encoder, decoder, linear classifier and latent statistics.
 
     ``P(high) = sigmoid(z · weight + bias)`` on the latent code ``z``. Buffers ``latent_mean``
     (mean code of the training cells), ``direction`` (``weight / |weight|``, the discriminant
     direction) and ``sigma`` (SD of the training cells' projections on ``direction``) let the
-    exaggeration move a code by a number of SDs along the direction.
+    exaggeration move a code by a number of SDs along the direction; ``natural_range`` (the
+    1st and 99th percentiles of those projections about their mean, in SDs; NaN for models
+    saved before it existed) says how far the training cells themselves reach.
     """
 
     def __init__(self, config: AAEConfig) -> None:
@@ -465,6 +471,7 @@ class LCHModel(nn.Module):
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("direction", torch.zeros(d))
         self.register_buffer("sigma", torch.ones(()))
+        self.register_buffer("natural_range", torch.full((2,), float("nan")))
         self.eval()
 
     @classmethod
@@ -524,7 +531,11 @@ class LCHModel(nn.Module):
         self.bias.copy_(_as_tensor(bias, self.bias).reshape(()))
         self.latent_mean.copy_(z.mean(0))
         self.direction.copy_(direction)
-        self.sigma.copy_((z @ direction).std())
+        projections = z @ direction
+        self.sigma.copy_(projections.std())
+        scores = (projections - projections.mean()) / self.sigma
+        self.natural_range.copy_(torch.quantile(scores, torch.tensor(NATURAL_QUANTILES,
+                                                                     dtype=scores.dtype)))
 
     def encode(self, crops: torch.Tensor) -> torch.Tensor:
         """Crops (B, 1, S, S) in [0, 1] → codes (B, latent_dim)."""
@@ -565,5 +576,7 @@ class LCHModel(nn.Module):
                 f"not an LCH model state: format {state.get('format')!r}, expected {STATE_FORMAT!r}"
             )
         model = cls(AAEConfig.from_dict(state["config"]))
-        model.load_state_dict(state["state_dict"])
+        # A state saved before natural_range existed keeps its NaN default: range unknown.
+        weights = {"natural_range": model.natural_range, **state["state_dict"]}
+        model.load_state_dict(weights)
         return model.eval()

@@ -463,3 +463,40 @@ def test_montage_grid(tiny_model, tmp_path):
         assert saved.size == image.size and saved.format == "PNG"
     with pytest.raises(ValueError, match=r"\.png"):
         save_montage(out, tmp_path / "montage.jpg")
+
+
+def test_tiles_past_the_natural_range_are_framed(tiny_model):
+    # The training codes' scores (about their mean, in SDs) end at their 1st/99th percentiles.
+    codes = np.random.default_rng(0).normal(size=(40, 8))
+    direction = tiny_model.direction.double().numpy()
+    scores = codes @ direction
+    scores = (scores - scores.mean()) / scores.std(ddof=1)
+    np.testing.assert_allclose(tiny_model.natural_range.numpy(),
+                               np.quantile(scores, [0.01, 0.99]), atol=1e-5)
+    # A code at the training mean: past the range only where |s| exceeds it.
+    low, high = tiny_model.natural_range.tolist()
+    sigmas = [-4, -1, 0, 1, 4]
+    out = exaggerate_codes(tiny_model, tiny_model.latent_mean.numpy(), sigmas, measure=False)
+    expected = (np.array(sigmas) < low) | (np.array(sigmas) > high)
+    assert expected.tolist() == [True, False, False, False, True]
+    assert out.beyond_range[0].tolist() == expected.tolist()
+    # Framed in orange, and only those tiles.
+    image = np.asarray(montage(out, scale=2))
+    orange = np.all(image == (255, 140, 0), axis=-1)
+    tile = 64
+    framed = [orange[14:14 + tile, 64 + j * (tile + 2): 64 + j * (tile + 2) + tile].sum()
+              for j in range(len(sigmas))]
+    assert [f > 4 * tile for f in framed] == expected.tolist()
+    legend = image[:14, :64].astype(int)  # antialiased text: orange-ish, not exact
+    assert ((legend[..., 0] - legend[..., 2] > 120) & (legend[..., 1] > 60)).any()
+
+
+def test_a_model_saved_before_the_range_existed_loads_without_marks(tiny_model):
+    state = tiny_model.to_state()
+    del state["state_dict"]["natural_range"]
+    old = LCHModel.from_state(state)
+    assert torch.isnan(old.natural_range).all()
+    out = exaggerate_codes(old, old.latent_mean.numpy(), [-4, 0, 4], measure=False)
+    assert out.beyond_range is None
+    image = np.asarray(montage(out))
+    assert not np.all(image == (255, 140, 0), axis=-1).any()
