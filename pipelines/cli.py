@@ -247,10 +247,12 @@ def _cmd_exaggerate(args: argparse.Namespace) -> int:
             table, crops = open_cells(cohort_dir(args.cohort))
             n = REPORT_CELLS if args.cells is None else args.cells
             indices = np.array(args.cell) if args.cell else pick_cells(table, n, args.seed)
-            result = exaggerate_stored_cells(model, table, crops, indices, args.sigmas)
+            result = exaggerate_stored_cells(model, table, crops, indices, args.sigmas,
+                                             method=args.method)
         else:
             names = [c.name for c in args.crop]
-            result = exaggerate(model, [str(c) for c in args.crop], args.sigmas, cells=names)
+            result = exaggerate(model, [str(c) for c in args.crop], args.sigmas, cells=names,
+                                method=args.method)
     except (CellStoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -406,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", type=int, action="append", help="a cell's crop_index (repeatable)")
     p.add_argument("--crop", type=Path, action="append", help="a PNG/TIFF crop (repeatable)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[-4, -3, -2, -1, 0, 1, 2, 3, 4])
+    p.add_argument("--method", default="linear",
+                   help="linear: along the discriminant direction (the paper's); latent-shift: "
+                        "along the gradient of the re-encoded image's logit (Cohen et al. 2021), "
+                        "scaled to the same logit steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for the montage and tables")
     p.set_defaults(func=_cmd_exaggerate)

@@ -262,17 +262,55 @@ def encode_crops(model: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
     return model.encode(x.to(_device(model))).cpu().numpy()
 
 
+def linear_shifts(model: torch.nn.Module, codes: torch.Tensor,
+                  sigmas: torch.Tensor) -> torch.Tensor:
+    """The paper's shifts: each code moved by ``s`` SDs along the discriminant direction,
+    (C, K, D)."""
+    step = model.direction * model.sigma  # one SD along the unit direction
+    return codes[:, None, :] + sigmas[None, :, None] * step
+
+
+def latent_shifts(model: torch.nn.Module, codes: torch.Tensor,
+                  sigmas: torch.Tensor) -> torch.Tensor:
+    """Latent Shift (Cohen et al., MIDL 2021): each code moved along the gradient of the
+    classifier's logit of its decoded image encoded again, ``z + lambda * d f(E(D(z))) / dz``,
+    with ``lambda`` chosen so the shifted code's logit moves by as much as the linear method's
+    ``s`` SDs; (C, K, D).
+
+    Raises
+    ------
+    ValueError
+        If a cell's gradient does not raise the classifier's logit (it cannot be scaled to the
+        linear method's steps).
+    """
+    z = codes.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logit = model.encode(model.decode(z)) @ model.weight + model.bias
+        (gradient,) = torch.autograd.grad(logit.sum(), z)
+    rise = gradient @ model.weight  # how much a unit step along the gradient moves the logit
+    if not bool(torch.all(rise > 1e-12 * torch.linalg.vector_norm(model.weight))):
+        cells = torch.nonzero(rise <= 0).flatten().tolist()
+        raise ValueError(f"cells {cells}: the gradient of the re-encoded logit does not raise "
+                         "the classifier's logit; Latent Shift cannot follow the linear steps")
+    target = sigmas * model.sigma * torch.linalg.vector_norm(model.weight)  # linear's logit moves
+    lam = target[None, :] / rise[:, None]  # (C, K)
+    return codes[:, None, :] + lam[:, :, None] * gradient[:, None, :]
+
+
+SHIFTS = {"linear": linear_shifts, "latent-shift": latent_shifts}
+"""Exaggeration methods by name: how a code is moved for each ``s``."""
+
+
 @torch.no_grad()
 def _shift_decode(
-    model: torch.nn.Module, codes: np.ndarray, sigmas: np.ndarray
+    model: torch.nn.Module, codes: np.ndarray, sigmas: np.ndarray, method: str = "linear"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decoded images (C, K, S, S), P(shifted code) and P(re-encoded image), each (C, K)."""
     model.eval()
     device = _device(model)
     z = torch.as_tensor(codes, dtype=torch.float32, device=device)  # (C, D)
-    step = model.direction * model.sigma  # one SD along the unit direction
     s = torch.as_tensor(sigmas, dtype=torch.float32, device=device)
-    shifted = z[:, None, :] + s[None, :, None] * step  # (C, K, D)
+    shifted = SHIFTS[method](model, z, s)  # (C, K, D)
     flat = shifted.reshape(-1, z.shape[1])
     images = model.decode(flat)  # (C*K, 1, S, S)
     p_shift = model.classify_latent(flat)
@@ -356,6 +394,7 @@ def exaggerate_codes(
     *,
     cells: Sequence[str] | None = None,
     measure: bool = True,
+    method: str = "linear",
 ) -> Exaggeration:
     """Exaggerate latent codes directly (the core of :func:`exaggerate`).
 
@@ -372,12 +411,17 @@ def exaggerate_codes(
     measure : bool
         Measure each decoded image (the slow part: about 5 ms per image); ``False`` leaves the
         table with the probabilities only.
+    method : {"linear", "latent-shift"}
+        :func:`linear_shifts` (the paper's) or :func:`latent_shifts`; both move each code's
+        logit by the same amount for the same ``s``.
 
     Returns
     -------
     Exaggeration
     """
     check_classifier(model)
+    if method not in SHIFTS:
+        raise ValueError(f"method {method!r}: expected one of {', '.join(SHIFTS)}")
     s = _check_sigmas(sigmas)
     z = np.atleast_2d(np.asarray(codes, dtype=np.float32))
     dim = int(model.direction.numel())
@@ -386,7 +430,7 @@ def exaggerate_codes(
     ids = [str(i) for i in range(len(z))] if cells is None else [str(c) for c in cells]
     if len(ids) != len(z):
         raise ValueError(f"{len(ids)} cell ids for {len(z)} codes")
-    images, p_shift, p_again = _shift_decode(model, z, s)
+    images, p_shift, p_again = _shift_decode(model, z, s, method)
     if measure:
         table = morphology_table(
             images, s, ids, p_shift, p_again, model.config.crop_pixel_size_um
@@ -426,6 +470,7 @@ def exaggerate(
     cells: Sequence[str] | None = None,
     resize: bool = True,
     measure: bool = True,
+    method: str = "linear",
 ) -> Exaggeration:
     """Encode crops, move each code along the discriminant direction and decode every step.
 
@@ -444,6 +489,8 @@ def exaggerate(
         Resize square crops of another size (default) or reject them; see :func:`load_crop`.
     measure : bool
         Measure the decoded images' morphology.
+    method : {"linear", "latent-shift"}
+        How codes move (:data:`SHIFTS`).
 
     Returns
     -------
@@ -451,7 +498,8 @@ def exaggerate(
     """
     check_classifier(model)
     batch = _crop_batch(model, crops, resize)
-    return exaggerate_codes(model, encode_crops(model, batch), sigmas, cells=cells, measure=measure)
+    return exaggerate_codes(model, encode_crops(model, batch), sigmas, cells=cells,
+                            measure=measure, method=method)
 
 
 def class_mean_codes(codes: np.ndarray, labels: Sequence | np.ndarray) -> dict[str, np.ndarray]:
@@ -616,6 +664,8 @@ def exaggerate_stored_cells(
     crops: Any,
     indices: Sequence[int] | np.ndarray,
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    *,
+    method: str = "linear",
 ) -> Exaggeration:
     """:func:`exaggerate` the cells ``indices`` (crop indices) of a stored cohort, as opened by
     :func:`lch.cellstore.open_cells` (``table``, ``crops``); each is named by id and label.
@@ -630,7 +680,7 @@ def exaggerate_stored_cells(
         raise ValueError(f"cell ids must lie in 0..{crops.shape[0] - 1}")
     sources = crops.get_orthogonal_selection((indices, slice(None), slice(None)))
     names = [f"cell {i} ({table['label'].iloc[i]})" for i in indices]
-    return exaggerate(model, sources, sigmas, cells=names)
+    return exaggerate(model, sources, sigmas, cells=names, method=method)
 
 
 def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:

@@ -218,8 +218,9 @@ class Exaggerator(_FollowsModel):
                        data_root: str):
         await self._start(model_alias, tracking_uri, poll_interval_s, data_root)
 
-    async def exaggerate(self, image: np.ndarray, sigmas: list[float], normalised: bool | None,
-                         pixel_size_um: float, point: tuple[int, int] | None = None):
+    async def exaggerate(self, image: np.ndarray, sigmas: list[float], method: str,
+                         normalised: bool | None, pixel_size_um: float,
+                         point: tuple[int, int] | None = None):
         """Exaggerate a sent crop or raw window (made the model's crop first), or, with a
         ``point`` (y, x), the cell there in a raw frame."""
         loaded = await self._model()
@@ -235,11 +236,12 @@ class Exaggerator(_FollowsModel):
                 field_of_view_um=config.field_of_view_um,
             )
             kind = f"the cell at x={point[1]}, y={point[0]} of a frame, cut as ingestion does"
-        result = await asyncio.to_thread(exaggerate, loaded.model, crop, sigmas, cells=["crop"])
+        result = await asyncio.to_thread(exaggerate, loaded.model, crop, sigmas, cells=["crop"],
+                                         method=method)
         return loaded.version, result, kind
 
     async def exaggerate_stored(self, cohort: str, movie: str, key: str, index: int,
-                                sigmas: list[float]):
+                                sigmas: list[float], method: str):
         """Exaggerate a cell of a stored movie: a track (``key`` "track_id", from the mean code
         of its frames, the descriptor it is classified by) or one cell in one frame ("cell")."""
         loaded = await self._model()
@@ -260,7 +262,7 @@ class Exaggerator(_FollowsModel):
             kind = f"track {index} of movie {movie} (the mean code of its {len(rows)} frames)"
         codes = await asyncio.to_thread(encode_crops, loaded.model, crops[rows])
         result = await asyncio.to_thread(exaggerate_codes, loaded.model, codes.mean(axis=0),
-                                         sigmas, cells=[kind])
+                                         sigmas, cells=[kind], method=method)
         return loaded.version, result, kind
 
 
@@ -499,13 +501,14 @@ class Ingress:
             raise RequestError("send an application/json crop or a multipart/form-data image", 415)
         _, exaggerator = await self._handles(contract.model_reference(fields.get("model")))
         sigmas = contract.sigmas_list(fields.get("sigmas"))
+        method = contract.exaggeration_method(fields.get("method"))
         if stored is not None:
             call = exaggerator.exaggerate_stored.remote(*stored, *contract.stored_cell(fields),
-                                                        sigmas)
+                                                        sigmas, method)
         else:
             normalised = contract.normalised_flag(fields.get("normalised"))
             px = contract.pixel_size(fields.get("pixel_size_um"))
-            call = exaggerator.exaggerate.remote(image, sigmas, normalised, px,
+            call = exaggerator.exaggerate.remote(image, sigmas, method, normalised, px,
                                                  tuple(point) if point else None)
         version, result, made = await self._call(call)
         if "image/png" in request.headers.get("accept", ""):
@@ -518,6 +521,7 @@ class Ingress:
         return contract.ExaggerateResponse(
             model_version=version,
             input=made,
+            method=method,
             steps=[
                 contract.Step(
                     sigma=float(s), p_high=float(result.probability[0, k]),

@@ -122,7 +122,7 @@ class LCHClient:
         self, crop: str | Path | np.ndarray | None = None, sigmas: list[float] | None = None, *,
         pixel_size_um: float | None = None, at: tuple[int, int, int] | None = None,
         cohort: str | None = None, movie: str | None = None, track_id: int | None = None,
-        cell: int | None = None,
+        cell: int | None = None, method: str | None = None,
     ) -> dict:
         """Decode a cell moved along the discriminant direction by each sigma.
 
@@ -131,17 +131,18 @@ class LCHClient:
         at that point is segmented, picked and exaggerated. Without ``crop``, a cell of a movie
         stored on the server: ``cohort``, ``movie`` and either ``track_id`` (a tracked cell,
         from the mean code of its frames) or ``cell`` (an index of :meth:`predict_movie`'s
-        ``cells``).
+        ``cells``). ``method``: "linear" (the server's default, the paper's) or
+        "latent-shift".
 
         Returns the JSON answer with each step's ``image`` decoded to a float array in [0, 1].
         """
         if crop is None:
             body = self._with_model({"cohort": cohort, "movie": movie, "track_id": track_id,
-                                     "cell": cell, "sigmas": sigmas})
+                                     "cell": cell, "sigmas": sigmas, "method": method})
             response = self._http.post("/v1/exaggerate", json=body)
         else:
             response = self._post_crop(crop, sigmas, accept="application/json",
-                                       pixel_size_um=pixel_size_um, at=at)
+                                       pixel_size_um=pixel_size_um, at=at, method=method)
         response = self._checked(response)
         answer = response.json()
         for step in answer["steps"]:
@@ -156,12 +157,13 @@ class LCHClient:
         return self._checked(self._post_crop(crop, sigmas, accept="image/png")).content
 
     def _post_crop(self, crop, sigmas, *, accept: str, pixel_size_um: float | None = None,
-                   at: tuple[int, int, int] | None = None) -> httpx.Response:
+                   at: tuple[int, int, int] | None = None,
+                   method: str | None = None) -> httpx.Response:
         headers = {"Accept": accept}
         if isinstance(crop, str | Path):
             path = Path(crop)
             fields = {"sigmas": None if sigmas is None else ",".join(map(str, sigmas)),
-                      "pixel_size_um": pixel_size_um}
+                      "pixel_size_um": pixel_size_um, "method": method}
             fields |= dict(zip(("frame", "y", "x"), at, strict=True)) if at else {}
             data = {k: str(v) for k, v in self._with_model(fields).items()}
             files = {"file": (path.name, path.read_bytes())}
@@ -169,6 +171,6 @@ class LCHClient:
         if at is not None:
             raise ValueError("a cell is picked by its position in a TIFF frame or movie (a path)")
         body = self._with_model({"crop_npy": encode_npy(_pixels(crop)),
-                                 "pixel_size_um": pixel_size_um,
+                                 "pixel_size_um": pixel_size_um, "method": method,
                                  "sigmas": None if sigmas is None else list(sigmas)})
         return self._http.post("/v1/exaggerate", json=body, headers=headers)

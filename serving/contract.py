@@ -54,6 +54,10 @@ _WINDOW_PIXELS = {"type": "number", "description": "a raw window's pixel size in
 _MODEL = {"type": "string", "description": "a registered version ('3') or alias "
           f"('challenger') of the model to answer with; default the {CHAMPION_ALIAS}, "
           "followed as it is promoted"}
+_METHOD = {"type": "string", "enum": ["linear", "latent-shift"],
+           "description": "linear (default, the paper's): along the discriminant direction; "
+           "latent-shift: along the gradient of the decoded image's re-encoded logit (Cohen et "
+           "al. 2021), scaled to the same logit steps"}
 _COHORT = {"type": "string", "pattern": NAME_PATTERN.pattern,
            "description": "instead of images: an ingested cohort, with 'movie'"}
 _MOVIE = {"type": "string", "pattern": NAME_PATTERN.pattern,
@@ -79,7 +83,7 @@ EXAGGERATE_BODY = {"requestBody": {"content": {
     "application/json": _body_schema(
         crop={"type": "array", "description": "one normalised crop (S, S) or raw window"},
         crop_npy=_NPY, sigmas=_SIGMAS, normalised=_NORMALISED, pixel_size_um=_WINDOW_PIXELS,
-        cohort=_COHORT, movie=_MOVIE, model=_MODEL,
+        cohort=_COHORT, movie=_MOVIE, model=_MODEL, method=_METHOD,
         track_id={"type": "integer", "description": "with cohort and movie: a tracked cell, "
                   "exaggerated from the mean code of its frames"},
         cell={"type": "integer", "description": "with cohort and movie: one cell in one frame, "
@@ -93,7 +97,7 @@ EXAGGERATE_BODY = {"requestBody": {"content": {
         x={"type": "integer", "description": "the picked cell's column (px)"},
         y={"type": "integer", "description": "the picked cell's row (px)"},
         frame={"type": "integer", "description": "the frame it is picked in (default 0)"},
-        model=_MODEL,
+        model=_MODEL, method=_METHOD,
     ),
 }}}
 """OpenAPI description of the /v1/exaggerate body (parsed by hand to enforce the limits)."""
@@ -156,6 +160,7 @@ class ExaggerateResponse(BaseModel):
     model_version: str
     input: str = Field(description="'normalised' (used as sent), 'raw' (its centre cell cut "
                        "as ingestion does), or the cell picked at x, y of a frame")
+    method: str = Field(description="how the code moved: 'linear' or 'latent-shift'")
     steps: list[Step]
 
 
@@ -265,6 +270,15 @@ def request_crops(data: dict, field: str, *, max_cells: int = MAX_CELLS) -> np.n
         return crops_array(data.get(field), field, max_cells=max_cells)
     value = _npy_array(encoded, f"{field}_npy", max_cells * MAX_CROP_PIXELS)
     return crops_array(value, f"{field}_npy", max_cells=max_cells)
+
+
+def exaggeration_method(value: Any) -> str:
+    """The ``method`` field of /v1/exaggerate: "linear" (default) or "latent-shift"."""
+    if value is None or value == "":
+        return "linear"
+    if value not in _METHOD["enum"]:
+        raise RequestError(f"'method' must be one of {', '.join(_METHOD['enum'])}, not {value!r}")
+    return value
 
 
 def model_reference(value: Any) -> str | None:

@@ -301,6 +301,8 @@ BAD_REQUESTS = [
      422, "sigmas"),
     ("/v1/classify", {"files": {"file": ("flat.tif", tiff_bytes(np.zeros((64, 64), np.uint16)))}},
      422, "constant"),
+    ("/v1/exaggerate", {"json": {"crop": [[0.5] * CROP] * CROP, "method": "gradient"}}, 422,
+     "'method' must be one of linear, latent-shift"),
 ]
 
 
@@ -402,6 +404,22 @@ def test_a_request_built_from_the_openapi_schema_alone_is_answered(server, store
     jsonschema.Draft202012Validator(answer_schema).validate(response.json())
 
 
+def _latent_shift_cases(model: LCHModel, candidates: np.ndarray):
+    """A crop Latent Shift can exaggerate under ``model``, and one it cannot (or None)."""
+    from lch.exaggerate import latent_shifts
+
+    follows = opposes = None
+    for crop in candidates:
+        z = model.encode(torch.from_numpy(crop)[None, None]).detach()
+        try:
+            latent_shifts(model, z, torch.tensor([1.0]))
+            follows = crop if follows is None else follows
+        except ValueError:
+            opposes = crop if opposes is None else opposes
+    assert follows is not None
+    return follows, opposes
+
+
 def test_each_request_names_its_model_version(server, registry):
     """Serve model multiplexing: a version or alias per request; the default stays the
     champion."""
@@ -418,6 +436,17 @@ def test_each_request_names_its_model_version(server, registry):
             np.testing.assert_allclose([c["p_high"] for c in answer["cells"]],
                                        expected_p(registry[version], batch), atol=1e-5)
             assert client.exaggerate(batch[0], [0])["model_version"] == version
+            # Latent Shift where this version's re-encoded logit rises along its gradient (an
+            # untrained AAE's does not everywhere: a clear 422 there).
+            follows, opposes = _latent_shift_cases(registry[version], crops(12, seed=9))
+            linear = client.exaggerate(follows, [-2, 2])
+            shifted = client.exaggerate(follows, [-2, 2], method="latent-shift")
+            assert (linear["method"], shifted["method"]) == ("linear", "latent-shift")
+            for a, b in zip(linear["steps"], shifted["steps"], strict=True):
+                assert a["p_high"] == pytest.approx(b["p_high"], abs=1e-4)  # same logit steps
+            if opposes is not None:
+                with pytest.raises(LCHClientError, match="Latent Shift cannot follow"):
+                    client.exaggerate(opposes, [1], method="latent-shift")
             assert client.model()["version"] == version
     missing = httpx.get(f"{server}/v1/model", params={"model": "nobody"})
     assert missing.status_code == 404 and "'model'" in missing.json()["detail"]
