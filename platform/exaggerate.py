@@ -288,11 +288,13 @@ def latent_shifts(model: torch.nn.Module, codes: torch.Tensor,
         logit = model.encode(model.decode(z)) @ model.weight + model.bias
         (gradient,) = torch.autograd.grad(logit.sum(), z)
     rise = gradient @ model.weight  # how much a unit step along the gradient moves the logit
-    if not bool(torch.all(rise > 1e-12 * torch.linalg.vector_norm(model.weight))):
-        cells = torch.nonzero(rise <= 0).flatten().tolist()
+    norm = torch.linalg.vector_norm(model.weight)
+    refused = rise <= 1e-12 * norm
+    if bool(refused.any()):
+        cells = torch.nonzero(refused).flatten().tolist()
         raise ValueError(f"cells {cells}: the gradient of the re-encoded logit does not raise "
                          "the classifier's logit; Latent Shift cannot follow the linear steps")
-    target = sigmas * model.sigma * torch.linalg.vector_norm(model.weight)  # linear's logit moves
+    target = sigmas * model.sigma * norm  # the linear method's logit moves
     lam = target[None, :] / rise[:, None]  # (C, K)
     return codes[:, None, :] + lam[:, :, None] * gradient[:, None, :]
 

@@ -30,9 +30,9 @@ from lch.paths import is_url, join, lch_home
 
 REGISTERED_MODEL = "lch-aae"
 CHAMPION_ALIAS = "champion"
+"""The alias the promotion gate moves and Serve loads: ``models:/lch-aae@champion``."""
 ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 """A version number or an MLflow alias (letters, digits, ``_`` and ``-``)."""
-"""The alias the promotion gate moves and Serve loads: ``models:/lch-aae@champion``."""
 EXPERIMENT = "lch"
 MODEL_NAME = "model"
 POPULATION_METRIC_TAG = "cv_population_accuracy_k20"

@@ -205,12 +205,13 @@ def plot_trends(table: pd.DataFrame, features: Sequence[str] | None = None,
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, feature in zip(axes, rho.index, strict=False):
         by_s = table.groupby("sigma")[feature]
-        s = np.asarray(by_s.median().index, dtype=float)
+        median = by_s.median()
+        s = np.asarray(median.index, dtype=float)
         kind, colour = (("planted, ", "tab:red") if feature in planted
                         else ("control, ", "tab:blue") if feature in controls else ("", "0.35"))
         ax.fill_between(s, by_s.quantile(0.25), by_s.quantile(0.75), color=colour, alpha=0.25,
                         lw=0)
-        ax.plot(s, by_s.median(), "o-", color=colour, ms=3)
+        ax.plot(s, median, "o-", color=colour, ms=3)
         ax.set_title(f"{feature}\n{kind}rho {rho[feature]:.2f}", fontsize="small",
                      color=colour, fontweight="bold" if feature in planted else "normal")
         ax.set_xlabel("s (SD of the training cells' scores)", fontsize="x-small")

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from lch.classify import MIN_POPULATION
+from lch.exaggerate import SHIFTS
 from lch.movie_io import FrameTooLarge, MovieError, iter_frames, read_movie_info
 from lch.paths import NAME_PATTERN, is_valid_name
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
@@ -54,7 +55,7 @@ _WINDOW_PIXELS = {"type": "number", "description": "a raw window's pixel size in
 _MODEL = {"type": "string", "description": "a registered version ('3') or alias "
           f"('challenger') of the model to answer with; default the {CHAMPION_ALIAS}, "
           "followed as it is promoted"}
-_METHOD = {"type": "string", "enum": ["linear", "latent-shift"],
+_METHOD = {"type": "string", "enum": list(SHIFTS),
            "description": "linear (default, the paper's): along the discriminant direction; "
            "latent-shift: along the gradient of the decoded image's re-encoded logit (Cohen et "
            "al. 2021), scaled to the same logit steps"}
@@ -276,8 +277,8 @@ def exaggeration_method(value: Any) -> str:
     """The ``method`` field of /v1/exaggerate: "linear" (default) or "latent-shift"."""
     if value is None or value == "":
         return "linear"
-    if value not in _METHOD["enum"]:
-        raise RequestError(f"'method' must be one of {', '.join(_METHOD['enum'])}, not {value!r}")
+    if value not in SHIFTS:
+        raise RequestError(f"'method' must be one of {', '.join(SHIFTS)}, not {value!r}")
     return value
 
 
