@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lch.cohort_lock import cohort_lock
 from lch.conversion import ConversionResult, convert_movie, remove_leftovers
 from lch.manifest import Manifest, MovieEntry, load_manifest
-from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS
+from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS, MovieError, Selection, position_names
 from lch.paths import (
     Location,
     check_root,
@@ -78,27 +78,38 @@ class IngestSummary:
         return "\n".join(lines)
 
 
-def _provenance(manifest: Manifest, movie: MovieEntry) -> dict:
+def _provenance(manifest: Manifest, entry: MovieEntry, movie: str) -> dict:
     return {
         "cohort": manifest.cohort,
-        "movie": movie.id,
-        "patient": movie.patient,
-        "cell_line": movie.line,
-        "label": movie.label,
-        "pixel_size_um": movie.pixel_size_um,
-        "frame_interval_s": movie.frame_interval_s,
+        "movie": movie,
+        "patient": entry.patient,
+        "cell_line": entry.line,
+        "label": entry.label,
     }
+
+
+def _stored_movies(
+    manifest: Manifest, entry: MovieEntry
+) -> list[tuple[str, Selection]] | ConversionResult:
+    """The stored movies an entry makes, one per selected position of its file, or the
+    failure that stops it (an unreadable file, a label movie for several positions)."""
+    try:
+        positions = position_names(manifest.source_path(entry))
+        return entry.stored_movies(positions)
+    except (MovieError, ValueError) as exc:
+        return ConversionResult(entry.id, "failed", message=str(exc))
 
 
 @ray.remote(num_cpus=1, max_retries=3)
 def _convert_task(
     source: str, dest: str, movie: str, provenance: dict, px, dt, storage_options: dict,
-    max_frame_pixels: int | None, labels: str | None = None,
+    max_frame_pixels: int | None, labels: str | None, selection: Selection,
 ) -> ConversionResult:
     # max_retries covers a worker or node dying; user errors come back as "failed" results.
     return convert_movie(
         source, dest, movie=movie, provenance=provenance, pixel_size_um=px, frame_interval_s=dt,
         storage_options=storage_options, max_frame_pixels=max_frame_pixels, labels=labels,
+        selection=selection,
     )
 
 
@@ -113,19 +124,23 @@ def _gather(refs: list, progress: bool) -> list[ConversionResult]:
 
 
 def _store_manifest(
-    manifest: Manifest, results: list[ConversionResult], home: Location, options: dict
+    manifest: Manifest, results: list[ConversionResult], stored_as: dict[str, tuple[str, int]],
+    home: Location, options: dict,
 ) -> None:
-    """Record the entries now stored, merged with those stored by earlier runs (atomic write:
-    a rename locally, a single-object write on an object store)."""
+    """Record the movies now stored, merged with those stored by earlier runs (atomic write:
+    a rename locally, a single-object write on an object store). ``stored_as`` maps a stored
+    movie to its manifest entry's id and its position in the file."""
     fs, target = filesystem(join(cohort_dir(manifest.cohort, home), MANIFEST_NAME), options)
     stored = {}
     if fs.exists(target):
         text = fs.cat_file(target).decode()
         stored = {m["id"]: m for m in (yaml.safe_load(text) or {}).get("movies", [])}
-    landed = {r.movie for r in results if r.status in ("ok", "skipped")}
-    for entry in manifest.to_dict()["movies"]:
-        if entry["id"] in landed:
-            stored[entry["id"]] = entry
+    entries = {entry["id"]: entry for entry in manifest.to_dict()["movies"]}
+    for result in results:
+        if result.status in ("ok", "skipped"):
+            entry_id, position = stored_as[result.movie]
+            stored[result.movie] = {**entries[entry_id], "id": result.movie,
+                                    "position": position}
     text = yaml.safe_dump({"cohort": manifest.cohort, "movies": list(stored.values())})
     if is_url(home):
         fs.pipe_file(target, text.encode())
@@ -143,6 +158,9 @@ def convert_cohort(
     max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
 ) -> IngestSummary:
     """Stage A: validate the manifest and convert every movie to OME-Zarr in parallel Ray tasks.
+
+    Each selected position of a file is one stored movie (:meth:`lch.manifest.MovieEntry.
+    stored_movies`); the driver opens each file's metadata to list its positions.
 
     A movie whose entry names ``labels`` lands with that label movie as its NGFF ``labels``
     group, or fails (with a message naming the label file) if it does not fit the movie.
@@ -170,27 +188,33 @@ def convert_cohort(
         # Holding the lock, every write-aside store here is a dead run's.
         remove_leftovers(folder, options)
         init_ray()
-        refs = [
-            _convert_task.remote(
-                str(manifest.source_path(m)),
-                str(movie_store(manifest.cohort, m.id, home)),
-                m.id,
-                _provenance(manifest, m),
-                m.pixel_size_um,
-                m.frame_interval_s,
-                options,
-                max_frame_pixels,
-                str(manifest.labels_path(m)) if m.labels else None,
-            )
-            for m in manifest.movies
-        ]
-        results = _gather(refs, progress)
+        refs, results, stored_as = [], [], {}
+        for entry in manifest.movies:
+            movies = _stored_movies(manifest, entry)
+            if isinstance(movies, ConversionResult):
+                results.append(movies)
+                continue
+            for movie, selection in movies:
+                stored_as[movie] = (entry.id, selection.position)
+                refs.append(_convert_task.remote(
+                    str(manifest.source_path(entry)),
+                    str(movie_store(manifest.cohort, movie, home)),
+                    movie,
+                    _provenance(manifest, entry, movie),
+                    entry.pixel_size_um,
+                    entry.frame_interval_s,
+                    options,
+                    max_frame_pixels,
+                    str(manifest.labels_path(entry)) if entry.labels else None,
+                    selection,
+                ))
+        results += _gather(refs, progress)
         # An attempt lost with its node (then retried elsewhere) leaves its write-aside store.
         remove_leftovers(folder, options)
         results += [
             ConversionResult(e.movie, "failed", message=e.message) for e in manifest.errors
         ]
-        _store_manifest(manifest, results, home, options)
+        _store_manifest(manifest, results, stored_as, home, options)
     return IngestSummary(manifest.cohort, home, results, time.perf_counter() - started)
 
 

@@ -32,7 +32,10 @@ from pathlib import Path
 from lch.labels import GIVEN, check_label_movie, iter_label_frames
 from lch.movie_io import (
     DEFAULT_MAX_FRAME_PIXELS,
+    WHOLE_FILE,
     MovieError,
+    MovieInfo,
+    Selection,
     file_sha256,
     iter_frames,
     read_movie_info,
@@ -50,6 +53,7 @@ from lch.omezarr import (
     write_frames,
 )
 from lch.paths import Location, commit_aside, filesystem, is_committed, is_url, join
+from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
@@ -193,6 +197,48 @@ def _write_given_labels(
         raise MovieError(f"{labels}: {written} frames read, {info.frames} declared")
 
 
+def physical_scales(
+    info: MovieInfo, pixel_size_um: float | None, frame_interval_s: float | None
+) -> dict:
+    """A stored movie's pixel size and frame interval, each with where it came from.
+
+    The manifest's value wins, then the file's metadata; a pixel size neither gives is
+    :data:`lch.pixel_size.DEFAULT_PIXEL_SIZE_UM`, a frame interval neither gives stays None.
+
+    Raises
+    ------
+    MovieError
+        A pixel size from the file's metadata that cannot be a microscope's (a unit mistake).
+    """
+    if pixel_size_um is not None:
+        px, px_from = pixel_size_um, "manifest"
+    elif info.pixel_size_um is not None:
+        px, px_from = info.pixel_size_um, "file"
+        try:
+            check_pixel_size(px)
+        except ValueError as exc:
+            raise MovieError(
+                f"{info.path}: the file's metadata gives a pixel size of {px} µm ({exc}); "
+                "give the right one as pixel_size_um in the manifest"
+            ) from exc
+    else:
+        px, px_from = DEFAULT_PIXEL_SIZE_UM, "default"
+    if frame_interval_s is not None:
+        dt, dt_from = frame_interval_s, "manifest"
+    elif info.frame_interval_s:
+        dt, dt_from = info.frame_interval_s, "file"
+    else:
+        dt, dt_from = None, "unknown"
+    return {"pixel_size_um": px, "pixel_size_from": px_from,
+            "frame_interval_s": dt, "frame_interval_from": dt_from}
+
+
+def _where_in_file(info: MovieInfo) -> dict:
+    return {"position": info.position, "position_name": info.position_name,
+            "channel": info.channel, "channel_name": info.channel_name,
+            "first_frame": info.first_frame}
+
+
 def convert_movie(
     source: str | Path,
     dest: Location,
@@ -204,13 +250,14 @@ def convert_movie(
     storage_options: dict | None = None,
     max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
     labels: str | Path | None = None,
+    selection: Selection = WHOLE_FILE,
 ) -> ConversionResult:
-    """Convert one TIFF movie into an OME-Zarr store at ``dest``.
+    """Convert one movie (one position and channel of a file) into an OME-Zarr store at ``dest``.
 
     Parameters
     ----------
     source : path
-        The TIFF / OME-TIFF movie (T×Y×X or Y×X, one channel).
+        The movie file: OME-TIFF, TIFF (T×Y×X or Y×X), or a vendor format bioio reads.
     dest : path or URL
         The ``<movie>.ome.zarr`` folder (or object-store prefix) to create or replace.
     movie : str
@@ -219,7 +266,9 @@ def convert_movie(
         Attributes stored under ``lch`` (patient, cell line, label, ...); the source path, its
         SHA-256, size, shape and the conversion time are added.
     pixel_size_um, frame_interval_s : float, optional
-        Physical scale of y/x and t, written to the NGFF coordinate transformations.
+        Physical scale of y/x and t (the manifest's); None: from the file's metadata
+        (:func:`physical_scales`). Written to the NGFF coordinate transformations and, with
+        where each came from, to the provenance.
     storage_options : dict, optional
         fsspec options for a URL ``dest``; default from the environment.
     max_frame_pixels : int or None
@@ -227,6 +276,8 @@ def convert_movie(
     labels : path, optional
         The movie's own label movie (T×Y×X like it, integer ids, 0 = background), stored as the
         store's NGFF ``labels`` group; checked before anything is written.
+    selection : Selection
+        The position, channel and frames of the file to store.
 
     Returns
     -------
@@ -241,7 +292,8 @@ def convert_movie(
     started = time.perf_counter()
     tmp = _aside(dest, TMP_PREFIX)
     try:
-        info = read_movie_info(source, max_frame_pixels=max_frame_pixels)
+        info = read_movie_info(source, max_frame_pixels=max_frame_pixels, selection=selection)
+        scales = physical_scales(info, pixel_size_um, frame_interval_s)
         label_info = check_label_movie(labels, info) if labels is not None else None
         sha = file_sha256(source)
         labels_sha = file_sha256(labels) if labels is not None else None
@@ -249,7 +301,10 @@ def convert_movie(
         same_labels = existing and existing.get("labels_sha256") == labels_sha and (
             labels is None or open_labels(dest, storage_options) is not None
         )
-        if existing and existing.get("source_sha256") == sha and same_labels:
+        same_part = existing and all(
+            existing.get(k) == v for k, v in (_where_in_file(info) | scales).items()
+        ) and existing.get("frames") == info.frames
+        if existing and existing.get("source_sha256") == sha and same_labels and same_part:
             return ConversionResult(
                 movie, "skipped", existing.get("frames", info.frames), source.stat().st_size,
                 store_bytes(dest, storage_options), time.perf_counter() - started,
@@ -257,6 +312,8 @@ def convert_movie(
             )
         attrs = {
             **provenance,
+            **scales,
+            **_where_in_file(info),
             "source_path": str(source),
             "source_sha256": sha,
             "source_bytes": source.stat().st_size,
@@ -268,7 +325,8 @@ def convert_movie(
             attrs |= {"labels_path": str(labels), "labels_sha256": labels_sha}
         if not is_url(dest):
             dest.parent.mkdir(parents=True, exist_ok=True)
-        ome = ngff_metadata(movie, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s)
+        ome = ngff_metadata(movie, pixel_size_um=scales["pixel_size_um"],
+                            frame_interval_s=scales["frame_interval_s"])
         array = create_movie_store(
             tmp,
             frames=info.frames,
@@ -279,7 +337,8 @@ def convert_movie(
             provenance=attrs,
             storage_options=storage_options,
         )
-        written = write_frames(array, iter_frames(source, max_frame_pixels=max_frame_pixels))
+        written = write_frames(array, iter_frames(source, max_frame_pixels=max_frame_pixels,
+                                                  selection=selection))
         if written != info.frames:
             raise MovieError(f"{source}: {written} frames read, {info.frames} declared")
         if labels is not None:

@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from lch.movie_io import Selection
 from lch.paths import NAME_PATTERN, is_valid_name
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, MAX_PIXEL_SIZE_UM
 
@@ -41,6 +49,14 @@ class MovieEntry(BaseModel):
     labels: str | None = Field(default=None, min_length=1)
     """A label movie made elsewhere (T×Y×X like the movie, integer ids, 0 = background), relative
     to the manifest like ``path``; it replaces LCH's segmentation of this movie."""
+    position: int | str | list[int | str] | None = None
+    """The file's position(s) (bioio scenes), by index or name; None: every position. Each
+    position is one stored movie; with several, movie ``<id>_p<index>``."""
+    channel: int | str | None = None
+    """The phase-contrast channel, by index or name; None: the file's only channel."""
+    first_frame: int = Field(default=0, ge=0)
+    last_frame: int | None = Field(default=None, ge=0)
+    """The frames to store, 0-based and inclusive; None: to the movie's last frame."""
 
     @field_validator("id")
     @classmethod
@@ -48,6 +64,55 @@ class MovieEntry(BaseModel):
         if not is_valid_name(value):
             raise ValueError("must not contain '..' (it becomes a folder name)")
         return value
+
+    @field_validator("position")
+    @classmethod
+    def _positions_are_distinct(cls, value):
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("must be a non-empty list without repeats")
+        listed = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and v < 0 for v in listed):
+            raise ValueError("a position index is 0 or more")
+        return value
+
+    @model_validator(mode="after")
+    def _frames_in_order(self):
+        if self.last_frame is not None and self.last_frame < self.first_frame:
+            raise ValueError(
+                f"last_frame ({self.last_frame}) is before first_frame ({self.first_frame})"
+            )
+        return self
+
+    def stored_movies(self, positions: list[str]) -> list[tuple[str, Selection]]:
+        """The stored movies this entry makes from a file with ``positions`` (their names, in
+        the file's order): (movie id, what to read) per selected position.
+
+        One position keeps the entry's id; several are named ``<id>_p<index>``. A position
+        not in the file is left for the reader to refuse, naming what the file holds.
+
+        Raises
+        ------
+        ValueError
+            The entry has a label movie and selects several positions.
+        """
+        if self.position is None:
+            wanted: list[int | str] = list(range(len(positions)))
+        elif isinstance(self.position, list):
+            wanted = list(self.position)
+        else:
+            wanted = [self.position]
+        if self.labels and len(wanted) > 1:
+            raise ValueError(
+                f"movie {self.id!r}: a label movie ('labels') fits one position and "
+                f"{len(wanted)} are selected: pick one with 'position'"
+            )
+        selections = []
+        for position in wanted:
+            index = positions.index(position) if position in positions else position
+            movie = self.id if len(wanted) == 1 else f"{self.id}_p{index}"
+            selections.append((movie, Selection(position, self.channel, self.first_frame,
+                                                self.last_frame)))
+        return selections
 
     @field_validator("patient", "cell_line", mode="before")
     @classmethod

@@ -1,4 +1,13 @@
-"""Reading source movies (TIFF / OME-TIFF) frame by frame, with the checks ingestion needs.
+"""Reading source movies frame by frame, with the checks ingestion needs.
+
+A movie file is read through bioio: OME-TIFF with ``bioio-ome-tiff``, other TIFFs with
+``bioio-tifffile``, Nikon ND2, Zeiss CZI and Leica LIF with the plugins of the ``formats`` extra.
+A file may hold several positions (bioio's scenes), channels and frames; a :class:`Selection`
+picks one position, one channel and a frame range: what becomes one stored movie. Frames are
+read one at a time (bioio's lazy dask arrays, one Y×X plane per chunk), never the whole file.
+A TIFF first passes tifffile's own checks of its structure, so a damaged file is named as such.
+
+An open binary file (an HTTP upload held in memory) is a single-position TIFF read with tifffile.
 
 Every error a user can cause raises :class:`MovieError` with the file name in the message.
 """
@@ -13,8 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import bioio_ome_tiff
+import bioio_tifffile
 import numpy as np
 import tifffile
+from bioio import BioImage
+from bioio_base.exceptions import UnsupportedFileFormatError
 
 # Axes tifffile reports for a plain page sequence; all are read as time.
 TIME_AXES = {"T", "I", "Q"}
@@ -24,6 +37,12 @@ DEFAULT_MAX_FRAME_PIXELS = 16384 * 16384
 more pixels than the file holds, and each worker decodes a whole frame at once."""
 # What tifffile logs (instead of raising) when a file's page chain or declared shape is broken.
 TRUNCATION_SIGNS = ("invalid page offset", "failed to reshape", "corrupted", "truncated")
+# One Y×X plane per dask chunk: reading a frame never decodes its neighbours.
+PLANE = ["Y", "X"]
+# ImageJ's spellings of a micrometre (its pixel size is in 'unit' per pixel).
+MICRON_UNITS = {"um", "µm", "micron", "microns", "micrometer"}
+# Vendor formats, read by the bioio plugins of the 'formats' extra.
+VENDOR_SUFFIXES = {".nd2", ".czi", ".lif"}
 # Other image formats a user may name instead of a TIFF, told apart by their first bytes.
 IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF",
                     b"GIF89a": "GIF"}
@@ -38,8 +57,31 @@ class FrameTooLarge(MovieError):
 
 
 @dataclass(frozen=True)
+class Selection:
+    """What of a movie file becomes one stored movie (the manifest's fields of the same names).
+
+    ``position`` and ``channel`` are an index or a name; None picks the only one there is.
+    ``first_frame`` and ``last_frame`` are 0-based and inclusive; None: to the last frame.
+    """
+
+    position: int | str | None = None
+    channel: int | str | None = None
+    first_frame: int = 0
+    last_frame: int | None = None
+
+
+WHOLE_FILE = Selection()
+"""The default selection: the file's only position and channel, every frame."""
+
+
+@dataclass(frozen=True)
 class MovieInfo:
-    """Shape and type of a single-channel movie, as it will be stored (T, Y, X)."""
+    """Shape and type of a single-channel movie, as it will be stored (T, Y, X), and where in
+    its file it lies.
+
+    ``pixel_size_um`` and ``frame_interval_s`` are what the file's own metadata says (OME or
+    ImageJ), None where it says nothing.
+    """
 
     path: Path
     frames: int
@@ -47,6 +89,13 @@ class MovieInfo:
     width: int
     dtype: np.dtype
     source_axes: str
+    position: int = 0
+    position_name: str = ""
+    channel: int = 0
+    channel_name: str = ""
+    first_frame: int = 0
+    pixel_size_um: float | None = None
+    frame_interval_s: float | None = None
 
 
 def stored_dtype(dtype: np.dtype) -> np.dtype:
@@ -159,51 +208,225 @@ def _open(source: Source, path: str) -> Iterator[tifffile.TiffFile]:
         yield tif
 
 
-def _info(path: str, tif: tifffile.TiffFile, max_frame_pixels: int | None) -> MovieInfo:
+def _plain_tiff_info(
+    path: str, tif: tifffile.TiffFile, max_frame_pixels: int | None
+) -> MovieInfo:
+    """Check a plain (non-OME) TIFF is one single-channel time series and describe it."""
     series = tif.series[0]
     shape, axes = tuple(series.shape), series.axes
     if 0 in shape:
         raise MovieError(f"{path}: empty movie (shape {shape})")
     frames, height, width = _movie_axes(path, shape, axes)
-    if max_frame_pixels is not None and height * width > max_frame_pixels:
-        raise FrameTooLarge(
-            f"{path}: frames of {height}x{width} = {height * width} pixels exceed the limit of "
-            f"{max_frame_pixels} pixels"
-        )
-    dtype = np.dtype(series.dtype)
-    if dtype.kind not in SUPPORTED_KINDS or dtype.itemsize > 8:
-        raise MovieError(f"{path}: unsupported pixel type {dtype}")
+    _check_frame_size(path, height, width, max_frame_pixels)
+    dtype = _check_dtype(path, series.dtype)
     if len(series.pages) < frames:
         raise MovieError(f"{path}: truncated, {len(series.pages)} of {frames} frames present")
     return MovieInfo(Path(path), frames, height, width, stored_dtype(dtype), axes)
 
 
+def _is_tiff(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _check_dtype(path: str, dtype: np.dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in SUPPORTED_KINDS or dtype.itemsize > 8:
+        raise MovieError(f"{path}: unsupported pixel type {dtype}")
+    return dtype
+
+
+def _check_frame_size(path: str, height: int, width: int, max_frame_pixels: int | None) -> None:
+    if max_frame_pixels is not None and height * width > max_frame_pixels:
+        raise FrameTooLarge(
+            f"{path}: frames of {height}x{width} = {height * width} pixels exceed the limit of "
+            f"{max_frame_pixels} pixels"
+        )
+
+
+def _open_image(path: Path, name: str) -> tuple[BioImage, dict]:
+    """A file's bioio image and what tifffile says of it (``imagej`` metadata; empty if none).
+
+    A TIFF passes tifffile's structural checks first; a plain (non-OME) TIFF is also checked
+    to be one single-channel time series, its page sequence read as time (bioio would read a
+    plain page sequence as Z).
+    """
+    if not path.exists():
+        raise MovieError(f"{name}: file not found")
+    try:
+        tiff = _is_tiff(path)
+    except OSError as exc:
+        raise MovieError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
+    if tiff:
+        with _open(path, name) as tif:
+            series = tif.series[0]
+            ome, imagej = tif.is_ome, tif.imagej_metadata or {}
+            if not ome:
+                _plain_tiff_info(name, tif, None)
+        try:
+            if ome:
+                return BioImage(path, reader=bioio_ome_tiff.Reader, chunk_dims=PLANE), {}
+            axes = series.axes
+            if "T" not in axes:
+                axes = axes.replace("Q", "T").replace("I", "T")
+            return BioImage(path, reader=bioio_tifffile.Reader, chunk_dims=PLANE,
+                            dim_order=axes), imagej
+        except Exception as exc:  # bioio's readers raise many types on files they cannot read
+            raise MovieError(f"{name}: not a readable TIFF movie ({type(exc).__name__})") from exc
+    kind = _image_format(path)
+    if kind:
+        raise MovieError(
+            f"{name}: a {kind} image, not a TIFF movie; LCH reads OME-TIFF / TIFF (and ND2, "
+            "CZI, LIF with the 'formats' extra): save the frame(s) as a TIFF, e.g. with "
+            "tifffile.imwrite"
+        )
+    if path.suffix.lower() not in VENDOR_SUFFIXES:
+        raise MovieError(f"{name}: not a readable TIFF file (no valid TIFF header)")
+    try:
+        return BioImage(path), {}
+    except UnsupportedFileFormatError as exc:
+        raise MovieError(
+            f"{name}: no installed reader supports this file; ND2, CZI and LIF need their "
+            "bioio plugins: pip install 'lch[formats]'"
+        ) from exc
+    except Exception as exc:  # the plugins raise many types on files they cannot read
+        raise MovieError(f"{name}: not a readable movie ({type(exc).__name__})") from exc
+
+
+def _pick(name: str, what: str, field: str, wanted: int | str | None,
+          names: list[str]) -> int:
+    """The index of the position or channel ``wanted`` (index or name) among ``names``."""
+    listed = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+    if wanted is None:
+        if len(names) == 1:
+            return 0
+        raise MovieError(
+            f"{name}: holds {len(names)} {what}s ({listed}); pick one with '{field}'"
+        )
+    if isinstance(wanted, int):
+        if 0 <= wanted < len(names):
+            return wanted
+        raise MovieError(f"{name}: {field} {wanted} is not there ({what}s: {listed})")
+    if wanted in names:
+        return names.index(wanted)
+    raise MovieError(f"{name}: {field} {wanted!r} is not there ({what}s: {listed})")
+
+
+def _ome_pixels(image: BioImage):
+    """The OME ``Pixels`` of the current position, or None for a file without OME metadata."""
+    try:
+        return image.ome_metadata.images[image.current_scene_index].pixels
+    except Exception:  # readers without OME metadata raise NotImplementedError and others
+        return None
+
+
+def _quantity(value, unit: str) -> float | None:
+    return float(value.to(unit).magnitude) if value is not None else None
+
+
+def _file_scales(image: BioImage, imagej: dict) -> tuple[float | None, float | None]:
+    """Pixel size (µm) and frame interval (s) from the file's OME or ImageJ metadata."""
+    pixels = _ome_pixels(image)
+    if pixels is not None:
+        return (_quantity(pixels.physical_size_x_quantity, "micrometer"),
+                _quantity(pixels.time_increment_quantity, "second"))
+    if imagej:
+        unit = str(imagej.get("unit", "")).lower()
+        px = image.physical_pixel_sizes.X if unit in MICRON_UNITS else None
+        interval = imagej.get("finterval")
+        return px, float(interval) if interval else None
+    return None, None
+
+
+def position_names(path: str | Path) -> list[str]:
+    """The positions (bioio scenes) of a movie file, by name (the OME image name if it has
+    one), in the file's order.
+
+    Raises
+    ------
+    MovieError
+        The file cannot be opened as a movie.
+    """
+    image, _ = _open_image(Path(path), str(path))
+    return _position_names(image)
+
+
+def _position_names(image: BioImage) -> list[str]:
+    try:
+        named = [i.name for i in image.ome_metadata.images]
+    except Exception:  # no OME metadata: bioio's scene ids
+        named = []
+    if len(named) == len(image.scenes) and all(named) and len(set(named)) == len(named):
+        return [str(n) for n in named]
+    return [str(s) for s in image.scenes]
+
+
+def _file_info(path: Path, name: str, image: BioImage, imagej: dict, selection: Selection,
+               max_frame_pixels: int | None) -> MovieInfo:
+    """Select position and channel in ``image`` and describe the frames the selection holds."""
+    position = _pick(name, "position", "position", selection.position,
+                     _position_names(image))
+    image.set_scene(position)
+    dims = image.dims
+    if "S" in dims.order and dims.S > 1:
+        raise MovieError(f"{name}: RGB/multi-sample pixels ({dims.S} samples per pixel); "
+                         "LCH ingests single-channel label-free movies")
+    if dims.Z > 1:
+        raise MovieError(f"{name}: a Z-stack ({dims.Z} planes); LCH ingests 2-D time series")
+    channels = [str(c) for c in (image.channel_names or [f"{i}" for i in range(dims.C)])]
+    channel = _pick(name, "channel", "channel", selection.channel, channels)
+    if 0 in (dims.T, dims.Y, dims.X):
+        raise MovieError(f"{name}: empty movie (T×Y×X {dims.T}×{dims.Y}×{dims.X})")
+    last = dims.T - 1 if selection.last_frame is None else selection.last_frame
+    if not 0 <= selection.first_frame <= last < dims.T:
+        raise MovieError(
+            f"{name}: frames {selection.first_frame}..{last} (first_frame, last_frame) are "
+            f"not within its {dims.T} frames (0..{dims.T - 1})"
+        )
+    _check_frame_size(name, dims.Y, dims.X, max_frame_pixels)
+    dtype = _check_dtype(name, image.dtype)
+    px, interval = _file_scales(image, imagej)
+    return MovieInfo(
+        path, last - selection.first_frame + 1, dims.Y, dims.X, stored_dtype(dtype), dims.order,
+        position=position, position_name=_position_names(image)[position], channel=channel,
+        channel_name=channels[channel], first_frame=selection.first_frame,
+        pixel_size_um=px, frame_interval_s=interval,
+    )
+
+
 def read_movie_info(
     source: Source, name: str | None = None, *,
     max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
+    selection: Selection = WHOLE_FILE,
 ) -> MovieInfo:
     """Open a movie and check that it can be ingested, without reading its pixels.
 
     Parameters
     ----------
     source : path or binary file
-        The TIFF / OME-TIFF.
+        The movie file (read through bioio), or an open TIFF (read with tifffile).
     name : str, optional
         What to call it in messages (default: the path).
     max_frame_pixels : int or None
         Largest frame (height × width) accepted, judged from the header; None: no limit.
+    selection : Selection
+        The position, channel and frames of a file to read (a binary file: the defaults).
 
     Raises
     ------
     FrameTooLarge
         Frames declared larger than ``max_frame_pixels``.
     MovieError
-        Missing file, not a TIFF, empty, RGB/multi-channel, more than 3-D, Z-stack,
-        unsupported pixel type, or fewer pages than the declared frame count.
+        Missing file, no reader for it, damaged, empty, RGB, Z-stack, several channels or
+        positions and none picked, a selection that is not in the file, unsupported pixel
+        type, or fewer pages than the declared frame count.
     """
     path = _name(source, name)
-    with _open(source, path) as tif:
-        return _info(path, tif, max_frame_pixels)
+    if not isinstance(source, str | Path):
+        with _open(source, path) as tif:
+            return _plain_tiff_info(path, tif, max_frame_pixels)
+    image, imagej = _open_image(Path(source), path)
+    return _file_info(Path(source), path, image, imagej, selection, max_frame_pixels)
 
 
 def _check_frame(path: str, index: int, frame: np.ndarray, info: MovieInfo) -> np.ndarray:
@@ -215,14 +438,23 @@ def _check_frame(path: str, index: int, frame: np.ndarray, info: MovieInfo) -> n
     return frame
 
 
+def _read_plane(path: str, image: BioImage, info: MovieInfo, t: int) -> np.ndarray:
+    try:
+        plane = image.get_image_dask_data("YX", T=t, C=info.channel, Z=0)
+        return plane.compute(scheduler="synchronous")
+    except Exception as exc:  # corrupt strips surface as several exception types
+        raise MovieError(f"{path}: frame {t} cannot be read ({exc})") from exc
+
+
 def iter_frames(
     source: Source, name: str | None = None, *,
     max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS,
+    selection: Selection = WHOLE_FILE,
 ) -> Iterator[np.ndarray]:
-    """Yield the frames of a movie one at a time (never the whole movie in memory).
+    """Yield the selected frames of a movie one at a time (never the whole movie in memory).
 
-    ``source``, ``name`` and ``max_frame_pixels`` are as in :func:`read_movie_info`; the size is
-    checked before the first frame is decoded.
+    ``source``, ``name``, ``max_frame_pixels`` and ``selection`` are as in
+    :func:`read_movie_info`; everything is checked before the first frame is decoded.
 
     Raises
     ------
@@ -231,14 +463,20 @@ def iter_frames(
         NaN/inf in floating-point data.
     """
     path = _name(source, name)
-    with _open(source, path) as tif:
-        info = _info(path, tif, max_frame_pixels)
-        for t in range(info.frames):
-            try:
-                frame = tif.asarray(key=t, series=0)
-            except Exception as exc:  # corrupt strips surface as several exception types
-                raise MovieError(f"{path}: frame {t} cannot be read ({exc})") from exc
-            yield _check_frame(path, t, frame, info)
+    if not isinstance(source, str | Path):
+        with _open(source, path) as tif:
+            info = _plain_tiff_info(path, tif, max_frame_pixels)
+            for t in range(info.frames):
+                try:
+                    frame = tif.asarray(key=t, series=0)
+                except Exception as exc:  # corrupt strips surface as several exception types
+                    raise MovieError(f"{path}: frame {t} cannot be read ({exc})") from exc
+                yield _check_frame(path, t, frame, info)
+        return
+    image, imagej = _open_image(Path(source), path)
+    info = _file_info(Path(source), path, image, imagej, selection, max_frame_pixels)
+    for t in range(info.first_frame, info.first_frame + info.frames):
+        yield _check_frame(path, t, _read_plane(path, image, info, t), info)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -29,3 +29,23 @@ def write_manifest(folder: Path, cohort: str, movies: list[dict]) -> Path:
 def entry(movie_id: str, path: str, patient: str = "p1", label: str = "high") -> dict:
     return {"id": movie_id, "path": path, "patient": patient, "label": label,
             "pixel_size_um": 0.65, "frame_interval_s": 60}
+
+
+def write_ome_tiff(
+    path: Path, positions: list[np.ndarray], channels: list[str], *,
+    pixel_size_um: float | None = 0.65, interval_s: float | None = 300.0, z_axis: bool = False,
+) -> Path:
+    """An OME-TIFF as microscopes write them: one image per position, each T×C×Y×X (with
+    ``z_axis``: T×Z×Y×X, one channel), with the physical pixel size and frame interval."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for index, data in enumerate(positions):
+            metadata = {"axes": "TZYX" if z_axis else "TCYX", "Name": f"pos{index}",
+                        "Channel": {"Name": channels}}
+            if pixel_size_um is not None:
+                metadata |= {"PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um,
+                             "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
+            if interval_s is not None:
+                metadata |= {"TimeIncrement": interval_s, "TimeIncrementUnit": "s"}
+            tif.write(data, photometric="minisblack", metadata=metadata)
+    return path
