@@ -9,8 +9,9 @@ cohort's cell store.
 
 The labels a segmenter makes are stored with the movie as its NGFF ``labels`` group: the driver
 creates the group aside in each store (:func:`lch.conversion.start_labels`), each actor writes
-its frames' labels into it (one frame per shard, so parallel writers never share a shard), and
-the driver commits every group once all frames and the cell store are written
+its frames' labels into it (one frame per shard, so parallel writers never share a shard), the
+driver fills each group's lower pyramid levels from the frames once all are written
+(:func:`lch.omezarr.fill_pyramid`), and commits every group once the cell store is written too
 (:func:`lch.conversion.commit_labels`); a failed or killed run leaves the previous labels.
 """
 
@@ -39,6 +40,7 @@ from lch.labels import (
 from lch.morphology import FEATURE_COLUMNS
 from lch.omezarr import (
     LABEL_DTYPE,
+    fill_pyramid,
     open_label_writer,
     open_labels,
     open_movie,
@@ -367,7 +369,7 @@ def segment_cohort(
 ) -> SegmentSummary:
     """Segment every stored movie of a cohort, track its cells (:func:`lch.tracking.track_cohort`;
     tracks in fewer than ``min_track_frames`` frames are flagged) and replace its
-    ``cells.parquet``/``crops.zarr`` and each movie's ``labels`` group.
+    ``cells.parquet``/``crops.zarr`` and each movie's ``labels`` group (every pyramid level).
 
     A movie ingested with its own label movie (the manifest's ``labels``) is measured and
     cropped from those labels; the others are segmented by ``segmenter`` (see
@@ -416,6 +418,8 @@ def segment_cohort(
             if items:
                 _stream_cells(items, meta, writer, summary, crop_size, frames_per_batch,
                               options, progress, segmenter, segmenter_options, field_of_view_um)
+            for aside in asides.values():  # every frame is written: make the overviews
+                fill_pyramid(aside, options)
             writer.commit(lambda cells: _tracks(cells, meta, summary))
         except BaseException:
             writer.abort()

@@ -44,6 +44,7 @@ from lch.omezarr import (
     LABELS_PATH,
     create_labels_group,
     create_movie_store,
+    fill_pyramid,
     ngff_metadata,
     open_labels,
     open_movie,
@@ -195,6 +196,7 @@ def _write_given_labels(
     written = write_frames(array, iter_label_frames(labels, info))
     if written != info.frames:
         raise MovieError(f"{labels}: {written} frames read, {info.frames} declared")
+    fill_pyramid(join(tmp, LABELS_PATH), storage_options)
 
 
 def physical_scales(
@@ -326,7 +328,8 @@ def convert_movie(
         if not is_url(dest):
             dest.parent.mkdir(parents=True, exist_ok=True)
         ome = ngff_metadata(movie, pixel_size_um=scales["pixel_size_um"],
-                            frame_interval_s=scales["frame_interval_s"])
+                            frame_interval_s=scales["frame_interval_s"],
+                            height=info.height, width=info.width)
         array = create_movie_store(
             tmp,
             frames=info.frames,
@@ -341,6 +344,7 @@ def convert_movie(
                                                   selection=selection))
         if written != info.frames:
             raise MovieError(f"{source}: {written} frames read, {info.frames} declared")
+        fill_pyramid(tmp, storage_options)
         if labels is not None:
             _write_given_labels(tmp, labels, label_info, ome, labels_sha, storage_options)
         _commit(tmp, dest, storage_options)

@@ -1,16 +1,26 @@
 """OME-Zarr (NGFF 0.5 on Zarr v3) movie stores: layout, metadata, writing and opening.
 
-Layout of one movie store (``<movie>.ome.zarr``): a group whose ``ome`` attribute holds the NGFF
-0.5 ``multiscales`` (one level, path ``0``, axes t, c, y, x), array ``0`` of shape (T, 1, Y, X),
-and LCH's provenance under the ``lch`` attribute. Once segmented, the store also holds the cells'
-label movie as an NGFF ``labels`` group::
+Layout of one movie store (``<movie>.ome.zarr``)::
 
-    labels/zarr.json        ome: {version: 0.5, labels: [cells]}
+    zarr.json               ome: NGFF 0.5 multiscales (axes t, c, y, x), one dataset per level;
+                            lch: provenance
+    0                       (T, 1, Y, X) the movie at full resolution
+    1, 2, ...               (T, 1, Y/2**k, X/2**k) the lower levels (:func:`level_shapes`)
+    labels/zarr.json        ome: {version: 0.5, labels: [cells]}       (once segmented)
     labels/cells/zarr.json  ome: multiscales (as the image's) + image-label (source ../../)
-    labels/cells/0          (T, 1, Y, X) uint32, 0 = background, cell ids per frame
+    labels/cells/0, 1, ...  (T, 1, Y/2**k, X/2**k) uint32, 0 = background, cell ids per frame
 
-The label array has the frames' chunks but one frame per shard: segmentation workers write
-their frames in parallel, and two writers of one shard would overwrite each other's chunks.
+Each level halves y and x (rounding down) until both are at most :data:`COARSEST_LEVEL_SIZE`,
+so napari and ome-zarr-py can show an overview without reading full frames; a 512² movie has
+level ``0`` only. Level k's ``scale`` in y and x is the pixel size × 2**k. The lower levels are
+made from the level above once it is written (:func:`fill_pyramid`): the 2×2 block mean for
+intensities, every second pixel for labels (ids stay ids). Stores written before pyramids
+have level ``0`` only and read as before: every reader here reads level ``0``.
+
+The label array's level ``0`` has the frames' chunks but one frame per shard: segmentation
+workers write their frames in parallel, and two writers of one shard would overwrite each other's
+chunks. The lower levels are written by one process, shard by shard, so they pack frames as the
+image's do.
 
 Chunks are one frame (1, 1, Y, X) because every reader (segmentation, viewers) reads a frame at a
 time; frames over 1024² are tiled so one chunk stays a few MiB. Chunks are packed into shards of
@@ -30,8 +40,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from itertools import pairwise
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
@@ -49,6 +61,10 @@ LABEL_NAME = "cells"
 LABEL_DTYPE = np.dtype(np.uint32)
 # Background transparent; napari and ome-zarr-py colour the cell ids themselves.
 LABEL_COLORS = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+COARSEST_LEVEL_SIZE = 512
+"""The pyramid halves y and x until both are at most this many pixels."""
+# Each thread holds about one target shard (plus its source pieces): memory stays a few shards.
+PYRAMID_THREADS = 2
 
 
 def chunk_shape(height: int, width: int) -> tuple[int, int, int, int]:
@@ -66,10 +82,62 @@ def shard_shape(frames: int, height: int, width: int, itemsize: int) -> tuple[in
     return (per_shard, 1, sy, sx)
 
 
+def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """The (y, x) size of each pyramid level of a ``height`` × ``width`` movie.
+
+    Level 0 is the full size; each next level halves y and x (rounding down) until both are at
+    most :data:`COARSEST_LEVEL_SIZE` (or a side would drop to nothing). A movie of 512² or less
+    has one level; 2048² has 2048², 1024² and 512².
+    """
+    shapes = [(height, width)]
+    while max(shapes[-1]) > COARSEST_LEVEL_SIZE and min(shapes[-1]) >= 2:
+        y, x = shapes[-1]
+        shapes.append((y // 2, x // 2))
+    return shapes
+
+
+def with_levels(ome: dict, height: int, width: int) -> dict:
+    """A copy of an image's ``ome`` attribute whose ``multiscales[0].datasets`` describe every
+    level of a ``height`` × ``width`` movie.
+
+    Level ``k`` has path ``"k"`` and level 0's ``scale`` with y and x multiplied by 2**k (t and
+    c unchanged); any datasets ``ome`` had are replaced.
+    """
+    (image,) = ome["multiscales"]
+    t, c, y, x = image["datasets"][0]["coordinateTransformations"][0]["scale"]
+    datasets = [
+        {
+            "path": str(level),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [t, c, y * 2**level, x * 2**level]}
+            ],
+        }
+        for level in range(len(level_shapes(height, width)))
+    ]
+    return {**ome, "multiscales": [{**image, "datasets": datasets}]}
+
+
 def ngff_metadata(
-    name: str, *, pixel_size_um: float | None, frame_interval_s: float | None
+    name: str,
+    *,
+    pixel_size_um: float | None,
+    frame_interval_s: float | None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> dict:
-    """The ``ome`` group attribute of NGFF 0.5 for a single-level (t, c, y, x) image."""
+    """The ``ome`` group attribute of NGFF 0.5 for a (t, c, y, x) image.
+
+    Parameters
+    ----------
+    name : str
+        The image's NGFF ``name`` (the movie id).
+    pixel_size_um, frame_interval_s : float or None
+        Level 0's scale of y/x (µm) and t (s); None for 1.0 without a unit.
+    height, width : int, optional
+        The frame size: ``multiscales[0].datasets`` then lists every level of
+        :func:`level_shapes`, path ``"k"`` scaled by 2**k in y/x (:func:`with_levels`). Without
+        them only level 0 is listed; :func:`create_movie_store` lists the others anyway.
+    """
     time_axis = {"name": "t", "type": "time"}
     if frame_interval_s:
         time_axis["unit"] = "second"
@@ -78,7 +146,7 @@ def ngff_metadata(
         for axis in space:
             axis["unit"] = "micrometer"
     scale = [frame_interval_s or 1.0, 1.0, pixel_size_um or 1.0, pixel_size_um or 1.0]
-    return {
+    ome = {
         "version": NGFF_VERSION,
         "multiscales": [
             {
@@ -93,6 +161,9 @@ def ngff_metadata(
             }
         ],
     }
+    if height is None or width is None:
+        return ome
+    return with_levels(ome, height, width)
 
 
 def create_movie_store(
@@ -106,14 +177,30 @@ def create_movie_store(
     provenance: dict,
     storage_options: dict | None = None,
 ) -> zarr.Array:
-    """Create an empty movie store at ``path`` (which must not exist) and return its array."""
+    """Create an empty movie store at ``path`` (which must not exist) and return its level 0.
+
+    Every level of :func:`level_shapes` is created, empty, and listed in the stored ``ome``
+    (``ome`` with :func:`with_levels` applied). Write the frames into the returned array
+    (:func:`write_frames`), then the lower levels with :func:`fill_pyramid`.
+    """
     group = zarr.open_group(zarr_store(path, storage_options), mode="w-", zarr_format=3)
-    group.attrs.update({"ome": ome, "lch": provenance})
+    group.attrs.update({"ome": with_levels(ome, height, width), "lch": provenance})
+    itemsize = np.dtype(dtype).itemsize
+    arrays = [
+        _create_level(group, level, (frames, 1, y, x), shard_shape(frames, y, x, itemsize), dtype)
+        for level, (y, x) in enumerate(level_shapes(height, width))
+    ]
+    return arrays[0]
+
+
+def _create_level(
+    group: zarr.Group, level: int, shape: tuple[int, ...], shards: tuple[int, ...], dtype
+) -> zarr.Array:
     return group.create_array(
-        ARRAY_PATH,
-        shape=(frames, 1, height, width),
-        chunks=chunk_shape(height, width),
-        shards=shard_shape(frames, height, width, np.dtype(dtype).itemsize),
+        str(level),
+        shape=shape,
+        chunks=chunk_shape(*shape[2:]),
+        shards=shards,
         dtype=dtype,
         compressors=COMPRESSOR,
         fill_value=0,
@@ -173,29 +260,98 @@ def create_labels_group(
     storage_options: dict | None = None,
 ) -> zarr.Array:
     """Create a complete, empty ``labels`` group at ``path`` (which must not exist) and return
-    its label array (``cells/0``, all background until written).
+    its label array's level 0 (``cells/0``, all background until written).
 
     ``path`` is where the group is written aside; it becomes ``<store>/labels`` when committed
-    (:func:`lch.conversion.commit_labels`). ``attributes`` go under ``lch`` on ``cells``.
+    (:func:`lch.conversion.commit_labels`). ``attributes`` go under ``lch`` on ``cells``. Every
+    level of :func:`level_shapes` is created, as the image's (``image_ome`` with
+    :func:`with_levels` applied); level 0 has one frame per shard (:func:`label_shard_shape`),
+    the lower levels, filled from it by :func:`fill_pyramid`, the image's shard rules.
     """
     root = zarr.open_group(zarr_store(path, storage_options), mode="w-", zarr_format=3)
     root.attrs.update({"ome": labels_group_metadata()})
     image = root.create_group(LABEL_NAME)
+    image_ome = with_levels(image_ome, height, width)
     image.attrs.update({"ome": label_image_metadata(image_ome), "lch": attributes})
-    return image.create_array(
-        ARRAY_PATH,
-        shape=(frames, 1, height, width),
-        chunks=chunk_shape(height, width),
-        shards=label_shard_shape(height, width),
-        dtype=LABEL_DTYPE,
-        compressors=COMPRESSOR,
-        fill_value=0,
-        dimension_names=AXES,
-    )
+    itemsize = LABEL_DTYPE.itemsize
+    arrays = [
+        _create_level(
+            image, level, (frames, 1, y, x),
+            label_shard_shape(y, x) if level == 0 else shard_shape(frames, y, x, itemsize),
+            LABEL_DTYPE,
+        )
+        for level, (y, x) in enumerate(level_shapes(height, width))
+    ]
+    return arrays[0]
+
+
+def _downsample(level: da.Array, labels: bool) -> da.Array:
+    """The next pyramid level of a (T, 1, Y, X) dask array: (T, 1, Y // 2, X // 2)."""
+    y, x = (n // 2 for n in level.shape[2:])
+    if labels:
+        # Nearest neighbour, not a mean: a mean of two cell ids is a third cell's id.
+        return level[:, :, : 2 * y : 2, : 2 * x : 2]
+    mean = da.coarsen(np.mean, level, {2: 2, 3: 2}, trim_excess=True)
+    if np.issubdtype(level.dtype, np.integer):
+        mean = da.rint(mean)
+    return mean.astype(level.dtype)
+
+
+def _fill_image(image: zarr.Group) -> int:
+    """Fill levels 1.. of one NGFF image group from the level above; return how many."""
+    multiscales = image.attrs["ome"]["multiscales"][0]
+    paths = [dataset["path"] for dataset in multiscales["datasets"]]
+    labels = "image-label" in image.attrs["ome"]
+    for above, path in pairwise(paths):
+        target = image[path]
+        source = _downsample(da.from_zarr(image[above]), labels)
+        if source.shape != target.shape:
+            raise ValueError(
+                f"level {path} is {target.shape}, level {above} halves to {source.shape}"
+            )
+        blocks = tuple(min(s, n) for s, n in zip(target.shards or target.chunks, target.shape,
+                                                 strict=True))
+        # One dask block per target shard: a shard written by two tasks would lose chunks.
+        da.store(source.rechunk(blocks), target, lock=False, scheduler="threads",
+                 num_workers=PYRAMID_THREADS)
+    return len(paths) - 1
+
+
+def fill_pyramid(path: Location, storage_options: dict | None = None) -> int:
+    """Write the lower pyramid levels of a movie store's image, or of a ``labels`` group's
+    label images, from their level 0.
+
+    Parameters
+    ----------
+    path : path or URL
+        A movie store (or one being written aside) whose level ``0`` is written: its image's
+        levels ``1``, ``2``, ... are filled, each the 2×2 block mean of the level above, rounded
+        to the stored dtype; the store's ``labels`` group is left alone. Or a ``labels`` group
+        (:func:`create_labels_group`, committed or aside): each of its label images' levels is
+        filled with every second pixel of the level above, so cell ids stay ids.
+    storage_options : dict, optional
+        fsspec options for a URL ``path``.
+
+    Returns
+    -------
+    int
+        The number of levels written; 0 for a store with one level.
+
+    Notes
+    -----
+    Each level is a dask graph from the level above, rechunked to the target's shards and
+    stored shard by shard with at most :data:`PYRAMID_THREADS` threads: no two tasks write one
+    shard, and memory stays a few shards whatever the movie's length.
+    """
+    root = zarr.open_group(zarr_store(path, storage_options), mode="r+")
+    ome = root.attrs["ome"]
+    if "labels" in ome:
+        return sum(_fill_image(root[name]) for name in ome["labels"])
+    return _fill_image(root)
 
 
 def open_label_writer(path: Location, storage_options: dict | None = None) -> zarr.Array:
-    """Open the label array of a ``labels`` group being written (see
+    """Open the label array (level 0) of a ``labels`` group being written (see
     :func:`create_labels_group`) for writing frames."""
     return zarr.open_array(
         zarr_store(path, storage_options), path=f"{LABEL_NAME}/{ARRAY_PATH}", mode="r+"
@@ -203,7 +359,8 @@ def open_label_writer(path: Location, storage_options: dict | None = None) -> za
 
 
 def open_labels(path: Location, storage_options: dict | None = None) -> zarr.Array | None:
-    """The committed label movie of a movie store, (T, 1, Y, X) read-only; None if it has none.
+    """The committed label movie of a movie store, level 0 (T, 1, Y, X) read-only; None if it
+    has none.
 
     A ``labels`` group without its ``zarr.json`` (a commit to an object store killed half-way)
     counts as none.
@@ -235,7 +392,7 @@ def read_image_metadata(path: Location, storage_options: dict | None = None) -> 
 
 
 def open_movie(path: Location, storage_options: dict | None = None) -> zarr.Array:
-    """Open a stored movie's (T, 1, Y, X) array read-only."""
+    """Open a stored movie's full-resolution level (``0``, (T, 1, Y, X)) read-only."""
     store = zarr_store(path, storage_options, read_only=True)
     return zarr.open_array(store, path=ARRAY_PATH, mode="r")
 
