@@ -1,10 +1,11 @@
 """Benchmark: segmentation stage, Ray Data on all cores vs a bare one-process loop.
 
-Run: ``.venv/bin/python bench/segment.py [--frames 25] [--workdir DIR]``
+Run: ``.venv/bin/python bench/segment.py [--frames 25] [--size 512] [--workdir DIR]``
 
-Both sides call :func:`lch.cells.frame_cells` on the same 512² frames read from the same
-OME-Zarr stores. Prints frames/s of each and their ratio (goal ≥ 1.7; 2.0 is the limit on
-2 cores), the pipeline's per-frame overhead in CPU time over the bare call, and the peak RSS
+Both sides call :func:`lch.cells.frame_cells` on the same frames (``--size``², 8 movies) read
+from the same OME-Zarr stores. Prints frames/s of each and their ratio (goal ≥ 1.7; 2.0 is the
+limit on 2 cores), the pipeline's per-frame overhead in CPU time over the bare call, and the
+peak RSS
 (driver + Ray workers) of the pipeline for 1× and 4× the frames (goal ≤ 1.2× growth).
 """
 
@@ -43,9 +44,9 @@ def bare_loop(cohort: str) -> tuple[float, int]:
     return time.perf_counter() - started, cells
 
 
-def ingested(work: Path, name: str, frames: int, seed: int) -> int:
+def ingested(work: Path, name: str, frames: int, size: int, seed: int) -> int:
     manifest = make_cohort(work / name, name=name, patients=4, movies_per_patient=MOVIES // 4,
-                           frames=frames, size=(512, 512), seed=seed)
+                           frames=frames, size=(size, size), seed=seed)
     summary = convert_cohort(manifest, progress=False)
     assert not summary.failed, summary.format()
     return summary.frames
@@ -54,6 +55,7 @@ def ingested(work: Path, name: str, frames: int, seed: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=25, help="frames per movie (8 movies)")
+    parser.add_argument("--size", type=int, default=512, help="frame side in px")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lch-bench-segment-"))
@@ -61,14 +63,14 @@ def main() -> None:
     init_ray()
     cpus = cluster_cpus()
 
-    n = ingested(work, "seg1", args.frames, seed=1)
-    n4 = ingested(work, "seg4", 4 * args.frames, seed=4)
+    n = ingested(work, "seg1", args.frames, args.size, seed=1)
+    n4 = ingested(work, "seg4", 4 * args.frames, args.size, seed=4)
     bare_s, bare_cells = bare_loop("seg1")
     with PeakRSS() as mem1:
         summary = segment_cohort("seg1", progress=False)
     assert summary.cells_kept == bare_cells, (summary.cells_kept, bare_cells)
     ray_s = summary.seconds
-    print(f"{n} frames of 512², {bare_cells} cells kept")
+    print(f"{n} frames of {args.size}², {bare_cells} cells kept")
     print(f"bare loop, one process:        {n / bare_s:6.2f} frames/s ({bare_s:.1f} s)")
     print(f"Ray Data pipeline, {cpus} CPUs:   {n / ray_s:6.2f} frames/s ({ray_s:.1f} s, "
           "start-up and writing cells.parquet + crops.zarr included)")
