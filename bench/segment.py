@@ -5,8 +5,7 @@ Run: ``.venv/bin/python bench/segment.py [--frames 25] [--size 512] [--workdir D
 Both sides call :func:`lch.cells.frame_cells` on the same frames (``--size``², 8 movies) read
 from the same OME-Zarr stores. Prints frames/s of each and their ratio (goal ≥ 1.7; 2.0 is the
 limit on 2 cores), the pipeline's per-frame overhead in CPU time over the bare call, and the
-peak RSS
-(driver + Ray workers) of the pipeline for 1× and 4× the frames (goal ≤ 1.2× growth).
+peak RSS (driver + Ray workers) of the pipeline for 1× and 4× the frames (goal ≤ 1.2× growth).
 """
 
 from __future__ import annotations

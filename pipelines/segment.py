@@ -348,10 +348,18 @@ def _stream_cells(
             bar.update(len(set(zip(block["movie"], block["frame"], strict=True))))
 
 
+def _in_tasks(function, jobs, *args) -> list:
+    """``function(job, *args)`` for every job as Ray tasks, in order: the movies are linked (or
+    their pyramids filled) on every core."""
+    remote = ray.remote(num_cpus=1)(function)
+    return ray.get([remote.remote(job, *args) for job in jobs])
+
+
 def _tracks(cells: pd.DataFrame, meta: dict, summary: SegmentSummary) -> pd.DataFrame:
     """The cohort's tracks, counted in the summary."""
     intervals = {m: meta[m]["frame_interval_s"] for m in meta}
-    tracks = track_cohort(cells, intervals, min_track_frames=summary.min_track_frames)
+    tracks = track_cohort(cells, intervals, min_track_frames=summary.min_track_frames,
+                          map_movies=_in_tasks)
     summary.tracks, summary.short_tracks = count_tracks(tracks)
     return tracks
 
@@ -418,8 +426,8 @@ def segment_cohort(
             if items:
                 _stream_cells(items, meta, writer, summary, crop_size, frames_per_batch,
                               options, progress, segmenter, segmenter_options, field_of_view_um)
-            for aside in asides.values():  # every frame is written: make the overviews
-                fill_pyramid(aside, options)
+            # Every frame is written: make the overviews.
+            _in_tasks(fill_pyramid, asides.values(), options)
             writer.commit(lambda cells: _tracks(cells, meta, summary))
         except BaseException:
             writer.abort()

@@ -11,6 +11,8 @@ frame interval, so the same setting serves any microscope.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -117,12 +119,20 @@ def check_min_track_frames(min_track_frames: int) -> int:
     return int(min_track_frames)
 
 
+def _link_movie(job: tuple[pd.DataFrame, float, float]) -> np.ndarray:
+    """:func:`link_tracks` of one movie's ``(cells, frame interval, max speed)``."""
+    cells, frame_interval_s, max_speed = job
+    return link_tracks(cells, pixel_size_um=float(cells["pixel_size_um"].iloc[0]),
+                       frame_interval_s=frame_interval_s, max_speed_um_per_min=max_speed)
+
+
 def track_cohort(
     cells: pd.DataFrame,
     frame_intervals_s: dict[str, float],
     *,
     min_track_frames: int = MIN_TRACK_FRAMES,
     max_speed_um_per_min: float = MAX_SPEED_UM_PER_MIN,
+    map_movies: Callable = map,
 ) -> pd.DataFrame:
     """Track every movie of a cohort's cell table.
 
@@ -136,6 +146,10 @@ def track_cohort(
         Tracks seen in fewer frames are flagged ``short_track``.
     max_speed_um_per_min : float
         See :func:`link_tracks`.
+    map_movies : callable
+        Like the built-in ``map`` (the default), which it replaces to link the movies in
+        parallel: called once with a function and the movies' jobs, it returns their results
+        in order.
 
     Returns
     -------
@@ -144,15 +158,15 @@ def track_cohort(
         order of first row), ``track_frames`` is how many rows its track has.
     """
     check_min_track_frames(min_track_frames)
+    movies = cells.groupby("movie", sort=False).indices
+    jobs = [
+        (cells.iloc[rows][["frame", "pixel_size_um", *POSITION]],
+         frame_intervals_s.get(movie) or DEFAULT_FRAME_INTERVAL_S, max_speed_um_per_min)
+        for movie, rows in movies.items()
+    ]
     track = np.zeros(len(cells), np.int64)
     offset = 0
-    for movie, rows in cells.groupby("movie", sort=False).indices.items():
-        movie_cells = cells.iloc[rows]
-        local = link_tracks(
-            movie_cells, pixel_size_um=float(movie_cells["pixel_size_um"].iloc[0]),
-            frame_interval_s=frame_intervals_s.get(movie) or DEFAULT_FRAME_INTERVAL_S,
-            max_speed_um_per_min=max_speed_um_per_min,
-        )
+    for rows, local in zip(movies.values(), map_movies(_link_movie, jobs), strict=True):
         track[rows] = local + offset
         offset += int(local.max()) + 1 if len(local) else 0
     return track_columns(track, min_track_frames)
