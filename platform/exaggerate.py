@@ -81,6 +81,8 @@ class Exaggeration:
         Whether the shifted code lies beyond the training cells' natural range along the
         direction (:attr:`lch.model.LCHModel.natural_range`); None when the model does not
         know its range.
+    method : str
+        How the codes were moved (a key of :data:`SHIFTS`).
     """
 
     cells: list[str]
@@ -91,6 +93,7 @@ class Exaggeration:
     probability_reencoded: np.ndarray
     table: pd.DataFrame
     beyond_range: np.ndarray | None = None
+    method: str = "linear"
 
 
 # ---------------------------------------------------------------- model checks
@@ -301,6 +304,11 @@ def latent_shifts(model: torch.nn.Module, codes: torch.Tensor,
 
 SHIFTS = {"linear": linear_shifts, "latent-shift": latent_shifts}
 """Exaggeration methods by name: how a code is moved for each ``s``."""
+METHOD_TITLES = {
+    "linear": "linear: along the discriminant direction (Zaritsky et al. 2021)",
+    "latent-shift": "latent-shift: along the re-encoded logit's gradient (Cohen et al. 2021)",
+}
+"""What a montage says of the method that drew it."""
 
 
 @torch.no_grad()
@@ -447,7 +455,7 @@ def exaggerate_codes(
             }
         )
     return Exaggeration(ids, s, z, images, p_shift, p_again, table,
-                        beyond_natural_range(model, z, s))
+                        beyond_natural_range(model, z, s), method)
 
 
 def beyond_natural_range(model: torch.nn.Module, codes: np.ndarray,
@@ -556,7 +564,8 @@ def exaggerate_class_means(
 
 _TILE_SCALE = 2
 _GAP = 2
-_HEADER = 14
+_TITLE = 14
+_HEADER = 2 * _TITLE  # the method's title, then each column's s
 _CAPTION = 12
 _MIN_ROW_LABEL = 64
 
@@ -581,7 +590,8 @@ def _tile(image: np.ndarray, scale: int) -> Image.Image:
 def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
     """A grid of the decoded images: rows = cells, columns = s.
 
-    The header above each column gives its ``s``; the strip under each tile gives that image's
+    The first line names the method (:data:`METHOD_TITLES`); the header above each column gives
+    its ``s``; the strip under each tile gives that image's
     P(high) (of the shifted code), coloured from blue (0, low) through grey to red (1, high).
     The row's cell id is on the left. Tiles whose code lies beyond anything the training cells
     reach along the direction (:attr:`Exaggeration.beyond_range`) are framed in orange, and
@@ -597,7 +607,8 @@ def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
     -------
     PIL.Image.Image
         RGB image of width ``label + K * (S * scale + gap)`` (the label column fits the longest
-        cell id) and height ``header + C * (S * scale + caption + gap)``.
+        cell id; wider if the title needs it) and height
+        ``header + C * (S * scale + caption + gap)``.
     """
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
@@ -606,15 +617,17 @@ def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
     font = ImageFont.load_default()
     longest = max((font.getlength(cell) for cell in result.cells), default=0.0)
     label = max(_MIN_ROW_LABEL, math.ceil(longest) + 6)
-    width = label + n_sigmas * (tile + _GAP)
+    title = METHOD_TITLES[result.method]
+    width = max(label + n_sigmas * (tile + _GAP), math.ceil(font.getlength(title)) + 4)
     height = _HEADER + n_cells * (tile + _CAPTION + _GAP)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    draw.text((2, 1), title, fill=(0, 0, 0), font=font)
     for j, s in enumerate(result.sigmas):
         x = label + j * (tile + _GAP)
-        draw.text((x + 2, 1), f"s={s:+g}", fill=(0, 0, 0), font=font)
+        draw.text((x + 2, _TITLE + 1), f"s={s:+g}", fill=(0, 0, 0), font=font)
     if result.beyond_range is not None and result.beyond_range.any():
-        draw.text((2, 1), "past range", fill=_BEYOND, font=font)  # the frames' legend
+        draw.text((2, _TITLE + 1), "past range", fill=_BEYOND, font=font)  # the frames' legend
     for i, cell in enumerate(result.cells):
         y = _HEADER + i * (tile + _CAPTION + _GAP)
         draw.text((2, y + tile // 2 - 5), cell, fill=(0, 0, 0), font=font)

@@ -9,6 +9,7 @@ patient is exaggerated from s = -4 to +4. The trends are measured on the decoded
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -477,12 +478,17 @@ def test_montage_grid(tiny_model, tmp_path):
     tile = 32 * 2
     assert image.mode == "RGB"
     assert image.width == 64 + 3 * (tile + 2)
-    assert image.height == 14 + 2 * (tile + 12 + 2)
+    assert image.height == 28 + 2 * (tile + 12 + 2)
     path = save_montage(out, tmp_path / "sub" / "montage.png")
     with Image.open(path) as saved:
         assert saved.size == image.size and saved.format == "PNG"
     with pytest.raises(ValueError, match=r"\.png"):
         save_montage(out, tmp_path / "montage.jpg")
+    # The first line names the method: only it differs between the two methods' montages.
+    other = np.asarray(montage(dataclasses.replace(out, method="latent-shift"), scale=2))
+    drawn = np.asarray(image)
+    assert (drawn[:14] < 128).any() and not np.array_equal(drawn[:14], other[:14])
+    np.testing.assert_array_equal(drawn[14:], other[14:])
 
 
 def test_tiles_past_the_natural_range_are_framed(tiny_model):
@@ -504,10 +510,10 @@ def test_tiles_past_the_natural_range_are_framed(tiny_model):
     image = np.asarray(montage(out, scale=2))
     orange = np.all(image == (255, 140, 0), axis=-1)
     tile = 64
-    framed = [orange[14:14 + tile, 64 + j * (tile + 2): 64 + j * (tile + 2) + tile].sum()
+    framed = [orange[28:28 + tile, 64 + j * (tile + 2): 64 + j * (tile + 2) + tile].sum()
               for j in range(len(sigmas))]
     assert [f > 4 * tile for f in framed] == expected.tolist()
-    legend = image[:14, :64].astype(int)  # antialiased text: orange-ish, not exact
+    legend = image[14:28, :64].astype(int)  # antialiased text: orange-ish, not exact
     assert ((legend[..., 0] - legend[..., 2] > 120) & (legend[..., 1] > 60)).any()
 
 
