@@ -300,13 +300,10 @@ def convert_movie(
         sha = file_sha256(source)
         labels_sha = file_sha256(labels) if labels is not None else None
         existing = read_provenance(dest, storage_options)
-        same_labels = existing and existing.get("labels_sha256") == labels_sha and (
-            labels is None or open_labels(dest, storage_options) is not None
-        )
-        same_part = existing and all(
-            existing.get(k) == v for k, v in (_where_in_file(info) | scales).items()
-        ) and existing.get("frames") == info.frames
-        if existing and existing.get("source_sha256") == sha and same_labels and same_part:
+        stored_as_now = {"source_sha256": sha, "labels_sha256": labels_sha,
+                         "frames": info.frames, **_where_in_file(info), **scales}
+        unchanged = existing and all(existing.get(k) == v for k, v in stored_as_now.items())
+        if unchanged and (labels is None or open_labels(dest, storage_options) is not None):
             return ConversionResult(
                 movie, "skipped", existing.get("frames", info.frames), source.stat().st_size,
                 store_bytes(dest, storage_options), time.perf_counter() - started,
@@ -328,8 +325,7 @@ def convert_movie(
         if not is_url(dest):
             dest.parent.mkdir(parents=True, exist_ok=True)
         ome = ngff_metadata(movie, pixel_size_um=scales["pixel_size_um"],
-                            frame_interval_s=scales["frame_interval_s"],
-                            height=info.height, width=info.width)
+                            frame_interval_s=scales["frame_interval_s"])
         array = create_movie_store(
             tmp,
             frames=info.frames,

@@ -293,23 +293,23 @@ def _open_image(path: Path, name: str) -> tuple[BioImage, dict]:
         raise MovieError(f"{name}: not a readable movie ({type(exc).__name__})") from exc
 
 
-def _pick(name: str, what: str, field: str, wanted: int | str | None,
-          names: list[str]) -> int:
-    """The index of the position or channel ``wanted`` (index or name) among ``names``."""
+def _pick(name: str, field: str, wanted: int | str | None, names: list[str]) -> int:
+    """The index of the ``field`` ("position" or "channel") ``wanted`` (index or name) among
+    ``names``."""
     listed = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
     if wanted is None:
         if len(names) == 1:
             return 0
         raise MovieError(
-            f"{name}: holds {len(names)} {what}s ({listed}); pick one with '{field}'"
+            f"{name}: holds {len(names)} {field}s ({listed}); pick one with '{field}'"
         )
     if isinstance(wanted, int):
         if 0 <= wanted < len(names):
             return wanted
-        raise MovieError(f"{name}: {field} {wanted} is not there ({what}s: {listed})")
+        raise MovieError(f"{name}: {field} {wanted} is not there ({field}s: {listed})")
     if wanted in names:
         return names.index(wanted)
-    raise MovieError(f"{name}: {field} {wanted!r} is not there ({what}s: {listed})")
+    raise MovieError(f"{name}: {field} {wanted!r} is not there ({field}s: {listed})")
 
 
 def _ome_pixels(image: BioImage):
@@ -364,8 +364,8 @@ def _position_names(image: BioImage) -> list[str]:
 def _file_info(path: Path, name: str, image: BioImage, imagej: dict, selection: Selection,
                max_frame_pixels: int | None) -> MovieInfo:
     """Select position and channel in ``image`` and describe the frames the selection holds."""
-    position = _pick(name, "position", "position", selection.position,
-                     _position_names(image))
+    positions = _position_names(image)
+    position = _pick(name, "position", selection.position, positions)
     image.set_scene(position)
     dims = image.dims
     if "S" in dims.order and dims.S > 1:
@@ -374,7 +374,7 @@ def _file_info(path: Path, name: str, image: BioImage, imagej: dict, selection: 
     if dims.Z > 1:
         raise MovieError(f"{name}: a Z-stack ({dims.Z} planes); LCH ingests 2-D time series")
     channels = [str(c) for c in (image.channel_names or [f"{i}" for i in range(dims.C)])]
-    channel = _pick(name, "channel", "channel", selection.channel, channels)
+    channel = _pick(name, "channel", selection.channel, channels)
     if 0 in (dims.T, dims.Y, dims.X):
         raise MovieError(f"{name}: empty movie (T×Y×X {dims.T}×{dims.Y}×{dims.X})")
     last = dims.T - 1 if selection.last_frame is None else selection.last_frame
@@ -388,7 +388,7 @@ def _file_info(path: Path, name: str, image: BioImage, imagej: dict, selection: 
     px, interval = _file_scales(image, imagej)
     return MovieInfo(
         path, last - selection.first_frame + 1, dims.Y, dims.X, stored_dtype(dtype), dims.order,
-        position=position, position_name=_position_names(image)[position], channel=channel,
+        position=position, position_name=positions[position], channel=channel,
         channel_name=channels[channel], first_frame=selection.first_frame,
         pixel_size_um=px, frame_interval_s=interval,
     )

@@ -118,14 +118,9 @@ def with_levels(ome: dict, height: int, width: int) -> dict:
 
 
 def ngff_metadata(
-    name: str,
-    *,
-    pixel_size_um: float | None,
-    frame_interval_s: float | None,
-    height: int | None = None,
-    width: int | None = None,
+    name: str, *, pixel_size_um: float | None, frame_interval_s: float | None
 ) -> dict:
-    """The ``ome`` group attribute of NGFF 0.5 for a (t, c, y, x) image.
+    """The ``ome`` group attribute of NGFF 0.5 for a (t, c, y, x) image, listing level 0.
 
     Parameters
     ----------
@@ -133,10 +128,9 @@ def ngff_metadata(
         The image's NGFF ``name`` (the movie id).
     pixel_size_um, frame_interval_s : float or None
         Level 0's scale of y/x (µm) and t (s); None for 1.0 without a unit.
-    height, width : int, optional
-        The frame size: ``multiscales[0].datasets`` then lists every level of
-        :func:`level_shapes`, path ``"k"`` scaled by 2**k in y/x (:func:`with_levels`). Without
-        them only level 0 is listed; :func:`create_movie_store` lists the others anyway.
+
+    :func:`create_movie_store` and :func:`create_labels_group` add the lower levels
+    (:func:`with_levels`).
     """
     time_axis = {"name": "t", "type": "time"}
     if frame_interval_s:
@@ -146,7 +140,7 @@ def ngff_metadata(
         for axis in space:
             axis["unit"] = "micrometer"
     scale = [frame_interval_s or 1.0, 1.0, pixel_size_um or 1.0, pixel_size_um or 1.0]
-    ome = {
+    return {
         "version": NGFF_VERSION,
         "multiscales": [
             {
@@ -161,9 +155,6 @@ def ngff_metadata(
             }
         ],
     }
-    if height is None or width is None:
-        return ome
-    return with_levels(ome, height, width)
 
 
 def create_movie_store(

@@ -23,6 +23,7 @@ from lch.omezarr import (
     open_movie,
     read_image_metadata,
     shard_shape,
+    with_levels,
     write_frames,
 )
 from lch.paths import zarr_store
@@ -66,9 +67,9 @@ def small_shards(monkeypatch):
 
 
 def new_store(path, frames=FRAMES, height=HEIGHT, width=WIDTH, sizes=True) -> zarr.Array:
-    size = {"height": height, "width": width} if sizes else {}
-    ome = ngff_metadata("m1", pixel_size_um=PIXEL_SIZE_UM, frame_interval_s=FRAME_INTERVAL_S,
-                        **size)
+    ome = ngff_metadata("m1", pixel_size_um=PIXEL_SIZE_UM, frame_interval_s=FRAME_INTERVAL_S)
+    if sizes:
+        ome = with_levels(ome, height, width)
     return create_movie_store(path, frames=frames, height=height, width=width, dtype=np.uint16,
                               ome=ome, provenance={"movie": "m1"})
 
@@ -83,14 +84,14 @@ def test_level_shapes_halve_until_both_sides_are_at_most_512():
 
 
 def test_ngff_metadata_lists_every_level_with_its_scale():
-    ome = ngff_metadata("m1", pixel_size_um=PIXEL_SIZE_UM, frame_interval_s=FRAME_INTERVAL_S,
-                        height=2048, width=2048)
+    ome = with_levels(ngff_metadata("m1", pixel_size_um=PIXEL_SIZE_UM,
+                                    frame_interval_s=FRAME_INTERVAL_S), 2048, 2048)
     datasets = ome["multiscales"][0]["datasets"]
     assert [d["path"] for d in datasets] == ["0", "1", "2"]
     assert [d["coordinateTransformations"] for d in datasets] == [
         [{"type": "scale", "scale": s}] for s in scales(3)
     ]
-    plain = ngff_metadata("m1", pixel_size_um=None, frame_interval_s=None, height=1000, width=700)
+    plain = with_levels(ngff_metadata("m1", pixel_size_um=None, frame_interval_s=None), 1000, 700)
     assert [d["coordinateTransformations"][0]["scale"]
             for d in plain["multiscales"][0]["datasets"]] == [[1.0, 1.0, 1.0, 1.0],
                                                              [1.0, 1.0, 2.0, 2.0]]
