@@ -255,7 +255,6 @@ def test_ingest_as_a_ray_job_through_the_jobs_api(ray_head, lch_home, tmp_path):
     out = proc.stdout + proc.stderr
     assert "submitted Ray job" in out, out
     assert "1 converted" in out and "FAILED b" in out, out
-    assert "FAILED" in out.splitlines()[-1] or proc.returncode == 1, out
     assert proc.returncode == 1, out  # one movie failed, so the job failed
     np.testing.assert_array_equal(open_movie(movie_store("remote", "a", lch_home))[:, 0], data)
 
