@@ -12,6 +12,7 @@ import numpy as np
 
 from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM
 from lch.labels import DEFAULT_SEGMENTER, SEGMENTERS
+from lch.model_names import CHAMPION_ALIAS, REGISTERED_MODEL, model_uri
 from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS
 from lch.pipelines.runtime import quiet_environment
 from lch.synth import make_cohort
@@ -144,7 +145,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from lch.promotion import list_versions
-    from lch.registry import REGISTERED_MODEL, use_tracking
+    from lch.registry import use_tracking
 
     use_tracking()
     rows = list_versions()
@@ -188,7 +189,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     app = build_app({"model_alias": args.model_alias, "poll_interval_s": args.poll_interval,
                      "public_docs": args.public_docs})
     serve.run(app, name="lch", route_prefix="/")
-    print(f"serving models:/lch-aae@{args.model_alias} on http://{args.host}:{args.port} "
+    print(f"serving {model_uri(args.model_alias)} on http://{args.host}:{args.port} "
           f"(OpenAPI: /docs); Ctrl-C stops", flush=True)
     try:
         while True:
@@ -220,8 +221,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _model_uri(value: str) -> str:
-    from lch.registry import REGISTERED_MODEL
-
     return f"models:/{REGISTERED_MODEL}/{value}" if value.isdigit() else value
 
 
@@ -358,9 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="score a stored cohort's cells and call each patient "
                        "(Ray Data, logged to MLflow)")
     p.add_argument("--cohort", required=True)
-    p.add_argument("--model", default="models:/lch-aae@champion",
-                   help="a version number, models:/lch-aae/VERSION or models:/lch-aae@ALIAS "
-                        "(default %(default)s)")
+    p.add_argument("--model", default=model_uri(),
+                   help=f"a version number, models:/{REGISTERED_MODEL}/VERSION or "
+                        f"models:/{REGISTERED_MODEL}@ALIAS (default %(default)s)")
     p.add_argument("--out", help="where to write the per-cell table (default "
                    "cohorts/<cohort>/predictions/<version>.parquet under LCH_HOME)")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
@@ -369,12 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("models", help="list registered versions of lch-aae with aliases")
+    p = sub.add_parser("models",
+                       help=f"list registered versions of {REGISTERED_MODEL} with aliases")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("promote", help="point an alias (default champion) at a model version")
+    p = sub.add_parser("promote", help="point an alias at a model version")
     p.add_argument("version")
-    p.add_argument("--alias", default="champion")
+    p.add_argument("--alias", default=CHAMPION_ALIAS, help="(default: %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="promote even if its cross-validated population accuracy is lower")
     p.set_defaults(func=_cmd_promote)
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve classification and exaggeration over HTTP")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model-alias", default="champion")
+    p.add_argument("--model-alias", default=CHAMPION_ALIAS, help="(default: %(default)s)")
     p.add_argument("--poll-interval", type=float, default=10.0,
                    help="seconds between checks for a newly promoted version")
     p.add_argument("--public-docs", action="store_true",
@@ -399,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("exaggerate", help="decode cells pushed along the discriminant direction")
-    p.add_argument("--model", default="models:/lch-aae@champion",
-                   help="a models:/ URI or a version number (default the champion)")
+    p.add_argument("--model", default=model_uri(),
+                   help="a models:/ URI or a version number (default %(default)s)")
     p.add_argument("--cohort", help="take cells from this stored cohort")
     p.add_argument("--cells", type=int,
                    help="how many cells, half high, half low (default: as many as the report "

@@ -26,11 +26,9 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from lch.model import LCHModel
+from lch.model_names import CHAMPION_ALIAS, REGISTERED_MODEL  # noqa: F401 (re-exported)
 from lch.paths import is_url, join, lch_home
 
-REGISTERED_MODEL = "lch-aae"
-CHAMPION_ALIAS = "champion"
-"""The alias the promotion gate moves and Serve loads: ``models:/lch-aae@champion``."""
 ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 """A version number or an MLflow alias (letters, digits, ``_`` and ``-``)."""
 EXPERIMENT = "lch"

@@ -1,0 +1,13 @@
+"""The registered model's name and aliases: one home, importable without MLflow or torch (the
+command line's defaults and help use them)."""
+
+from __future__ import annotations
+
+REGISTERED_MODEL = "lch-aae"
+CHAMPION_ALIAS = "champion"
+"""The alias the promotion gate moves and Serve loads: ``models:/lch-aae@champion``."""
+
+
+def model_uri(alias: str = CHAMPION_ALIAS) -> str:
+    """``models:/<REGISTERED_MODEL>@<alias>``."""
+    return f"models:/{REGISTERED_MODEL}@{alias}"
