@@ -18,12 +18,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
-from lch.domain_gap import appearance_features, cell_windows, domain_auc, feature_names  # noqa: E402
-from lch.synth import make_cohort, read_truth  # noqa: E402
+from lch.domain_gap import (  # noqa: E402
+    appearance_features,
+    cohort_windows,
+    domain_auc,
+    feature_names,
+)
+from lch.synth import make_cohort  # noqa: E402
 
 from real_cells import real_images  # noqa: E402
 
@@ -32,12 +36,7 @@ def synthetic_windows(seed: int, n: int) -> list[np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_cohort(folder, patients=6, movies_per_patient=2, frames=5, size=(768, 768), seed=seed)
-        truth = read_truth(folder)
-        windows = []
-        for movie in truth["movies"]:
-            frames = tifffile.imread(folder / "raw" / f"{movie['id']}.tif")
-            labels = tifffile.imread(folder / movie["labels_path"])
-            windows += cell_windows(frames, labels, pixel_size_um=truth["pixel_size_um"], seed=seed)
+        windows = cohort_windows(folder, seed)
     pick = np.random.default_rng(seed).choice(len(windows), min(n, len(windows)), replace=False)
     return [windows[i] for i in pick]
 

@@ -16,8 +16,10 @@ features, 1.0 that every window is recognised.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import tifffile
 from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -26,6 +28,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
+from lch.segmentation import local_sd
+from lch.synth import read_truth
 
 WINDOW_PX = 256
 RING_PX = 8
@@ -52,13 +56,6 @@ def radial_profile(image: np.ndarray, ring_px: int = RING_PX, rings: int = RINGS
     return sums / np.maximum(counts, 1)
 
 
-def local_sd(image: np.ndarray, size: int = LOCAL_SD_WINDOW) -> np.ndarray:
-    """Standard deviation of ``image`` in a ``size`` x ``size`` window around each pixel."""
-    mean = ndimage.uniform_filter(image, size)
-    mean_sq = ndimage.uniform_filter(image * image, size)
-    return np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
-
-
 def feature_names() -> list[str]:
     """Names of :func:`appearance_features`' entries, in order."""
     return [
@@ -77,7 +74,7 @@ def appearance_features(window: np.ndarray) -> np.ndarray:
         [
             radial_profile(img),
             np.quantile(img, INTENSITY_QUANTILES),
-            np.quantile(local_sd(img), TEXTURE_QUANTILES),
+            np.quantile(local_sd(img, LOCAL_SD_WINDOW), TEXTURE_QUANTILES),
             np.quantile(gradient, TEXTURE_QUANTILES),
         ]
     )
@@ -126,3 +123,16 @@ def cell_windows(
             out.append(window)
             break
     return out
+
+
+def cohort_windows(cohort_dir: str | Path, seed: int = 0) -> list[np.ndarray]:
+    """:func:`cell_windows` of every movie of a cohort written by :func:`lch.synth.make_cohort`
+    (its truth labels say where the cells are)."""
+    folder = Path(cohort_dir)
+    truth = read_truth(folder)
+    windows = []
+    for movie in truth["movies"]:
+        frames = tifffile.imread(folder / "raw" / f"{movie['id']}.tif")
+        labels = tifffile.imread(folder / movie["labels_path"])
+        windows += cell_windows(frames, labels, pixel_size_um=truth["pixel_size_um"], seed=seed)
+    return windows

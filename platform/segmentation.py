@@ -127,6 +127,13 @@ def estimate_background(
     return resize(grid, img.shape, order=1, mode="edge", anti_aliasing=False)
 
 
+def local_sd(image: np.ndarray, size: int) -> np.ndarray:
+    """Standard deviation of ``image`` in a ``size`` x ``size`` window around each pixel."""
+    mean = ndimage.uniform_filter(image, size)
+    mean_sq = ndimage.uniform_filter(image * image, size)
+    return np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+
+
 def log_texture(image: np.ndarray, pixel_size_um: float) -> np.ndarray:
     """Log of the local standard deviation in a :data:`TEXTURE_WINDOW_UM` window, smoothed.
 
@@ -143,10 +150,8 @@ def log_texture(image: np.ndarray, pixel_size_um: float) -> np.ndarray:
     """
     smooth = filters.gaussian(image, PRESMOOTH_UM / pixel_size_um, preserve_range=True)
     window = max(3, int(round(TEXTURE_WINDOW_UM / pixel_size_um)) | 1)
-    mean = ndimage.uniform_filter(smooth, window)
-    mean_sq = ndimage.uniform_filter(smooth * smooth, window)
-    sd = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
-    sd = filters.gaussian(sd, TEXTURE_SMOOTH_UM / pixel_size_um, preserve_range=True)
+    sd = filters.gaussian(local_sd(smooth, window), TEXTURE_SMOOTH_UM / pixel_size_um,
+                          preserve_range=True)
     return np.log(sd + _texture_floor(image))
 
 

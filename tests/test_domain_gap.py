@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 
 from lch.domain_gap import (
     WINDOW_PX,
     appearance_features,
-    cell_windows,
+    cohort_windows,
     domain_auc,
     feature_names,
     radial_profile,
 )
-from lch.synth import make_cohort, read_truth
+from lch.synth import make_cohort
 
 from real_cells import real_images
 
@@ -29,13 +28,7 @@ def synthetic(tmp_path_factory):
     folder = tmp_path_factory.mktemp("domain")
     make_cohort(folder, name="dom", patients=2, movies_per_patient=1, frames=2,
                 size=(384, 384), seed=4)
-    truth = read_truth(folder)
-    windows = []
-    for movie in truth["movies"]:
-        frames = tifffile.imread(folder / "raw" / f"{movie['id']}.tif")
-        labels = tifffile.imread(folder / movie["labels_path"])
-        windows += cell_windows(frames, labels, pixel_size_um=truth["pixel_size_um"])
-    return windows
+    return cohort_windows(folder)
 
 
 def test_radial_profile_of_a_centred_disc():
