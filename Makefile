@@ -20,12 +20,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lch demo
 
+# Two workers, one test file each at a time: a file's module fixtures (a trained model, a
+# cluster) are built once, and one file's waits on Ray leave the other core to the other file.
+PARALLEL := -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest $(PARALLEL) -ra --durations=15
 
 # The fast tier: everything but the end-to-end tests marked slow (CI runs them all).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -ra -m "not slow"
+	$(BIN)/python -m pytest $(PARALLEL) -ra --durations=10 -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform pipelines serving tests bench

@@ -1,425 +1,503 @@
-"""The `lch` command line: one subcommand per step of the flow in ARCHITECTURE.md."""
+"""The `lch` command line (Typer): one command per step of the flow in ARCHITECTURE.md.
+
+Results print as Rich tables, or as JSON with ``--json`` where another tool reads them; Ray's
+own logs stay in its session log files unless ``--verbose``. Options that name a Ray cluster or
+an MLflow tracking server read Ray's and MLflow's own variables (``RAY_ADDRESS``,
+``MLFLOW_TRACKING_URI``) when left out.
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import inspect
+import json
+import os
 import sys
 import time
+from enum import Enum
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
 
 from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM
 from lch.labels import DEFAULT_SEGMENTER, SEGMENTERS
-from lch.model_names import CHAMPION_ALIAS, REGISTERED_MODEL, model_uri
+from lch.model_names import CHAMPION_ALIAS, REGISTERED_MODEL, model_uri, version_uri
 from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS
-from lch.pipelines.runtime import quiet_environment
+from lch.pipelines.runtime import keep_ray_logs_in_files, quiet_environment
 from lch.synth import make_cohort
 from lch.tracking import MIN_TRACK_FRAMES
 
+app = typer.Typer(
+    name="lch",
+    help="Live-cell histology on Ray, MLflow and Zarr (see the repository's ARCHITECTURE.md).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# No markup: summaries hold intervals such as [0.41, 0.78].
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
-def _defaults(function) -> dict:
+Segmenter = Enum("Segmenter", {name: name for name in SEGMENTERS}, type=str)
+DEFAULT_SEGMENTER_CHOICE = Segmenter(DEFAULT_SEGMENTER)
+DEFAULT_MODEL_URI = model_uri()
+
+
+def _defaults(function) -> dict[str, Any]:
     """A function's keyword defaults: the CLI shows and uses them, never a copy."""
     return {name: p.default for name, p in inspect.signature(function).parameters.items()
             if p.default is not inspect.Parameter.empty}
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
-    manifest = make_cohort(
-        args.out_dir,
-        name=args.name,
-        patients=args.patients,
-        movies_per_patient=args.movies_per_patient,
-        frames=args.frames,
-        size=tuple(args.size),
-        seed=args.seed,
-    )
-    print(f"synthetic cohort written: {manifest}")
+SYNTH = _defaults(make_cohort)
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and not 0 < value < float("inf"):
+        raise typer.BadParameter(f"{value} is not a positive number")
+    return value
+
+
+# Options shared by several commands, each spelled once.
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress displays.")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Ray's own logs on the terminal too (else only in its session logs).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+Address = Annotated[str | None, typer.Option(
+    "--address", envvar="RAY_ADDRESS", show_envvar=True,
+    help="Ray cluster to run on (default: a local Ray on this machine).")]
+TrackingUri = Annotated[str | None, typer.Option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+    help="MLflow tracking server or database (default: the SQLite store under LCH_HOME).")]
+Gpu = Annotated[bool, typer.Option("--gpu", help="Use a GPU.")]
+CropSize = Annotated[int, typer.Option(min=8, help="Crop side in px.")]
+MinTrackFrames = Annotated[int, typer.Option(
+    min=1, help="Tracks seen in fewer frames are counted and flagged short_track in "
+                "cells.parquet.")]
+FieldOfViewUm = Annotated[float, typer.Option(
+    callback=_positive, help="What each crop shows, in µm, resampled to --crop-size px "
+                                 "(the paper's 256 px at 0.325 µm).")]
+SegmenterOption = Annotated[Segmenter, typer.Option(
+    help="Who outlines the cells of movies without their own `labels` (cellpose needs "
+         "`pip install -e .[cellpose]` and its weights in $CELLPOSE_LOCAL_MODELS_PATH, never "
+         "downloaded).")]
+ModelOption = Annotated[str, typer.Option(
+    "--model", help=f"A version number, models:/{REGISTERED_MODEL}/VERSION or "
+                    f"models:/{REGISTERED_MODEL}@ALIAS.")]
+
+
+class UsageProblem(Exception):
+    """Input the user can fix (a bad manifest, an unknown cohort or model): exit status 2."""
+
+
+def _setup(*, verbose: bool = False, address: str | None = None,
+           tracking_uri: str | None = None) -> None:
+    """Apply the run-wide options: where Ray's logs go, which cluster and tracking store."""
+    keep_ray_logs_in_files(not verbose)
+    if address:
+        os.environ["RAY_ADDRESS"] = address
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"lch {version('lch')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Live-cell histology on Ray, MLflow and Zarr (see the repository's ARCHITECTURE.md)."""
+
+
+@app.command()
+def synth(
+    out_dir: Path,
+    name: Annotated[str, typer.Option(help="Cohort name.")] = SYNTH["name"],
+    patients: Annotated[int, typer.Option(
+        min=1, help="Patients (cell lines), high and low alternating.")] = SYNTH["patients"],
+    movies_per_patient: Annotated[int, typer.Option(min=1)] = SYNTH["movies_per_patient"],
+    frames: Annotated[int, typer.Option(min=1)] = SYNTH["frames"],
+    size: Annotated[tuple[int, int], typer.Option(
+        metavar="Y X", help="Frame size in px.")] = SYNTH["size"],
+    seed: int = SYNTH["seed"],
+) -> int:
+    """Generate a synthetic cohort (TIFF movies, their truth and cohort.yaml)."""
+    manifest = make_cohort(out_dir, name=name, patients=patients,
+                           movies_per_patient=movies_per_patient, frames=frames,
+                           size=tuple(size), seed=seed)
+    out.print(f"synthetic cohort written: {manifest}")
     return 0
 
 
-def _cmd_ingest(args: argparse.Namespace) -> int:
+@app.command()
+def ingest(
+    manifest: Annotated[Path, typer.Argument(help="cohort.yaml")],
+    address: Address = None,
+    no_segment: Annotated[bool, typer.Option(help="Stage A only (no cells or crops).")] = False,
+    crop_size: CropSize = DEFAULT_CROP_SIZE,
+    max_frame_pixels: Annotated[int, typer.Option(
+        min=1, help="Refuse movies whose frames (height x width) exceed this, judged from the "
+                    "file's header.")] = DEFAULT_MAX_FRAME_PIXELS,
+    min_track_frames: MinTrackFrames = MIN_TRACK_FRAMES,
+    field_of_view_um: FieldOfViewUm = DEFAULT_FIELD_OF_VIEW_UM,
+    segmenter: SegmenterOption = DEFAULT_SEGMENTER_CHOICE,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Ingest a cohort: its movies into OME-Zarr (and segment them), or its folder of crops.
+
+    With an http(s):// --address (a Ray dashboard), the whole ingestion is submitted as a Ray
+    Job to that cluster.
+    """
     from lch.labels import check_segmenter
     from lch.manifest import ManifestError, load_manifest
     from lch.pipelines.ingest import convert_cohort, submit_ingest_job
     from lch.pipelines.segment import segment_cohort
 
-    if args.address:  # the segmenter is checked by the job, where its weights must be
-        extra = ["--crop-size", str(args.crop_size), "--max-frame-pixels",
-                 str(args.max_frame_pixels), "--segmenter", args.segmenter,
-                 "--field-of-view-um", str(args.field_of_view_um),
-                 "--min-track-frames", str(args.min_track_frames)]
-        extra += ["--no-segment"] if args.no_segment else []
-        return submit_ingest_job(args.manifest, args.address, extra_args=extra)
+    segmentation = {"crop_size": crop_size, "segmenter": segmenter.value,
+                    "field_of_view_um": field_of_view_um, "min_track_frames": min_track_frames}
+    if address and address.startswith(("http://", "https://")):
+        # The segmenter is checked by the job, where its weights must be.
+        extra = [f"--{key.replace('_', '-')}={value}" for key, value in segmentation.items()]
+        extra += [f"--max-frame-pixels={max_frame_pixels}"]
+        extra += ["--no-segment"] if no_segment else []
+        return submit_ingest_job(manifest, address, extra_args=extra)
+    _setup(verbose=verbose, address=address)
     try:
-        manifest = load_manifest(args.manifest)
+        cohort = load_manifest(manifest)
+        if cohort.crops is not None:
+            return _ingest_crops(cohort, segmentation, progress=not quiet)
+        if not no_segment:
+            check_segmenter(segmenter.value)  # before any movie is converted
+        summary = convert_cohort(manifest, progress=not quiet, max_frame_pixels=max_frame_pixels)
     except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if manifest.crops is not None:
-        return _ingest_crops(manifest, args)
-    if not args.no_segment:
-        check_segmenter(args.segmenter)  # before any movie is converted
-    try:
-        summary = convert_cohort(
-            args.manifest, progress=not args.quiet, max_frame_pixels=args.max_frame_pixels
-        )
-    except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.format(), flush=True)
+        raise UsageProblem(exc) from exc
+    out.print(summary.format())
     status = 1 if summary.failed else 0
-    if not args.no_segment:
-        cells = segment_cohort(summary.cohort, progress=not args.quiet,
-                               **_segmentation_kwargs(args))
-        print(cells.format())
+    if not no_segment:
+        cells = segment_cohort(summary.cohort, progress=not quiet, **segmentation)
+        out.print(cells.format())
         status = status or (1 if cells.movies_failed else 0)
     return status
 
 
-def _ingest_crops(manifest, args: argparse.Namespace) -> int:
+def _ingest_crops(manifest, segmentation: dict[str, Any], *, progress: bool) -> int:
     """A crop folder's cells straight into the cohort's cell store (no movies to convert)."""
-    from lch.manifest import ManifestError
     from lch.pipelines.ingest_crops import ingest_crops
 
-    try:
-        summary = ingest_crops(manifest, crop_size=args.crop_size,
-                               field_of_view_um=args.field_of_view_um,
-                               min_track_frames=args.min_track_frames, progress=not args.quiet)
-    except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.format())
+    summary = ingest_crops(manifest, crop_size=segmentation["crop_size"],
+                           field_of_view_um=segmentation["field_of_view_um"],
+                           min_track_frames=segmentation["min_track_frames"], progress=progress)
+    out.print(summary.format())
     return 1 if summary.bad_names else 0
 
 
-def _cmd_segment(args: argparse.Namespace) -> int:
+@app.command()
+def segment(
+    cohort: str,
+    address: Address = None,
+    crop_size: CropSize = DEFAULT_CROP_SIZE,
+    min_track_frames: MinTrackFrames = MIN_TRACK_FRAMES,
+    field_of_view_um: FieldOfViewUm = DEFAULT_FIELD_OF_VIEW_UM,
+    segmenter: SegmenterOption = DEFAULT_SEGMENTER_CHOICE,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Segment and track a cohort's stored movies into cells and crops (Ray Data)."""
     from lch.pipelines.segment import segment_cohort
 
+    _setup(verbose=verbose, address=address)
     try:
-        summary = segment_cohort(args.cohort, progress=not args.quiet,
-                                 **_segmentation_kwargs(args))
+        summary = segment_cohort(cohort, progress=not quiet, crop_size=crop_size,
+                                 segmenter=segmenter.value, field_of_view_um=field_of_view_um,
+                                 min_track_frames=min_track_frames)
     except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.format())
+        raise UsageProblem(exc) from exc
+    out.print(summary.format())
     return 1 if summary.movies_failed else 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from lch.pipelines.demo import run_demo
+@app.command()
+def train(
+    cohort: Annotated[list[str], typer.Option(help="Cohort name (repeatable).")],
+    workers: Annotated[int | None, typer.Option(min=1, help="Ray Train workers.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Mini-batch per worker.")] = None,
+    latent_dim: Annotated[int | None, typer.Option(min=1)] = None,
+    width: Annotated[float | None, typer.Option(
+        callback=_positive, help="Multiplier on the paper's channels.")] = None,
+    lr: Annotated[float | None, typer.Option(
+        callback=_positive, help="Adam learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Split, weights and population draws.")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per worker.")] = False,
+    address: Address = None,
+    tracking_uri: TrackingUri = None,
+    verbose: Verbose = False,
+) -> int:
+    """Train the AAE on cohorts (Ray Train), track it in MLflow and register it.
 
-    return run_demo(args.seed)
+    Options left out take TrainSettings' defaults (lch.pipelines.train).
+    """
+    from lch.pipelines.train import TrainingInputError, TrainSettings
+    from lch.pipelines.train import train as run_training
 
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from lch.pipelines.train import TrainingInputError, TrainSettings, train
-
-    # Options left out keep TrainSettings' defaults (defined once, there).
-    names = ("workers", "epochs", "batch_size", "latent_dim", "width", "lr", "seed")
-    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
+    given = {"workers": workers, "epochs": epochs, "batch_size": batch_size,
+             "latent_dim": latent_dim, "width": width, "lr": lr, "seed": seed}
+    settings = TrainSettings(cohorts=tuple(cohort), gpu=gpu,
+                             **{k: v for k, v in given.items() if v is not None})
     try:
-        summary = train(TrainSettings(cohorts=tuple(args.cohort), gpu=args.gpu, **given))
+        summary = run_training(settings)
     except TrainingInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.format())
+        raise UsageProblem(exc) from exc
+    out.print(summary.format())
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+@app.command()
+def predict(
+    cohort: Annotated[str, typer.Option(help="The stored cohort to score.")],
+    model: ModelOption = DEFAULT_MODEL_URI,
+    out_path: Annotated[str | None, typer.Option(
+        "--out", help="Where to write the per-cell table (default "
+                      "cohorts/<cohort>/predictions/<version>.parquet under LCH_HOME).")] = None,
+    force: Annotated[bool, typer.Option(help="Compute again if already stored.")] = False,
+    gpu: Gpu = False,
+    address: Address = None,
+    tracking_uri: TrackingUri = None,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> int:
+    """Score a stored cohort's cells and call each patient (Ray Data, logged to MLflow)."""
     from lch.pipelines.predict import predict_cohort
     from lch.registry import ModelNotFound
     from lch.training import TrainingInputError
 
+    _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
     try:
-        summary = predict_cohort(args.cohort, args.model, out=args.out, force=args.force,
-                                 gpu=args.gpu, progress=not args.quiet, address=args.address)
+        summary = predict_cohort(cohort, _model_uri(model), out=out_path, force=force, gpu=gpu,
+                                 progress=not (quiet or as_json))
     except (TrainingInputError, ModelNotFound, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.format())
+        raise UsageProblem(exc) from exc
+    if as_json:
+        _print_json(summary.to_dict())
+    else:
+        out.print(summary.format())
     return 0
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
+@app.command(help=f"List the registered versions of {REGISTERED_MODEL} with their aliases.")
+def models(tracking_uri: TrackingUri = None, as_json: AsJson = False) -> int:
     from lch.promotion import list_versions
     from lch.registry import use_tracking
 
+    _setup(tracking_uri=tracking_uri)
     use_tracking()
     rows = list_versions()
-    if not rows:
-        print(f"no versions of {REGISTERED_MODEL} registered yet (run `lch train`)")
+    if as_json:
+        _print_json([dataclasses.asdict(r) for r in rows])
         return 0
-    header = ("version", "aliases", "pop.acc@20", "created", "cohorts", "run")
-    print("{:>7}  {:<18} {:>10}  {:<25} {:<20} {}".format(*header))
+    if not rows:
+        out.print(f"no versions of {REGISTERED_MODEL} registered yet (run `lch train`)")
+        return 0
+    table = Table("version", "aliases", "pop.acc@20", "created", "cohorts", "run",
+                  title=f"{REGISTERED_MODEL} versions")
     for r in rows:
-        metric = "-" if r.metric is None else f"{r.metric:.3f}"
-        aliases = ",".join(r.aliases) or "-"
-        print(f"{r.version:>7}  {aliases:<18} {metric:>10}  {r.created:<25} {r.cohorts:<20} "
-              f"{r.run_id or '-'}")
+        table.add_row(r.version, ",".join(r.aliases) or "-",
+                      "-" if r.metric is None else f"{r.metric:.3f}", r.created, r.cohorts,
+                      r.run_id or "-")
+    out.print(table)
     return 0
 
 
-def _cmd_promote(args: argparse.Namespace) -> int:
-    from lch.promotion import PromotionRefused, promote
+@app.command()
+def promote(
+    version: str,
+    alias: Annotated[str, typer.Option(help="The alias to point at it.")] = CHAMPION_ALIAS,
+    force: Annotated[bool, typer.Option(
+        help="Promote even if its cross-validated population accuracy is lower.")] = False,
+    tracking_uri: TrackingUri = None,
+) -> int:
+    """Point an alias at a model version."""
+    from lch.promotion import PromotionRefused
+    from lch.promotion import promote as promote_version
     from lch.registry import use_tracking
 
+    _setup(tracking_uri=tracking_uri)
     use_tracking()
     try:
-        print(promote(args.version, args.alias, force=args.force))
+        out.print(promote_version(version, alias, force=force))
     except PromotionRefused as exc:
-        print(f"refused: {exc}", file=sys.stderr)
+        err.print(f"refused: {exc}")
         return 1
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageProblem(exc) from exc
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from ray import serve
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address (loopback only by default).")]
+    = "127.0.0.1",
+    port: int = 8000,
+    model_alias: Annotated[str, typer.Option(help="The alias whose version answers.")]
+    = CHAMPION_ALIAS,
+    poll_interval: Annotated[float, typer.Option(
+        callback=_positive, help="Seconds between checks for a newly promoted version.")]
+    = 10.0,
+    public_docs: Annotated[bool, typer.Option(
+        help="Serve /docs and /openapi.json without $LCH_API_TOKEN (with a token set they "
+             "need it like every route but /healthz).")] = False,
+    address: Address = None,
+    tracking_uri: TrackingUri = None,
+    verbose: Verbose = False,
+) -> int:
+    """Serve classification and exaggeration over HTTP (Ray Serve) until Ctrl-C."""
+    from ray import serve as ray_serve
 
     from lch.pipelines.runtime import init_ray
     from lch.serving.app import build_app
 
+    _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
     init_ray()
-    serve.start(http_options={"host": args.host, "port": args.port})
-    app = build_app({"model_alias": args.model_alias, "poll_interval_s": args.poll_interval,
-                     "public_docs": args.public_docs})
-    serve.run(app, name="lch", route_prefix="/")
-    print(f"serving {model_uri(args.model_alias)} on http://{args.host}:{args.port} "
-          f"(OpenAPI: /docs); Ctrl-C stops", flush=True)
+    ray_serve.start(http_options={"host": host, "port": port})
+    application = build_app({"model_alias": model_alias, "poll_interval_s": poll_interval,
+                             "public_docs": public_docs})
+    ray_serve.run(application, name="lch", route_prefix="/")
+    out.print(f"serving {model_uri(model_alias)} on http://{host}:{port} (OpenAPI: /docs); "
+              "Ctrl-C stops")
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        ray_serve.shutdown()
     return 0
 
 
-def _cmd_classify(args: argparse.Namespace) -> int:
+@app.command()
+def classify(
+    file: Annotated[Path, typer.Argument(help="A TIFF movie or frame.")],
+    url: Annotated[str, typer.Option(help="The Serve endpoint.")] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(
+        envvar="LCH_API_TOKEN", show_envvar=True, help="Bearer token.")] = None,
+    pixel_size_um: Annotated[float | None, typer.Option(
+        callback=_positive,
+        help="The movie's pixel size (the server's default: the paper's 0.325).")] = None,
+    as_json: AsJson = False,
+) -> int:
+    """Classify a movie through the Serve endpoint: P(high) per cell and the population call."""
     from lch.serving.client import LCHClient, LCHClientError
 
     try:
-        with LCHClient(args.url, token=args.token) as client:
-            answer = client.classify(args.file, pixel_size_um=args.pixel_size_um)
+        with LCHClient(url, token=token) as client:
+            answer = client.classify(file, pixel_size_um=pixel_size_um)
     except LCHClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        err.print(f"error: {exc}")
         return 1
+    if as_json:
+        _print_json(answer)
+        return 0
     population = answer["population"]
     if population["call"] is None:
-        print(f"{args.file}: no cells found (model version {answer['model_version']})")
+        out.print(f"{file}: no cells found (model version {answer['model_version']})")
         return 0
     enough = "" if population["reaches_minimum"] else (
         f" (fewer than {population['min_cells']} cells: treat with caution)")
-    print(f"{args.file}: {population['call']} metastatic, mean P(high) "
-          f"{population['p_high']:.3f} over {population['n_cells']} cells{enough}; "
-          f"model version {answer['model_version']}")
+    out.print(f"{file}: {population['call']} metastatic, mean P(high) "
+              f"{population['p_high']:.3f} over {population['n_cells']} cells{enough}; "
+              f"model version {answer['model_version']}")
     return 0
 
 
 def _model_uri(value: str) -> str:
-    return f"models:/{REGISTERED_MODEL}/{value}" if value.isdigit() else value
+    return version_uri(value) if value.isdigit() else value
 
 
-def _cmd_exaggerate(args: argparse.Namespace) -> int:
+@app.command()
+def exaggerate(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the montage and tables.")],
+    model: ModelOption = DEFAULT_MODEL_URI,
+    cohort: Annotated[str | None, typer.Option(help="Take cells from this stored cohort.")]
+    = None,
+    cells: Annotated[int | None, typer.Option(
+        min=2, help="How many cells, half high, half low (default: as many as the report logged "
+                    "with every training run).")] = None,
+    cell: Annotated[list[int] | None, typer.Option(
+        help="A cell's crop_index (repeatable).")] = None,
+    crop: Annotated[list[Path] | None, typer.Option(
+        help="A PNG/TIFF crop (repeatable).")] = None,
+    sigmas: Annotated[str | None, typer.Option(
+        help="Shifts s, comma-separated, in SDs of the training cells' scores "
+             "(default: -4 to 4 in steps of 1).")] = None,
+    method: Annotated[str, typer.Option(
+        help="linear: along the discriminant direction (the paper's); latent-shift: along the "
+             "gradient of the re-encoded image's logit (Cohen et al. 2021), scaled to the same "
+             "logit steps.")] = "linear",
+    seed: Annotated[int, typer.Option(help="Which cells are picked.")] = 0,
+    tracking_uri: TrackingUri = None,
+) -> int:
+    """Decode cells pushed along the discriminant direction; write the montage and trends."""
     from lch.cellstore import CellStoreError, open_cells
-    from lch.exaggerate import (
-        REPORT_CELLS,
-        exaggerate,
-        exaggerate_stored_cells,
-        pick_cells,
-        write_report,
-    )
+    from lch.exaggerate import REPORT_CELLS, exaggerate_stored_cells, pick_cells, write_report
+    from lch.exaggerate import exaggerate as exaggerate_crops
     from lch.paths import cohort_dir
     from lch.registry import load_lch_model
     from lch.trends import spearman_table
 
-    if not args.cohort and not args.crop:
-        print("error: give --cohort (cells of a stored cohort) or --crop FILE", file=sys.stderr)
-        return 2
+    _setup(tracking_uri=tracking_uri)
+    if not cohort and not crop:
+        raise UsageProblem("give --cohort (cells of a stored cohort) or --crop FILE")
+    options: dict[str, Any] = {"method": method}
+    if sigmas is not None:
+        try:
+            options["sigmas"] = [float(s) for s in sigmas.split(",")]
+        except ValueError as exc:
+            raise UsageProblem(f"--sigmas {sigmas!r}: not comma-separated numbers") from exc
     try:
-        model = load_lch_model(_model_uri(args.model))
-        if args.cohort:
-            table, crops = open_cells(cohort_dir(args.cohort))
-            n = REPORT_CELLS if args.cells is None else args.cells
-            indices = np.array(args.cell) if args.cell else pick_cells(table, n, args.seed)
-            result = exaggerate_stored_cells(model, table, crops, indices, args.sigmas,
-                                             method=args.method)
+        lch_model = load_lch_model(_model_uri(model))
+        if cohort:
+            table, crops = open_cells(cohort_dir(cohort))
+            indices = np.asarray(cell) if cell else pick_cells(table, cells or REPORT_CELLS,
+                                                                seed)
+            result = exaggerate_stored_cells(lch_model, table, crops, indices, **options)
         else:
-            names = [c.name for c in args.crop]
-            result = exaggerate(model, [str(c) for c in args.crop], args.sigmas, cells=names,
-                                method=args.method)
+            result = exaggerate_crops(lch_model, [str(c) for c in crop],
+                                      cells=[c.name for c in crop], **options)
     except (CellStoreError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    paths = write_report(result, args.out)
-    print(spearman_table(result.table).to_string(index=False, float_format="%.3f"))
-    print(f"montage: {paths['montage']}\nmorphology vs sigma: {paths['table']}")
+        raise UsageProblem(exc) from exc
+    paths = write_report(result, out_dir)
+    out.print(spearman_table(result.table).to_string(index=False, float_format="%.3f"))
+    out.print(f"montage: {paths['montage']}\nmorphology vs sigma: {paths['table']}")
     return 0
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="The synthetic cohort's and the training's.")] = 0,
+    verbose: Verbose = False,
+) -> int:
+    """Run the whole loop on a generated synthetic cohort, on this machine."""
+    from lch.pipelines.demo import run_demo
 
-
-def _segmentation_kwargs(args: argparse.Namespace) -> dict:
-    return {"crop_size": args.crop_size, "segmenter": args.segmenter,
-            "field_of_view_um": args.field_of_view_um, "min_track_frames": args.min_track_frames}
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
-def _segmentation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--min-track-frames", type=_at_least_one, default=MIN_TRACK_FRAMES,
-        help="tracks seen in fewer frames are counted and flagged short_track in cells.parquet "
-             "(default %(default)s)")
-    parser.add_argument(
-        "--field-of-view-um", type=_positive, default=DEFAULT_FIELD_OF_VIEW_UM,
-        help="what each crop shows, in µm, resampled to --crop-size px (default %(default)s: "
-             "the paper's 256 px at 0.325 µm)")
-    parser.add_argument(
-        "--segmenter", choices=SEGMENTERS, default=DEFAULT_SEGMENTER,
-        help="who outlines the cells of movies without their own `labels` (default "
-             "%(default)s; cellpose needs `pip install -e .[cellpose]` and its weights in "
-             "$CELLPOSE_LOCAL_MODELS_PATH, never downloaded)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lch",
-        description="Live-cell histology on Ray, MLflow and Zarr (see the repository's "
-        "ARCHITECTURE.md).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("synth", help="generate a synthetic cohort (TIFF movies + cohort.yaml)")
-    p.add_argument("out_dir", type=Path)
-    synth = _defaults(make_cohort)
-    p.add_argument("--name", default=synth["name"], help="cohort name (default: %(default)s)")
-    p.add_argument("--patients", type=int, default=synth["patients"],
-                   help="patients (cell lines), high and low alternating (default: %(default)s)")
-    p.add_argument("--movies-per-patient", type=int, default=synth["movies_per_patient"],
-                   help="(default: %(default)s)")
-    p.add_argument("--frames", type=int, default=synth["frames"], help="(default: %(default)s)")
-    p.add_argument("--size", type=int, nargs=2, default=synth["size"], metavar=("Y", "X"),
-                   help="frame size in px (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=synth["seed"], help="(default: %(default)s)")
-    p.set_defaults(func=_cmd_synth)
-
-    p = sub.add_parser(
-        "ingest", help="ingest a cohort: its movies into OME-Zarr, or its folder of crops (Ray)"
-    )
-    p.add_argument("manifest", type=Path, help="cohort.yaml")
-    p.add_argument(
-        "--address",
-        help="Ray dashboard address (http://host:8265): submit as a Ray Job to that cluster",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--no-segment", action="store_true", help="stage A only (no cells/crops)")
-    p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="crop side in px")
-    p.add_argument("--max-frame-pixels", type=int, default=DEFAULT_MAX_FRAME_PIXELS,
-                   help="refuse movies whose frames (height x width) exceed this, judged from "
-                        "the file's header (default %(default)s = 16384 x 16384)")
-    _segmentation_options(p)
-    p.set_defaults(func=_cmd_ingest)
-
-    p = sub.add_parser("segment", help="segment a cohort's stored movies into cells and crops")
-    p.add_argument("cohort")
-    p.add_argument("--crop-size", type=int, default=DEFAULT_CROP_SIZE, help="crop side in px")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _segmentation_options(p)
-    p.set_defaults(func=_cmd_segment)
-
-    p = sub.add_parser("train", help="train the AAE on cohorts (Ray Train) and register it")
-    p.add_argument("--cohort", action="append", required=True, help="cohort name (repeatable)")
-    p.add_argument("--workers", type=int, help="Ray Train workers (default 2)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--epochs", type=int, help="default 30")
-    p.add_argument("--batch-size", type=int, help="mini-batch per worker (default 50)")
-    p.add_argument("--latent-dim", type=int, help="default 56")
-    p.add_argument("--width", type=float, help="multiplier on the paper's channels (0.125)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4)")
-    p.add_argument("--seed", type=int, help="split, weights and population draws (default 0)")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("predict", help="score a stored cohort's cells and call each patient "
-                       "(Ray Data, logged to MLflow)")
-    p.add_argument("--cohort", required=True)
-    p.add_argument("--model", default=model_uri(),
-                   help=f"a version number, models:/{REGISTERED_MODEL}/VERSION or "
-                        f"models:/{REGISTERED_MODEL}@ALIAS (default %(default)s)")
-    p.add_argument("--out", help="where to write the per-cell table (default "
-                   "cohorts/<cohort>/predictions/<version>.parquet under LCH_HOME)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    p.add_argument("--gpu", action="store_true", help="encode on one GPU")
-    p.add_argument("--force", action="store_true", help="compute again if already stored")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser("models",
-                       help=f"list registered versions of {REGISTERED_MODEL} with aliases")
-    p.set_defaults(func=_cmd_models)
-
-    p = sub.add_parser("promote", help="point an alias at a model version")
-    p.add_argument("version")
-    p.add_argument("--alias", default=CHAMPION_ALIAS, help="(default: %(default)s)")
-    p.add_argument("--force", action="store_true",
-                   help="promote even if its cross-validated population accuracy is lower")
-    p.set_defaults(func=_cmd_promote)
-
-    p = sub.add_parser("serve", help="serve classification and exaggeration over HTTP")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model-alias", default=CHAMPION_ALIAS, help="(default: %(default)s)")
-    p.add_argument("--poll-interval", type=float, default=10.0,
-                   help="seconds between checks for a newly promoted version")
-    p.add_argument("--public-docs", action="store_true",
-                   help="serve /docs and /openapi.json without $LCH_API_TOKEN (default: with a "
-                        "token set, they need it like every route but /healthz)")
-    p.set_defaults(func=_cmd_serve)
-
-    p = sub.add_parser("classify", help="classify a TIFF movie/frame through the Serve endpoint")
-    p.add_argument("file", type=Path)
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--token", default=None, help="bearer token (default $LCH_API_TOKEN)")
-    p.add_argument("--pixel-size-um", type=float,
-                   help="the movie's pixel size (default on the server: 0.325, the paper's)")
-    p.set_defaults(func=_cmd_classify)
-
-    p = sub.add_parser("exaggerate", help="decode cells pushed along the discriminant direction")
-    p.add_argument("--model", default=model_uri(),
-                   help="a models:/ URI or a version number (default %(default)s)")
-    p.add_argument("--cohort", help="take cells from this stored cohort")
-    p.add_argument("--cells", type=int,
-                   help="how many cells, half high, half low (default: as many as the report "
-                        "logged with every training run)")
-    p.add_argument("--cell", type=int, action="append", help="a cell's crop_index (repeatable)")
-    p.add_argument("--crop", type=Path, action="append", help="a PNG/TIFF crop (repeatable)")
-    p.add_argument("--sigmas", type=float, nargs="+", default=[-4, -3, -2, -1, 0, 1, 2, 3, 4])
-    p.add_argument("--method", default="linear",
-                   help="linear: along the discriminant direction (the paper's); latent-shift: "
-                        "along the gradient of the re-encoded image's logit (Cohen et al. 2021), "
-                        "scaled to the same logit steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="folder for the montage and tables")
-    p.set_defaults(func=_cmd_exaggerate)
-
-    p = sub.add_parser("demo", help="run the whole loop on a generated synthetic cohort")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_demo)
-    return parser
+    _setup(verbose=verbose)
+    return run_demo(seed)
 
 
 def _setup_error(exc: BaseException) -> bool:
@@ -432,19 +510,28 @@ def _setup_error(exc: BaseException) -> bool:
     from lch.registry import TrackingConfigError
 
     return isinstance(exc, StorageError | TrackingConfigError | RaySecurityError | CohortLocked
-                      | SegmenterUnavailable)
+                      | SegmenterUnavailable | UsageProblem)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``lch`` with ``argv`` (default: the process's); return the exit status."""
     quiet_environment()
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = app(args=argv, prog_name="lch", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # a usage error: Typer's message names the option
+        exc.show() if hasattr(exc, "show") else err.print(f"error: {exc.format_message()}")
+        return exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 1
     except Exception as exc:
         if not _setup_error(exc):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        err.print(f"error: {exc}", markup=False)
         return 2
+    return status or 0
 
 
 if __name__ == "__main__":

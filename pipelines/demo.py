@@ -19,6 +19,7 @@ from lch.exaggerate import (
     pick_cells,
     write_report,
 )
+from lch.model_names import version_uri
 from lch.paths import cohort_dir, lch_home
 from lch.pipelines.runtime import free_port
 from lch.promotion import PromotionRefused, promote
@@ -37,7 +38,7 @@ def _step(n: int, text: str) -> None:
 def _exaggeration_report(version: str, out: Path) -> Path:
     """Exaggerate :data:`REPORT_CELLS` cells (half high, half low) with ``version``; print the
     trends."""
-    model = load_lch_model(f"models:/lch-aae/{version}")
+    model = load_lch_model(version_uri(version))
     table, crops = open_cells(cohort_dir(COHORT))
     result = exaggerate_stored_cells(model, table, crops, pick_cells(table, REPORT_CELLS, seed=0))
     paths = write_report(result, out)

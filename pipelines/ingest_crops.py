@@ -144,7 +144,7 @@ def _stream(images: pd.DataFrame, writer: CellStoreWriter, summary: CropIngestSu
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # crop indices are reproducible run to run
-    ctx.enable_progress_bars = progress
+    ctx.enable_progress_bars = False  # one bar per stage: ours
     items = [{"path": p, "index": i} for i, p in enumerate(images["path"])]
     ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // IMAGES_PER_BATCH))
     ds = ds.map_batches(

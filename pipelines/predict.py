@@ -12,6 +12,7 @@ unless forced.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,13 +24,12 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
+from lch.model_names import REGISTERED_MODEL, model_uri, version_uri
 from lch.paths import Location, cohort_dir, filesystem, join, lch_home, storage_options_from_env
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pipelines.train_data import read_crop_items
 from lch.predictions import call_accuracy, cell_predictions, patient_calls
 from lch.registry import (
-    CHAMPION_ALIAS,
-    REGISTERED_MODEL,
     load_lch_model,
     resolve_version,
     tracking_uri,
@@ -37,7 +37,7 @@ from lch.registry import (
 )
 from lch.training import TrainingInputError, crop_items, load_cells
 
-DEFAULT_MODEL = f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"
+DEFAULT_MODEL = model_uri()
 PREDICTIONS = "predictions"
 ROWS_PER_ITEM = 256  # one crop chunk of the cell store
 BATCH_ROWS = 1024
@@ -56,12 +56,22 @@ class PredictSummary:
     run_id: str | None = None
     seconds: float = 0.0
 
+    def to_dict(self) -> dict:
+        """The summary as JSON-ready data (``lch predict --json``): one record per patient."""
+        return {"cohort": self.cohort, "model_version": self.model_version, "path": self.path,
+                "run_id": self.run_id, "skipped": self.skipped, "seconds": self.seconds,
+                "cells": len(self.cells),
+                # pandas writes NaN (an unlabelled patient's correctness) as null.
+                "calls": json.loads(self.calls.to_json(orient="records"))}
+
     def format(self) -> str:
         if self.skipped:
-            return (f"cohort {self.cohort}: predictions of lch-aae version {self.model_version} "
-                    f"already stored ({self.path}); --force to compute them again")
-        lines = [f"cohort {self.cohort}: {len(self.cells)} tracked cells scored by lch-aae "
-                 f"version {self.model_version} in {self.seconds:.1f} s -> {self.path}",
+            return (f"cohort {self.cohort}: predictions of {REGISTERED_MODEL} version "
+                    f"{self.model_version} already stored ({self.path}); --force to compute them "
+                    "again")
+        lines = [f"cohort {self.cohort}: {len(self.cells)} tracked cells scored by "
+                 f"{REGISTERED_MODEL} version {self.model_version} in {self.seconds:.1f} s -> "
+                 f"{self.path}",
                  f"  MLflow run {self.run_id}"]
         table = self.calls.assign(
             p_high=self.calls["p_high"].map("{:.3f}".format),
@@ -178,7 +188,7 @@ def predict_cohort(
     use_tracking()
     tracking = tracking_uri()
     version = resolve_version(model, tracking)
-    model_uri = f"models:/{REGISTERED_MODEL}/{version}"
+    version_model = version_uri(version)
     path = out or join(cohort_dir(cohort, home), PREDICTIONS, f"{version}.parquet")
     options = storage_options_from_env(home)
     summary = PredictSummary(cohort, version, str(path))
@@ -187,15 +197,15 @@ def predict_cohort(
         summary.skipped = True
         return summary
     cells = load_cells([cohort], home)
-    loaded = load_lch_model(model_uri, tracking)
+    loaded = load_lch_model(version_model, tracking)
     if loaded.config.crop_size != cells.crop_size:
         raise TrainingInputError(f"cohort {cohort!r}: crops are {cells.crop_size} px, version "
                                  f"{version} takes {loaded.config.crop_size} px")
-    codes = _encode(cells, model_uri, tracking, gpu, progress, address)
+    codes = _encode(cells, version_model, tracking, gpu, progress, address)
     summary.cells = cell_predictions(cells.table, codes, loaded, version)
     summary.calls = patient_calls(summary.cells)
     _write(summary.cells, path, options)
-    summary.run_id = _log_run(summary, model_uri)
+    summary.run_id = _log_run(summary, version_model)
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -17,6 +17,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ray
@@ -102,6 +103,21 @@ def ensure_local_token(folder: str | None = None) -> str | None:
     return path
 
 
+_LOGS = {"to_files_only": False}
+# Ray Data's own logging configuration, its console handler at WARNING.
+RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
+
+
+def keep_ray_logs_in_files(keep: bool = True) -> None:
+    """Leave Ray's worker output and Ray Data's INFO logs in the Ray session's log files
+    (``<temp dir>/session_latest/logs``) instead of echoing them here: the CLI's default, which
+    its ``--verbose`` turns off. Call it before :mod:`ray.data` is imported and Ray started; a
+    user's own ``RAY_DATA_LOGGING_CONFIG`` wins."""
+    _LOGS["to_files_only"] = keep
+    if keep:
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
+
+
 def _check_loopback() -> None:
     """Refuse to go on with a local instance that advertises (and so binds) a network address."""
     ip = ray.util.get_node_ip_address()
@@ -131,7 +147,12 @@ def init_ray(address: str | None = None, **kwargs) -> None:
     if ray.is_initialized():
         return
     quiet_environment()
-    address = address or os.environ.get("RAY_ADDRESS")
+    if _LOGS["to_files_only"]:
+        kwargs.setdefault("log_to_driver", False)
+    _start_or_join(address or os.environ.get("RAY_ADDRESS"), kwargs)
+
+
+def _start_or_join(address: str | None, kwargs: dict) -> None:
     if address:
         require_token_auth(address)
         # A cluster's workers inherit their node's environment, not ours: pass it along.

@@ -325,7 +325,7 @@ def _stream_cells(
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # crop indices are reproducible run to run
-    ctx.enable_progress_bars = progress
+    ctx.enable_progress_bars = False  # one bar per stage: ours
     cpus = cluster_cpus()
     per_actor = min(CELLPOSE_CPUS, cpus) if segmenter == "cellpose" else 1
     ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // frames_per_batch))

@@ -50,6 +50,7 @@ from lch.exaggerate import (
     write_report,
 )
 from lch.model import AAEConfig
+from lch.model_names import REGISTERED_MODEL
 from lch.paths import join, lch_home, pyarrow_filesystem
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pipelines.train_data import crop_dataset
@@ -214,7 +215,7 @@ class TrainSummary:
         held = ev.cells["heldout"]
         lines = [
             f"trained on {', '.join(self.cohorts)}: MLflow run {self.run_id}, "
-            f"registered lch-aae version {self.model_version}",
+            f"registered {REGISTERED_MODEL} version {self.model_version}",
             f"  cells (tracks): {len(ev.cells)} labelled, held-out patients "
             f"{', '.join(self.test_patients)} ({int(held.sum())} cells); every other patient "
             "scored by a classifier fit without it",

@@ -11,3 +11,8 @@ CHAMPION_ALIAS = "champion"
 def model_uri(alias: str = CHAMPION_ALIAS) -> str:
     """``models:/<REGISTERED_MODEL>@<alias>``."""
     return f"models:/{REGISTERED_MODEL}@{alias}"
+
+
+def version_uri(version: str | int) -> str:
+    """``models:/<REGISTERED_MODEL>/<version>``."""
+    return f"models:/{REGISTERED_MODEL}/{version}"

@@ -42,8 +42,11 @@ def _metric(version) -> float | None:
 def list_versions(
     name: str = REGISTERED_MODEL, client: MlflowClient | None = None
 ) -> list[VersionRow]:
-    """Every version of ``name``, newest first, with its aliases and held-out metric."""
+    """Every version of ``name``, newest first, with its aliases and held-out metric (none
+    before the first training run registers the model)."""
     client = client or MlflowClient()
+    if not client.search_registered_models(f"name = '{name}'"):
+        return []
     # search_model_versions leaves aliases out; the registered model has them all.
     aliases: dict[str, list[str]] = {}
     for alias, version in client.get_registered_model(name).aliases.items():

@@ -6,7 +6,6 @@ bindings. No Docker, Kubernetes or network: kustomize's few features used here a
 
 from __future__ import annotations
 
-import argparse
 import copy
 import fnmatch
 import importlib
@@ -286,8 +285,12 @@ def test_ray_clusters_as_kuberay_and_lch_expect(layer):
 
 
 def test_rayjobs_run_lch_commands_on_the_cluster(layer):
-    from lch.pipelines.cli import build_parser
+    import typer
+    from typer.main import get_command
 
+    from lch.pipelines.cli import app
+
+    group = get_command(app)
     name, docs = layer
     clusters = {d["metadata"]["name"]: d for d in of_kind(docs, "RayCluster")}
     has_gpus = any(gpus(c)[0] for c in containers(next(iter(clusters.values()))))
@@ -301,25 +304,24 @@ def test_rayjobs_run_lch_commands_on_the_cluster(layer):
         assert spec["clusterSelector"]["ray.io/cluster"] in clusters
         argv = shlex.split(spec["entrypoint"])
         assert argv[0] == "lch", spec["entrypoint"]
-        parser = build_parser()
+        assert argv[1] in group.commands, f"`{spec['entrypoint']}`: no such lch command"
+        command = group.commands[argv[1]]
         try:
-            args = parser.parse_args(argv[1:])
-        except SystemExit as exc:
+            args = command.make_context(argv[1], argv[2:]).params
+        except typer.TyperException as exc:
             raise AssertionError(f"`{spec['entrypoint']}` is not a valid lch command") from exc
-        commands.add(args.command)
-        # argparse accepts abbreviations (--worker for --workers): ask for the exact spelling.
-        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        known = sub.choices[args.command]._option_string_actions
-        for word in argv[1:]:
+        commands.add(argv[1])
+        known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
+        for word in argv[2:]:
             assert not word.startswith("-") or word.split("=")[0] in known, word
-        if args.command == "ingest":
-            assert args.manifest.is_absolute() and args.manifest.parts[1] == "data"
+        if argv[1] == "ingest":
+            assert args["manifest"].is_absolute() and args["manifest"].parts[1] == "data"
             cluster = clusters[spec["clusterSelector"]["ray.io/cluster"]]["spec"]
-            for group in groups(cluster):  # every node may open the movies
-                mounts = group["template"]["spec"]["containers"][0]["volumeMounts"]
+            for group_spec in groups(cluster):  # every node may open the movies
+                mounts = group_spec["template"]["spec"]["containers"][0]["volumeMounts"]
                 assert "/data" in [m["mountPath"] for m in mounts]
-        if args.command == "train":
-            assert args.gpu == has_gpus, f"{name}: --gpu where there are no GPU workers?"
+        if argv[1] == "train":
+            assert args["gpu"] == has_gpus, f"{name}: --gpu where there are no GPU workers?"
     assert commands == {"ingest", "train"}
     assert not [d for d in docs if d["kind"] != "RayJob"
                 and "lch/job" in d["metadata"].get("labels", {})]

@@ -237,7 +237,8 @@ def ray_head():
             time.sleep(0.5)
         yield address, env
     finally:
-        stop_session(proc)
+        # `ray start --block` takes 30 s to act on SIGTERM; its processes are ours to kill.
+        stop_session(proc, grace=3)
 
 
 @pytest.mark.slow

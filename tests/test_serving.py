@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from lch.cells import frame_cells
-from lch.model import AAE, AAEConfig, LCHModel
+from lch.model import LCHModel
 from lch.pipelines.runtime import free_port
 from lch.promotion import PromotionRefused, list_versions, promote
 from lch.registry import REGISTERED_MODEL, load_lch_model, log_lch_model
@@ -29,17 +29,11 @@ from lch.single_cell import centre_cell
 from lch.synth import FRAME_INTERVAL_S, PIXEL_SIZE_UM, CellShape, make_cohort, render_frame
 
 from bombs import npy_bomb, npz_crops, png_bomb, tiff_bomb
+from helpers import tiny_model
 from real_cells import PIXEL_SIZE_UM as REAL_PIXEL_SIZE_UM
 from real_cells import REAL
 
 CROP = 64
-
-
-def tiny_model(seed: int) -> LCHModel:
-    torch.manual_seed(seed)
-    aae = AAE(AAEConfig(crop_size=CROP, latent_dim=8, width=0.0625)).eval()
-    rng = np.random.default_rng(seed)
-    return LCHModel.from_aae(aae, rng.normal(size=8), 0.1 * seed, rng.normal(size=(50, 8)))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +46,7 @@ def registry(tmp_path_factory):
         models = {}
         for seed, accuracy in ((1, 0.90), (2, 0.95)):
             version = log_lch_model(
-                tiny_model(seed), cohorts=["test"], population_accuracy=accuracy
+                tiny_model(seed, CROP), cohorts=["test"], population_accuracy=accuracy
             )
             models[str(version)] = load_lch_model(f"models:/lch-aae/{version}")
         promote("1")
@@ -510,8 +504,15 @@ def test_cli_lists_models_and_classifies_through_the_endpoint(server, registry, 
     out = capsys.readouterr().out
     assert "metastatic" in out and "fewer than 20 cells" in out and "model version 1" in out
     assert lch_main(["models"]) == 0
-    listing = capsys.readouterr().out.splitlines()
-    assert any(line.split()[:2] == ["1", "champion"] for line in listing)
+    assert "champion" in capsys.readouterr().out
+    assert lch_main(["models", "--json"]) == 0
+    listed = {row["version"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed["1"]["aliases"] == ["champion"] and listed["2"]["aliases"] == []
+    assert listed["2"]["metric"] == pytest.approx(0.95)
+    assert lch_main(["classify", str(path), "--url", server, "--json",
+                     "--pixel-size-um", str(PIXEL_SIZE_UM)]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["model_version"] == "1" and answer["population"]["call"] in ("high", "low")
     assert lch_main(["promote", "99"]) == 2
     assert lch_main(["classify", str(path), "--url", f"{server}/auth"]) == 1
     assert "401" in capsys.readouterr().err
@@ -521,11 +522,11 @@ def test_promotion_under_load_drops_nothing_then_rollback(server, registry):
     batch = crops(20, seed=5)
     expected = {v: expected_p(m, batch) for v, m in registry.items()}
     results, failures = [], []
-    promoted = threading.Event()
+    promoted, stop = threading.Event(), threading.Event()
 
-    def client_loop(requests: int) -> None:
+    def client_loop() -> None:
         with httpx.Client(base_url=server, timeout=60) as http:
-            for _ in range(requests):
+            while not stop.is_set():
                 response = http.post("/v1/classify", json={"crops": batch.tolist()})
                 if response.status_code != 200:
                     failures.append(response.text)
@@ -534,19 +535,29 @@ def test_promotion_under_load_drops_nothing_then_rollback(server, registry):
                 results.append((promoted.is_set(), answer["model_version"],
                                 np.array([c["p_high"] for c in answer["cells"]])))
 
-    with ThreadPoolExecutor(16) as pool:
-        futures = [pool.submit(client_loop, 20) for _ in range(16)]
-        while len(results) < 32:  # promote mid-load
+    def wait_for(condition, what: str) -> None:  # a bound on a stall, not a timing condition
+        deadline = time.monotonic() + 120
+        while not condition():
+            assert time.monotonic() < deadline, what
             time.sleep(0.05)
-        assert "→ version 2" in promote("2")
-        promoted.set()
-        for future in futures:
-            future.result()
+
+    # The load runs until the new version has answered 32 requests, however long that takes.
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(client_loop) for _ in range(16)]
+        try:
+            wait_for(lambda: len(results) >= 32, "no answers under load")
+            promoted.set()  # before: an answer recorded unset came before the promotion
+            assert "→ version 2" in promote("2")
+            wait_for(lambda: sum(v == "2" for _, v, _ in results) >= 32,
+                     "the new champion was not picked up under load")
+        finally:
+            stop.set()
+            for future in futures:
+                future.result()
 
     assert not failures
-    assert len(results) == 16 * 20  # every request answered, however long the load took
-    versions = {v for _, v, _ in results}
-    assert versions == {"1", "2"}, versions
+    assert {v for _, v, _ in results} == {"1", "2"}
+    assert {v for after, v, _ in results if not after} == {"1"}  # no version before its time
     for _, version, p in results:  # every answer is wholly one version's
         np.testing.assert_allclose(p, expected[version], atol=1e-5)
     deadline = time.monotonic() + 30
