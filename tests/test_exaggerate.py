@@ -218,6 +218,7 @@ def test_latent_shift_takes_the_same_logit_steps_another_way(model, result, late
         save_montage(res, tmp_path / f"{name}.png")
 
 
+@pytest.mark.slow
 def test_every_decoded_image_holds_one_cell(result):
     measured = spearman_table(result.table, ["area", "body_area", "halo_intensity"])
     assert (measured["n"] == len(result.table)).all()
@@ -284,6 +285,7 @@ def test_report_holds_montage_tables_and_trend_figure(result, tmp_path):
     assert figure.size[0] > 800 and figure.size[1] > 500  # 3 rows of 4 panels
 
 
+@pytest.mark.slow
 def test_deterministic_and_survives_save_load(model, trained, result, tmp_path):
     cells = _exaggerated_cells(trained)
     again = exaggerate(model, cells, measure=False)

@@ -48,6 +48,8 @@ CROP = 64
 TINY = {"latent_dim": 8, "width": 1 / 16, "batch_size": 8, "epochs": 1, "workers": 2}
 FEATURES = ["area", "protrusion_count", "protrusion_length", "halo_intensity", "solidity"]
 
+pytestmark = pytest.mark.slow  # a local S3 server and Ray end to end
+
 
 @pytest.fixture(scope="module")
 def s3_endpoint(ray_session):

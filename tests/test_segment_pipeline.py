@@ -22,6 +22,8 @@ from lch.synth import PIXEL_SIZE_UM, make_cohort
 
 FEATURES = ["area", "protrusion_count", "protrusion_length", "halo_intensity", "solidity"]
 
+pytestmark = pytest.mark.slow  # Ray Data pipelines end to end
+
 
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory):

@@ -35,6 +35,8 @@ from real_cells import REAL
 
 CROP = 64
 
+pytestmark = pytest.mark.slow  # a Ray Serve application end to end
+
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
