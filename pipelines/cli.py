@@ -13,7 +13,6 @@ import inspect
 import json
 import os
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -380,12 +379,10 @@ def serve(
     ray_serve.start(http_options={"host": host, "port": port})
     application = build_app({"model_alias": model_alias, "poll_interval_s": poll_interval,
                              "public_docs": public_docs})
-    ray_serve.run(application, name="lch", route_prefix="/")
     out.print(f"serving {model_uri(model_alias)} on http://{host}:{port} (OpenAPI: /docs); "
               "Ctrl-C stops")
     try:
-        while True:
-            time.sleep(3600)
+        ray_serve.run(application, name="lch", route_prefix="/", blocking=True)
     except KeyboardInterrupt:
         ray_serve.shutdown()
     return 0
@@ -455,8 +452,9 @@ def exaggerate(
 ) -> int:
     """Decode cells pushed along the discriminant direction; write the montage and trends."""
     from lch.cellstore import CellStoreError, open_cells
-    from lch.exaggerate import REPORT_CELLS, exaggerate_stored_cells, pick_cells, write_report
     from lch.exaggerate import exaggerate as exaggerate_crops
+    from lch.exaggerate import exaggerate_stored_cells
+    from lch.exaggeration_report import REPORT_CELLS, pick_cells, write_report
     from lch.paths import cohort_dir
     from lch.registry import load_lch_model
     from lch.trends import spearman_table

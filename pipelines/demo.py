@@ -13,12 +13,8 @@ from pathlib import Path
 import yaml
 
 from lch.cellstore import open_cells
-from lch.exaggerate import (
-    REPORT_CELLS,
-    exaggerate_stored_cells,
-    pick_cells,
-    write_report,
-)
+from lch.exaggerate import exaggerate_stored_cells
+from lch.exaggeration_report import REPORT_CELLS, pick_cells, write_report
 from lch.model_names import version_uri
 from lch.paths import cohort_dir, lch_home
 from lch.pipelines.runtime import free_port

@@ -42,13 +42,8 @@ from lch.evaluation import (
     plot_reliability,
     sigmoid,
 )
-from lch.exaggerate import (
-    REPORT_CELLS,
-    exaggerate,
-    measure_real_cells,
-    pick_cells,
-    write_report,
-)
+from lch.exaggerate import exaggerate, measure_real_cells
+from lch.exaggeration_report import REPORT_CELLS, pick_cells, write_report
 from lch.model import AAEConfig
 from lch.model_names import REGISTERED_MODEL
 from lch.paths import join, lch_home, pyarrow_filesystem
@@ -370,35 +365,33 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed
 
 
 def _finish(
-    run_id: str,
     evaluation: Evaluation,
     settings: TrainSettings,
     extra: dict,
     cells: CellSet,
     split: Split,
 ) -> str:
-    """Log the held-out figures and the exaggeration report, and register the model in the
-    training run; return the version."""
+    """Log the held-out figures and the exaggeration report, and register the model, in the
+    active training run; return the version."""
     metrics = evaluation.metrics() | extra
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(metrics)
-        mlflow.log_param("classifier_shrinkage", evaluation.shrinkage)
-        mlflow.log_table(evaluation.population, artifact_file="population.json")
-        mlflow.log_table(evaluation.per_line, artifact_file="cross_validation_by_line.json")
-        mlflow.log_table(evaluation.cells, artifact_file="cells.json")
-        mlflow.log_figure(plot_population_curve(evaluation.population), "population_curve.png")
-        labelled = evaluation.cells.dropna(subset=["logit"])
-        y = np.where(labelled["label"] == "high", HIGH, LOW)
-        raw = {"uncalibrated": sigmoid(labelled["logit"]), "calibrated": labelled["p_high"]}
-        mlflow.log_figure(plot_reliability(raw, y), "reliability.png")
-        _log_exaggeration(evaluation, cells, split, settings.seed)
-        return log_lch_model(
-            evaluation.model,
-            cohorts=list(settings.cohorts),
-            population_accuracy=evaluation.population_at(20),
-            tags={"heldout_cell_auc": f"{evaluation.heldout_cell_auc:.6f}",
-                  "cv_population_auc_k20": f"{evaluation.population_at(20, 'auc'):.6f}"},
-        )
+    mlflow.log_metrics(metrics)
+    mlflow.log_param("classifier_shrinkage", evaluation.shrinkage)
+    mlflow.log_table(evaluation.population, artifact_file="population.json")
+    mlflow.log_table(evaluation.per_line, artifact_file="cross_validation_by_line.json")
+    mlflow.log_table(evaluation.cells, artifact_file="cells.json")
+    mlflow.log_figure(plot_population_curve(evaluation.population), "population_curve.png")
+    labelled = evaluation.cells.dropna(subset=["logit"])
+    y = np.where(labelled["label"] == "high", HIGH, LOW)
+    raw = {"uncalibrated": sigmoid(labelled["logit"]), "calibrated": labelled["p_high"]}
+    mlflow.log_figure(plot_reliability(raw, y), "reliability.png")
+    _log_exaggeration(evaluation, cells, split, settings.seed)
+    return log_lch_model(
+        evaluation.model,
+        cohorts=list(settings.cohorts),
+        population_accuracy=evaluation.population_at(20),
+        tags={"heldout_cell_auc": f"{evaluation.heldout_cell_auc:.6f}",
+              "cv_population_auc_k20": f"{evaluation.population_at(20, 'auc'):.6f}"},
+    )
 
 
 def prepare(settings: TrainSettings, home: Path | None = None) -> tuple[CellSet, Split]:
@@ -434,8 +427,8 @@ def train(
     tracking_uri()  # no usable tracking store (a URL LCH_HOME alone) fails before any reading
     cells, split = prepare(settings)
     run_id = _start_run(settings, cells, split)
-    client = MlflowClient()
-    try:
+    # The run ends FINISHED, or FAILED (KILLED on Ctrl-C) with whatever stopped it.
+    with mlflow.start_run(run_id=run_id):
         init_ray()
         dataset = crop_dataset(cells, split.autoencoder, seed=settings.seed)
         trainer = build_trainer(
@@ -449,11 +442,7 @@ def train(
         train_seconds = float(result.metrics["total_seconds"])
         samples_per_s = float(result.metrics["total_samples"]) / max(train_seconds, 1e-9)
         extra = {"train_samples_per_s": samples_per_s, "train_seconds": train_seconds}
-        version = _finish(run_id, evaluation, settings, extra, cells, split)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
+        version = _finish(evaluation, settings, extra, cells, split)
     return TrainSummary(
         run_id=run_id,
         model_version=version,

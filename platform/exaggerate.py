@@ -35,21 +35,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from lch.classify import HIGH, LOW, binary_labels
-from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
+from lch.crop_files import load_crop
 from lch.morphology import POSITION_COLUMNS, measure_crop
-from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
-from lch.single_cell import model_crop
-from lch.trends import plot_trends, spearman_table
 
 DEFAULT_SIGMAS: tuple[float, ...] = tuple(float(s) for s in range(-4, 5))
-# Cells in a cohort report (half high, half low). Pooled rho of the demo model over 6 random
-# draws of cells: halo SD 0.15 with 8 cells, 0.04 with 32 (reach 0.06 / 0.02), ~2 s on CPU.
-REPORT_CELLS = 32
 _POSITION_COLUMNS = frozenset(POSITION_COLUMNS)
-_IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff"})
 # Directional tolerance of the unit direction buffer (float32 round-off).
 _UNIT_TOLERANCE = 1e-3
 
@@ -141,85 +133,6 @@ def check_classifier(model: torch.nn.Module) -> None:
             f"model has no latent statistics: sigma = {sigma!r}, expected a positive SD of the "
             "training cells' projections (set the classifier with training codes)"
         )
-
-
-# ---------------------------------------------------------------- input crops
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """Pixels of a PNG or TIFF file as an array (RGB/RGBA/palette PNGs go to greyscale)."""
-    if not path.is_file():
-        raise ValueError(f"crop file {str(path)!r} does not exist")
-    if path.suffix.lower() not in _IMAGE_SUFFIXES:
-        raise ValueError(f"crop file {str(path)!r}: expected a .png, .tif or .tiff image")
-    try:
-        if path.suffix.lower() == ".png":
-            with Image.open(path) as img:
-                if img.mode in ("RGB", "RGBA", "P", "LA"):
-                    img = img.convert("L")
-                return np.asarray(img)
-        import tifffile
-
-        return tifffile.imread(path)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"crop file {str(path)!r} is not a readable image: {exc}") from exc
-
-
-def load_crop(
-    source: np.ndarray | torch.Tensor | str | Path,
-    crop_size: int,
-    *,
-    resize: bool = True,
-    field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM,
-    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
-    normalised: bool | None = None,
-) -> np.ndarray:
-    """Read one single-cell image and bring it to the model's input format.
-
-    Parameters
-    ----------
-    source : numpy.ndarray, torch.Tensor, str or pathlib.Path
-        A 2-D array (singleton axes, e.g. (1, S, S), are squeezed), or the path of a PNG or
-        TIFF file holding one greyscale image: a normalised crop (floats in [0, 1], or 8-bit
-        with the background at 128, as :mod:`lch.crops` makes them) or a raw window cut from a
-        movie in its own dtype and range, whose centre cell is then cut as ingestion does
-        (:func:`lch.single_cell.model_crop`).
-    crop_size : int
-        The model's crop side ``S``.
-    resize : bool
-        What to do with a normalised square crop of another size: ``True`` (default) resizes it
-        to ``S x S``, which also rescales the cell, so morphometrics are then in the model's
-        pixels; ``False`` rejects it. A non-square normalised crop is always rejected.
-    field_of_view_um, pixel_size_um : float
-        The model's field of view and a raw window's pixel size.
-    normalised : bool, optional
-        What the image is; None detects it (:func:`lch.single_cell.looks_normalised`).
-
-    Returns
-    -------
-    numpy.ndarray of float32, shape (S, S), values in [0, 1]
-
-    Raises
-    ------
-    ValueError
-        Unreadable or missing file, not 2-D, empty, NaN/inf, a normalised crop out of range or
-        of the wrong shape, or a raw window without a usable cell at its centre.
-    """
-    if isinstance(source, str | Path):
-        what = f"crop file {str(source)!r}"
-        arr = _read_image(Path(source))
-    elif isinstance(source, np.ndarray | torch.Tensor):
-        what = "crop"
-        arr = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else source
-    else:
-        raise ValueError(
-            f"crop must be a 2-D array or the path of a PNG/TIFF file, got {type(source).__name__}"
-        )
-    arr = np.asarray(arr)
-    squeezed = arr.squeeze() if arr.ndim > 2 else arr
-    return model_crop(squeezed, crop_size, field_of_view_um=field_of_view_um,
-                      pixel_size_um=pixel_size_um, normalised=normalised, resize=resize,
-                      what=what)[0]
 
 
 def _crop_batch(model: torch.nn.Module, crops: Any, resize: bool) -> np.ndarray:
@@ -560,117 +473,7 @@ def exaggerate_class_means(
     )
 
 
-# ---------------------------------------------------------------- montage
-
-_TILE_SCALE = 2
-_GAP = 2
-_TITLE = 14
-_HEADER = 2 * _TITLE  # the method's title, then each column's s
-_CAPTION = 12
-_MIN_ROW_LABEL = 64
-
-
-_BEYOND = (255, 140, 0)  # the frame of a tile past the training cells' natural range
-
-
-def _probability_colour(p: float) -> tuple[int, int, int]:
-    """Blue (P = 0, low) through grey to red (P = 1, high): the caption strip's colour bar."""
-    p = min(max(p, 0.0), 1.0) if math.isfinite(p) else 0.5
-    low, high, mid = np.array([40, 90, 200]), np.array([200, 50, 40]), np.array([120, 120, 120])
-    colour = mid + (high - mid) * (2 * p - 1) if p >= 0.5 else mid + (low - mid) * (1 - 2 * p)
-    return tuple(int(c) for c in colour)
-
-
-def _tile(image: np.ndarray, scale: int) -> Image.Image:
-    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    tile = Image.fromarray(pixels, mode="L")
-    return tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST)
-
-
-def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
-    """A grid of the decoded images: rows = cells, columns = s.
-
-    The first line names the method (:data:`METHOD_TITLES`); the header above each column gives
-    its ``s``; the strip under each tile gives that image's
-    P(high) (of the shifted code), coloured from blue (0, low) through grey to red (1, high).
-    The row's cell id is on the left. Tiles whose code lies beyond anything the training cells
-    reach along the direction (:attr:`Exaggeration.beyond_range`) are framed in orange, and
-    "past range" in orange above the ids says so: those images are extrapolations.
-
-    Parameters
-    ----------
-    result : Exaggeration
-    scale : int
-        Integer magnification of each decoded image (nearest neighbour).
-
-    Returns
-    -------
-    PIL.Image.Image
-        RGB image of width ``label + K * (S * scale + gap)`` (the label column fits the longest
-        cell id; wider if the title needs it) and height
-        ``header + C * (S * scale + caption + gap)``.
-    """
-    if scale < 1:
-        raise ValueError(f"scale must be >= 1, got {scale}")
-    n_cells, n_sigmas, side = result.images.shape[:3]
-    tile = side * scale
-    font = ImageFont.load_default()
-    longest = max((font.getlength(cell) for cell in result.cells), default=0.0)
-    label = max(_MIN_ROW_LABEL, math.ceil(longest) + 6)
-    title = METHOD_TITLES[result.method]
-    width = max(label + n_sigmas * (tile + _GAP), math.ceil(font.getlength(title)) + 4)
-    height = _HEADER + n_cells * (tile + _CAPTION + _GAP)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((2, 1), title, fill=(0, 0, 0), font=font)
-    for j, s in enumerate(result.sigmas):
-        x = label + j * (tile + _GAP)
-        draw.text((x + 2, _TITLE + 1), f"s={s:+g}", fill=(0, 0, 0), font=font)
-    if result.beyond_range is not None and result.beyond_range.any():
-        draw.text((2, _TITLE + 1), "past range", fill=_BEYOND, font=font)  # the frames' legend
-    for i, cell in enumerate(result.cells):
-        y = _HEADER + i * (tile + _CAPTION + _GAP)
-        draw.text((2, y + tile // 2 - 5), cell, fill=(0, 0, 0), font=font)
-        for j in range(n_sigmas):
-            x = label + j * (tile + _GAP)
-            canvas.paste(_tile(result.images[i, j], scale).convert("RGB"), (x, y))
-            if result.beyond_range is not None and result.beyond_range[i, j]:
-                draw.rectangle((x, y, x + tile - 1, y + tile - 1), outline=_BEYOND, width=2)
-            p = float(result.probability[i, j])
-            draw.rectangle(
-                (x, y + tile, x + tile - 1, y + tile + _CAPTION - 1), fill=_probability_colour(p)
-            )
-            draw.text((x + 2, y + tile), f"P={p:.2f}", fill=(255, 255, 255), font=font)
-    return canvas
-
-
-def save_montage(result: Exaggeration, path: str | Path, *, scale: int = _TILE_SCALE) -> Path:
-    """Write :func:`montage` as a PNG (parent folders created) and return its path."""
-    out = Path(path)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"montage path {str(out)!r} must end in .png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    montage(result, scale=scale).save(out, format="PNG")
-    return out
-
-
-# ---------------------------------------------------------------- cohort report
-
-
-def pick_cells(
-    table: pd.DataFrame, n: int, seed: int = 0, *, column: str = "crop_index"
-) -> np.ndarray:
-    """The ``column`` values (default: crop indices) of ``n`` rows drawn at random, half from
-    "high" and half from "low" lines where both exist (deterministic for ``seed``)."""
-    rng = np.random.default_rng(seed)
-    labels = binary_labels(table["label"].to_numpy())
-    groups = [np.flatnonzero(labels == c) for c in (LOW, HIGH)]
-    groups = [g for g in groups if len(g)] or [np.arange(len(table))]
-    share = [n // len(groups) + (i < n % len(groups)) for i in range(len(groups))]
-    picked = [rng.choice(g, size=min(k, len(g)), replace=False) for g, k in zip(groups, share,
-                                                                                strict=True)]
-    rows = np.sort(np.concatenate(picked))
-    return table[column].to_numpy()[rows]
+# ---------------------------------------------------------------- stored cells
 
 
 def exaggerate_stored_cells(
@@ -696,21 +499,3 @@ def exaggerate_stored_cells(
     sources = crops.get_orthogonal_selection((indices, slice(None), slice(None)))
     names = [f"cell {i} ({table['label'].iloc[i]})" for i in indices]
     return exaggerate(model, sources, sigmas, cells=names, method=method)
-
-
-def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:
-    """Write the montage (PNG), the morphology table and the Spearman trends (CSV), and the
-    trend figure (PNG, :func:`lch.trends.plot_trends`) to ``out_dir``; return their paths by
-    kind."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "montage": save_montage(result, out / "exaggeration_montage.png"),
-        "table": out / "exaggeration_morphology.csv",
-        "trends": out / "exaggeration_spearman.csv",
-        "figure": out / "exaggeration_trends.png",
-    }
-    result.table.to_csv(paths["table"], index=False)
-    spearman_table(result.table).to_csv(paths["trends"], index=False)
-    plot_trends(result.table).savefig(paths["figure"], dpi=120)
-    return paths

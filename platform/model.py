@@ -549,10 +549,6 @@ class LCHModel(nn.Module):
         """Codes (B, latent_dim) → P(high) (B,)."""
         return torch.sigmoid(z @ self.weight + self.bias)
 
-    def discriminant_direction(self) -> torch.Tensor:
-        """Unit vector (latent_dim,) along which P(high) increases."""
-        return self.direction
-
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         """Crops (B, 1, S, S) in [0, 1] → P(high) (B,)."""
         return self.classify_latent(self.encode(crops))

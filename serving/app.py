@@ -34,7 +34,8 @@ from ray.serve.handle import DeploymentHandle
 from lch.cells import frame_cells
 from lch.cellstore import CellStoreError, UnknownMovie, movie_cells
 from lch.evaluation import cell_means
-from lch.exaggerate import encode_crops, exaggerate, exaggerate_codes, montage
+from lch.exaggerate import encode_crops, exaggerate, exaggerate_codes
+from lch.exaggeration_report import montage
 from lch.model import AAEConfig
 from lch.paths import cohort_dir, lch_home, storage_options_from_env
 from lch.registry import CHAMPION_ALIAS, REGISTERED_MODEL, ModelNotFound, resolve_version

@@ -13,7 +13,8 @@ import yaml
 from lch.cellstore import open_cells
 from lch.crop_folder import list_crops, parse_crop_name, read_crop
 from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM
-from lch.exaggerate import DEFAULT_SIGMAS, exaggerate, save_montage
+from lch.exaggerate import DEFAULT_SIGMAS, exaggerate
+from lch.exaggeration_report import save_montage
 from lch.manifest import ManifestError, load_manifest
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main

@@ -22,6 +22,7 @@ from PIL import Image, ImageFont
 
 from lch import synth
 from lch.classify import fit_linear_classifier
+from lch.crop_files import load_crop
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM, align_crop
 from lch.exaggerate import (
     DEFAULT_SIGMAS,
@@ -33,12 +34,9 @@ from lch.exaggerate import (
     exaggerate_class_means,
     exaggerate_codes,
     exaggerate_stored_cells,
-    load_crop,
     measure_real_cells,
-    montage,
-    save_montage,
-    write_report,
 )
+from lch.exaggeration_report import montage, save_montage, write_report
 from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers, refresh_batch_norm
 from lch.single_cell import centre_cell
 from lch.trends import judge_trends, spearman_table, trend_report

@@ -262,8 +262,8 @@ def _lch_model(seed: int = 0) -> tuple[LCHModel, AAE]:
 def test_lch_model_statistics_and_outputs():
     model, aae = _lch_model()
     w = torch.linspace(-1.0, 1.0, 8)
-    assert torch.allclose(model.discriminant_direction(), w / w.norm())
-    assert model.discriminant_direction().norm().item() == pytest.approx(1.0)
+    assert torch.allclose(model.direction, w / w.norm())
+    assert model.direction.norm().item() == pytest.approx(1.0)
     crops = torch.rand(5, 1, 32, 32)
     aae.eval()
     with torch.no_grad():
@@ -299,7 +299,7 @@ def test_lch_model_state_round_trip(tmp_path):
         assert torch.equal(loaded(crops), model(crops))
         assert torch.equal(loaded.decode(z), model.decode(z))
     assert loaded.config == model.config
-    assert torch.equal(loaded.discriminant_direction(), model.discriminant_direction())
+    assert torch.equal(loaded.direction, model.direction)
     assert torch.equal(loaded.sigma, model.sigma)
     with pytest.raises(ValueError, match="not an LCH model state"):
         LCHModel.from_state({"format": "other"})

@@ -21,7 +21,8 @@ from lch.cellstore import FRAME_CELL_SCHEMA, CellStoreWriter, open_cells
 from lch.classify import cell_auc
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.evaluation import cell_index, cell_means, evaluate, first_of_each
-from lch.exaggerate import DEFAULT_SIGMAS, REPORT_CELLS
+from lch.exaggerate import DEFAULT_SIGMAS
+from lch.exaggeration_report import REPORT_CELLS
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
 from lch.pipelines.ingest import convert_cohort

@@ -1,0 +1,145 @@
+"""An exaggeration shown and kept: the montage of decoded images, and a report folder with the
+montage, the morphology table, the Spearman trends and the trend figure; which cells of a
+cohort a report shows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from lch.classify import HIGH, LOW, binary_labels
+from lch.exaggerate import METHOD_TITLES, Exaggeration
+from lch.trends import plot_trends, spearman_table
+
+# Cells in a cohort report (half high, half low): with 32, the pooled rho of a trend varies
+# little from one random draw of cells to the next.
+REPORT_CELLS = 32
+
+_TILE_SCALE = 2
+_GAP = 2
+_TITLE = 14
+_HEADER = 2 * _TITLE  # the method's title, then each column's s
+_CAPTION = 12
+_MIN_ROW_LABEL = 64
+
+
+_BEYOND = (255, 140, 0)  # the frame of a tile past the training cells' natural range
+
+
+def _probability_colour(p: float) -> tuple[int, int, int]:
+    """Blue (P = 0, low) through grey to red (P = 1, high): the caption strip's colour bar."""
+    p = min(max(p, 0.0), 1.0) if math.isfinite(p) else 0.5
+    low, high, mid = np.array([40, 90, 200]), np.array([200, 50, 40]), np.array([120, 120, 120])
+    colour = mid + (high - mid) * (2 * p - 1) if p >= 0.5 else mid + (low - mid) * (1 - 2 * p)
+    return tuple(int(c) for c in colour)
+
+
+def _tile(image: np.ndarray, scale: int) -> Image.Image:
+    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    tile = Image.fromarray(pixels, mode="L")
+    return tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST)
+
+
+def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
+    """A grid of the decoded images: rows = cells, columns = s.
+
+    The first line names the method (:data:`METHOD_TITLES`); the header above each column gives
+    its ``s``; the strip under each tile gives that image's
+    P(high) (of the shifted code), coloured from blue (0, low) through grey to red (1, high).
+    The row's cell id is on the left. Tiles whose code lies beyond anything the training cells
+    reach along the direction (:attr:`Exaggeration.beyond_range`) are framed in orange, and
+    "past range" in orange above the ids says so: those images are extrapolations.
+
+    Parameters
+    ----------
+    result : Exaggeration
+    scale : int
+        Integer magnification of each decoded image (nearest neighbour).
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB image of width ``label + K * (S * scale + gap)`` (the label column fits the longest
+        cell id; wider if the title needs it) and height
+        ``header + C * (S * scale + caption + gap)``.
+    """
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    n_cells, n_sigmas, side = result.images.shape[:3]
+    tile = side * scale
+    font = ImageFont.load_default()
+    longest = max((font.getlength(cell) for cell in result.cells), default=0.0)
+    label = max(_MIN_ROW_LABEL, math.ceil(longest) + 6)
+    title = METHOD_TITLES[result.method]
+    width = max(label + n_sigmas * (tile + _GAP), math.ceil(font.getlength(title)) + 4)
+    height = _HEADER + n_cells * (tile + _CAPTION + _GAP)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 1), title, fill=(0, 0, 0), font=font)
+    for j, s in enumerate(result.sigmas):
+        x = label + j * (tile + _GAP)
+        draw.text((x + 2, _TITLE + 1), f"s={s:+g}", fill=(0, 0, 0), font=font)
+    if result.beyond_range is not None and result.beyond_range.any():
+        draw.text((2, _TITLE + 1), "past range", fill=_BEYOND, font=font)  # the frames' legend
+    for i, cell in enumerate(result.cells):
+        y = _HEADER + i * (tile + _CAPTION + _GAP)
+        draw.text((2, y + tile // 2 - 5), cell, fill=(0, 0, 0), font=font)
+        for j in range(n_sigmas):
+            x = label + j * (tile + _GAP)
+            canvas.paste(_tile(result.images[i, j], scale).convert("RGB"), (x, y))
+            if result.beyond_range is not None and result.beyond_range[i, j]:
+                draw.rectangle((x, y, x + tile - 1, y + tile - 1), outline=_BEYOND, width=2)
+            p = float(result.probability[i, j])
+            draw.rectangle(
+                (x, y + tile, x + tile - 1, y + tile + _CAPTION - 1), fill=_probability_colour(p)
+            )
+            draw.text((x + 2, y + tile), f"P={p:.2f}", fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def save_montage(result: Exaggeration, path: str | Path, *, scale: int = _TILE_SCALE) -> Path:
+    """Write :func:`montage` as a PNG (parent folders created) and return its path."""
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"montage path {str(out)!r} must end in .png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    montage(result, scale=scale).save(out, format="PNG")
+    return out
+
+
+def pick_cells(
+    table: pd.DataFrame, n: int, seed: int = 0, *, column: str = "crop_index"
+) -> np.ndarray:
+    """The ``column`` values (default: crop indices) of ``n`` rows drawn at random, half from
+    "high" and half from "low" lines where both exist (deterministic for ``seed``)."""
+    rng = np.random.default_rng(seed)
+    labels = binary_labels(table["label"].to_numpy())
+    groups = [np.flatnonzero(labels == c) for c in (LOW, HIGH)]
+    groups = [g for g in groups if len(g)] or [np.arange(len(table))]
+    share = [n // len(groups) + (i < n % len(groups)) for i in range(len(groups))]
+    picked = [rng.choice(g, size=min(k, len(g)), replace=False) for g, k in zip(groups, share,
+                                                                                strict=True)]
+    rows = np.sort(np.concatenate(picked))
+    return table[column].to_numpy()[rows]
+
+
+def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:
+    """Write the montage (PNG), the morphology table and the Spearman trends (CSV), and the
+    trend figure (PNG, :func:`lch.trends.plot_trends`) to ``out_dir``; return their paths by
+    kind."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "montage": save_montage(result, out / "exaggeration_montage.png"),
+        "table": out / "exaggeration_morphology.csv",
+        "trends": out / "exaggeration_spearman.csv",
+        "figure": out / "exaggeration_trends.png",
+    }
+    result.table.to_csv(paths["table"], index=False)
+    spearman_table(result.table).to_csv(paths["trends"], index=False)
+    plot_trends(result.table).savefig(paths["figure"], dpi=120)
+    return paths
