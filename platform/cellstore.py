@@ -6,14 +6,13 @@ committed by rename at the end, so a re-run replaces them whole. Both carry the 
 different runs, so a reader can never mix old rows with new crops.
 
 The cohort folder may be an object-store URL. There, the crops are committed by an ordered copy
-with their metadata last (:func:`lch.paths.commit_aside`) and the table by a copy of one object,
+with their metadata last (:func:`lch.atomic.commit_aside`) and the table by a copy of one object,
 which replaces it whole: in between, :func:`open_cells` sees new crops with old rows and refuses
 them by their run ids, exactly the check that guards local readers.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -26,8 +25,9 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec
 
+from lch.atomic import commit
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
-from lch.paths import Location, commit_aside, filesystem, is_url, join, zarr_store
+from lch.paths import Location, filesystem, is_url, join, zarr_store
 
 CELLS_FILE = "cells.parquet"
 CROPS_STORE = "crops.zarr"
@@ -179,13 +179,8 @@ class CellStoreWriter:
         self._flush(whole_chunks=False)
         self._writer.close()
         self._write_with_tracks(tracks)
-        if is_url(self.folder):
-            path = self._path
-            commit_aside(self._fs, path(self._tmp_crops), path(join(self.folder, CROPS_STORE)))
-            self._fs.mv(path(self._tmp_cells), path(join(self.folder, CELLS_FILE)))
-            return
-        _replace(self._tmp_crops, self.folder / CROPS_STORE)
-        _replace(self._tmp_cells, self.folder / CELLS_FILE)
+        commit(self._tmp_crops, join(self.folder, CROPS_STORE), self._options)
+        commit(self._tmp_cells, join(self.folder, CELLS_FILE), self._options)
 
     def _write_with_tracks(self, tracks: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
         fs = self._arrow_fs()
@@ -218,16 +213,6 @@ class CellStoreWriter:
         shutil.rmtree(self._tmp_crops, ignore_errors=True)
         self._tmp_rows.unlink(missing_ok=True)
         self._tmp_cells.unlink(missing_ok=True)
-
-
-def _replace(new: Path, target: Path) -> None:
-    if target.is_dir():
-        old = target.with_name(f".old-{uuid.uuid4().hex[:8]}-{target.name}")
-        os.rename(target, old)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 def open_cells(

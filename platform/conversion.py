@@ -6,7 +6,7 @@ that the next run removes. The source's SHA-256 is stored in the provenance: con
 file again is a no-op.
 
 On an object store (``dest`` a URL) there is no rename: the store is still written aside, then
-copied into place with its group metadata last (:func:`lch.paths.commit_aside`). That metadata
+copied into place with its group metadata last (:func:`lch.atomic.commit_aside`). That metadata
 holds the provenance, so the completeness test of readers and the idempotency test are one and
 the same: a store without it (a commit killed half-way) is neither read nor skipped.
 
@@ -21,14 +21,13 @@ none, or the new ones whole.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lch.atomic import OLD_PREFIX, TMP_PREFIX, aside_location, commit, is_committed
 from lch.labels import GIVEN, check_label_movie, iter_label_frames
 from lch.movie_io import (
     DEFAULT_MAX_FRAME_PIXELS,
@@ -53,11 +52,8 @@ from lch.omezarr import (
     store_bytes,
     write_frames,
 )
-from lch.paths import Location, commit_aside, filesystem, is_committed, is_url, join
+from lch.paths import Location, filesystem, is_url, join
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
-
-TMP_PREFIX = ".tmp-"
-OLD_PREFIX = ".old-"
 
 
 @dataclass(frozen=True)
@@ -71,28 +67,6 @@ class ConversionResult:
     stored_bytes: int = 0
     seconds: float = 0.0
     message: str = ""
-
-
-def _aside(dest: Location, prefix: str) -> Location:
-    tag = uuid.uuid4().hex[:8]
-    if is_url(dest):
-        parent, name = str(dest).rsplit("/", 1)
-        return f"{parent}/{prefix}{name}-{tag}"
-    return dest.parent / f"{prefix}{dest.name}-{tag}"
-
-
-def _commit(tmp: Location, dest: Location, storage_options: dict | None = None) -> None:
-    """Move a finished store into place, replacing an older version of it if there is one."""
-    if is_url(dest):
-        fs, tmp_path = filesystem(tmp, storage_options)
-        commit_aside(fs, tmp_path, filesystem(dest, storage_options)[1])
-    elif dest.exists():
-        old = _aside(dest, OLD_PREFIX)
-        os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, dest)
 
 
 def _remove(location: Location, storage_options: dict | None = None) -> None:
@@ -164,18 +138,18 @@ def start_labels(
         :func:`discard_labels`.
     """
     frames, _, height, width = open_movie(store, storage_options).shape
-    aside = _aside(join(store, LABELS_PATH), TMP_PREFIX)
+    group = aside_location(join(store, LABELS_PATH), TMP_PREFIX)
     create_labels_group(
-        aside, frames=frames, height=height, width=width,
+        group, frames=frames, height=height, width=width,
         image_ome=read_image_metadata(store, storage_options), attributes=attributes,
         storage_options=storage_options,
     )
-    return aside
+    return group
 
 
 def commit_labels(aside: Location, store: Location, storage_options: dict | None = None) -> None:
     """Make a finished aside ``labels`` group the store's, replacing the previous one whole."""
-    _commit(aside, join(store, LABELS_PATH), storage_options)
+    commit(aside, join(store, LABELS_PATH), storage_options)
 
 
 def discard_labels(aside: Location, storage_options: dict | None = None) -> None:
@@ -292,7 +266,7 @@ def convert_movie(
     labels = Path(labels) if labels is not None else None
     dest = str(dest) if is_url(dest) else Path(dest)
     started = time.perf_counter()
-    tmp = _aside(dest, TMP_PREFIX)
+    tmp = aside_location(dest, TMP_PREFIX)
     try:
         info = read_movie_info(source, max_frame_pixels=max_frame_pixels, selection=selection)
         scales = physical_scales(info, pixel_size_um, frame_interval_s)
@@ -343,7 +317,7 @@ def convert_movie(
         fill_pyramid(tmp, storage_options)
         if labels is not None:
             _write_given_labels(tmp, labels, label_info, ome, labels_sha, storage_options)
-        _commit(tmp, dest, storage_options)
+        commit(tmp, dest, storage_options)
     except (MovieError, OSError) as exc:
         _remove(tmp, storage_options)
         return ConversionResult(

@@ -402,7 +402,7 @@ def read_provenance(path: Location, storage_options: dict | None = None) -> dict
     """The ``lch`` provenance attributes of a movie store, or None if it is absent or unreadable.
 
     This is the completeness test of a store: the group metadata holding them is what a commit
-    writes last (:func:`lch.paths.commit_aside`).
+    writes last (:func:`lch.atomic.commit_aside`).
     """
     try:
         group = zarr.open_group(zarr_store(path, storage_options, read_only=True), mode="r")

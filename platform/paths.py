@@ -179,34 +179,3 @@ def check_root(location: Location, storage_options: dict | None = None) -> None:
             f"{location}: cannot reach the object store at {endpoint} "
             f"({type(exc).__name__}: {exc}); check AWS_ENDPOINT_URL"
         ) from None
-
-
-def commit_aside(
-    fs: fsspec.AbstractFileSystem, tmp: str, dest: str, marker: str = "zarr.json"
-) -> None:
-    """Move a Zarr store written at ``tmp`` to ``dest`` on an object store, marker last.
-
-    An object store has no rename of a folder, only whole-object writes, so this gives the
-    guarantee of the local rename another way: ``dest``'s root ``marker`` (the ``zarr.json``
-    without which zarr does not open a store at all) is deleted first, the old objects next,
-    then every new object is copied server-side and the marker last. A reader therefore sees
-    either a complete store or no store, never a mixture, and a run killed half-way leaves a
-    store without a marker, which no reader opens and the next run replaces. Copying (rather
-    than writing ``dest`` in place) keeps the previous store readable for the whole write.
-    """
-    head = f"{dest}/{marker}"
-    if fs.exists(head):
-        fs.rm_file(head)
-    if fs.exists(dest):
-        fs.rm(dest, recursive=True)
-    sources = [p for p in fs.find(tmp) if p != f"{tmp}/{marker}"]
-    targets = [dest + p[len(tmp) :] for p in sources]
-    if sources:
-        fs.copy(sources, targets)
-    fs.copy(f"{tmp}/{marker}", head)
-    fs.rm(tmp, recursive=True)
-
-
-def is_committed(fs: fsspec.AbstractFileSystem, store: str, marker: str = "zarr.json") -> bool:
-    """True if the store at ``store`` has its root marker (see :func:`commit_aside`)."""
-    return fs.exists(f"{store}/{marker}")
