@@ -74,11 +74,8 @@ __all__ = [
     "train_loop_per_worker",
 ]
 
-# Defaults for the CPU demo, chosen on the synthetic demo cohort (2 cores, ~1,200 training
-# cells): an eighth of the paper's channels (8..64 for 64-px crops) trains ~900 crops/s per core;
-# 30 epochs (~350 steps of 2 x 50 crops; the paper ran ~10^5) at lr 5e-4 rather than the paper's
-# 2e-4, too slow for so few steps. Longer (50 epochs) or wider (1/4) models did not separate
-# held-out patients better.
+# Defaults for the CPU demo: an eighth of the paper's channels, and lr 5e-4 rather than the
+# paper's 2e-4, which is too slow for the few hundred steps a CPU run takes.
 DEFAULT_WIDTH = 0.125
 DEFAULT_LR = 5e-4
 DEFAULT_EPOCHS = 30

@@ -29,13 +29,9 @@ SHUFFLE_CROPS = 512
 GRID_CELLS = 8
 CHECKPOINT_FILE = "checkpoint.pt"
 LOSSES = ("recon", "disc", "gen")
-# DistributedDataParallel for the three-phase AAE step (lch.model.aae_train_step): each phase
-# uses part of the network, hence find_unused_parameters, and skipping the all-reduce of the
-# unused part saves traffic. Batch-norm buffers are not re-broadcast from rank 0 on every
-# forward: the running statistics are recomputed after training (lch.training.evaluate), and
-# rank 0, whose buffers the checkpoint keeps, has the same ones either way. Gradients as bucket
-# views save a copy per step. Measured on 2 CPU workers: +10-15 % samples/s, parameters
-# bit-identical to the plain find_unused_parameters setting after 5 steps.
+# DDP for the three-phase AAE step (lch.model.aae_train_step): each phase uses part of the
+# network (find_unused_parameters); batch-norm buffers are not re-broadcast, as their statistics
+# are recomputed after training (lch.training.evaluate); bucket-view gradients save a copy a step.
 DDP_OPTIONS = {
     "find_unused_parameters": True,
     "skip_all_reduce_unused_params": True,

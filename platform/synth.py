@@ -49,10 +49,8 @@ ARM_HALF_WIDTH_TIP = 1.0
 # Arm length breathes by +-10 % over time; extents must allow for the longest state.
 ARM_LENGTH_SWING = 0.10
 MIN_GAP = 6.0
-# Class-level ranges from which each patient's means are drawn (uniform). The halo gap is
-# about twice the per-cell spread: with a narrower one (0.41-0.47 vs 0.29-0.34) the
-# discriminant direction of a small AAE carried the arms but hardly the halo (exaggeration
-# rho 0.59 on the halo, see tests/test_exaggerate.py).
+# Class-level ranges of each patient's means (uniform). The halo gap between the classes is
+# about twice the per-cell spread, so that a small AAE's direction carries the halo, not only arms.
 CLASS_RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "high": {
         "arm_rate": (1.9, 2.6),

@@ -45,14 +45,13 @@ from real_cells import PIXEL_SIZE_UM, real_images
 
 CROP = 64  # a cell with its arms and the halo's background annulus needs ~60 px
 BACKGROUND = 1000.0
-# Alternating high, low. With 8 patients the LDA also read patient quirks (mean radius) into
-# the direction: body area then swung by -0.9..+0.6 with the seed.
+# Alternating high, low; enough patients that the LDA does not read one patient's quirks (its
+# mean radius) into the direction.
 N_PATIENTS = 16
 CELLS_PER_PATIENT = 50
 # Tiny model, 10x the paper's learning rate: the phenotype must show after ~a minute on CPU.
 # 8 latent dimensions rather than 16 leave less room for per-cell detail along the direction,
-# so cells agree more at the same shift. Pooled halo rho over seeds 0-2: 0.93-0.95 with these
-# settings, 0.87-0.92 with 8 patients, 16 dimensions and 1,200 steps.
+# so cells agree more at the same shift.
 CONFIG = {"latent_dim": 8, "channels": (8, 16, 32, 64), "disc_hidden": (64, 64, 32), "lr": 2e-3,
           "field_of_view_um": CROP * synth.PIXEL_SIZE_UM}
 STEPS = 2400
