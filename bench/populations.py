@@ -22,8 +22,9 @@ from mlflow import MlflowClient
 from lch.cellstore import open_cells
 from lch.classify import POPULATION_KS, binary_labels, population_draws
 from lch.evaluation import cell_index, cell_means, first_of_each
+from lch.mlflow_store import use_tracking
 from lch.paths import cohort_dir
-from lch.registry import REGISTERED_MODEL, load_lch_model, use_tracking
+from lch.registry import REGISTERED_MODEL, load_lch_model
 
 
 def _distinct_cells(cells: np.ndarray, k: int, draws: int, rng: np.random.Generator) -> float:

@@ -21,10 +21,11 @@ import httpx
 import numpy as np
 import torch
 
+from lch.mlflow_store import tracking_uri
 from lch.model import AAE, AAEConfig, LCHModel
 from lch.pipelines.runtime import free_port, init_ray
 from lch.promotion import promote
-from lch.registry import log_lch_model, tracking_uri
+from lch.registry import log_lch_model
 from lch.serving.contract import encode_npy
 
 HERE = Path(__file__).parent

@@ -304,8 +304,8 @@ def predict(
 
 @app.command(help=f"List the registered versions of {REGISTERED_MODEL} with their aliases.")
 def models(tracking_uri: TrackingUri = None, as_json: AsJson = False) -> int:
+    from lch.mlflow_store import use_tracking
     from lch.promotion import list_versions
-    from lch.registry import use_tracking
 
     _setup(tracking_uri=tracking_uri)
     use_tracking()
@@ -335,9 +335,9 @@ def promote(
     tracking_uri: TrackingUri = None,
 ) -> int:
     """Point an alias at a model version."""
+    from lch.mlflow_store import use_tracking
     from lch.promotion import PromotionRefused
     from lch.promotion import promote as promote_version
-    from lch.registry import use_tracking
 
     _setup(tracking_uri=tracking_uri)
     use_tracking()
@@ -503,9 +503,9 @@ def _setup_error(exc: BaseException) -> bool:
     weights, or a cohort another run is writing: the user's environment, not a bug."""
     from lch.cohort_lock import CohortLocked
     from lch.labels import SegmenterUnavailable
+    from lch.mlflow_store import TrackingConfigError
     from lch.paths import StorageError
     from lch.pipelines.runtime import RaySecurityError
-    from lch.registry import TrackingConfigError
 
     return isinstance(exc, StorageError | TrackingConfigError | RaySecurityError | CohortLocked
                       | SegmenterUnavailable | UsageProblem)

@@ -15,11 +15,12 @@ import yaml
 from lch.cellstore import open_cells
 from lch.exaggerate import exaggerate_stored_cells
 from lch.exaggeration_report import REPORT_CELLS, pick_cells, write_report
+from lch.mlflow_store import tracking_uri
 from lch.model_names import version_uri
 from lch.paths import cohort_dir, lch_home
 from lch.pipelines.runtime import free_port
 from lch.promotion import PromotionRefused, promote
-from lch.registry import load_lch_model, tracking_uri
+from lch.registry import load_lch_model
 from lch.synth import make_cohort
 from lch.trends import spearman_table
 

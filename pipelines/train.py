@@ -44,13 +44,14 @@ from lch.evaluation import (
 )
 from lch.exaggerate import exaggerate, measure_real_cells
 from lch.exaggeration_report import REPORT_CELLS, pick_cells, write_report
+from lch.mlflow_store import tracking_uri, use_tracking
 from lch.model import AAEConfig
 from lch.model_names import REGISTERED_MODEL
 from lch.paths import join, lch_home, pyarrow_filesystem
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pipelines.train_data import crop_dataset
 from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
-from lch.registry import log_lch_model, tracking_uri, use_tracking
+from lch.registry import log_lch_model
 from lch.training import (
     CellSet,
     Split,
@@ -272,7 +273,7 @@ def build_trainer(
     field_of_view_um : float
         What they show, in µm (recorded in the model's configuration).
     run_id : str, optional
-        MLflow run that world rank 0 logs to (at :func:`lch.registry.tracking_uri`).
+        MLflow run that world rank 0 logs to (at :func:`lch.mlflow_store.tracking_uri`).
     storage_path : path or URL, optional
         Where Ray Train keeps checkpoints; default ``$LCH_HOME/ray_results``.
     name : str, optional

@@ -1,8 +1,5 @@
-"""The MLflow side of a model: where runs are tracked, and registering / loading ``lch-aae``.
-
-Tracking defaults to an embedded SQLite store, ``$LCH_HOME/mlflow.db``, with the ``lch``
-experiment's artifacts in ``$LCH_HOME/mlartifacts`` (never ``./mlruns``); ``MLFLOW_TRACKING_URI``
-wins when set (a team server decides where its artifacts go).
+"""Registering and loading ``lch-aae`` in MLflow's model registry (where runs are tracked:
+:mod:`lch.mlflow_store`).
 
 A registered version is an MLflow pyfunc "model from code" (:mod:`lch.pyfunc_model`) whose only
 artifact is a weights file of plain tensors and primitives (:meth:`LCHModel.to_state`), so
@@ -11,7 +8,6 @@ neither MLflow nor :func:`load_lch_model` ever unpickles code.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import warnings
@@ -25,13 +21,12 @@ from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from lch.mlflow_store import current_store, use_tracking
 from lch.model import LCHModel
 from lch.model_names import CHAMPION_ALIAS, REGISTERED_MODEL  # noqa: F401 (re-exported)
-from lch.paths import is_url, join, lch_home
 
 ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 """A version number or an MLflow alias (letters, digits, ``_`` and ``-``)."""
-EXPERIMENT = "lch"
 MODEL_NAME = "model"
 POPULATION_METRIC_TAG = "cv_population_accuracy_k20"
 """Version tag read by the promotion gate: cross-validated population accuracy at k = 20
@@ -48,77 +43,6 @@ def pip_requirements() -> list[str]:
     """
     torch_version = torch.__version__.split("+")[0]  # the CPU/CUDA build suffix is the host's
     return [f"torch=={torch_version}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
-
-
-class TrackingConfigError(RuntimeError):
-    """No usable MLflow tracking store; the message says which variable to set."""
-
-
-def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, or the SQLite store ``$LCH_HOME/mlflow.db``.
-
-    Raises
-    ------
-    TrackingConfigError
-        ``LCH_HOME`` is an object-store URL and ``MLFLOW_TRACKING_URI`` is not set: SQLite
-        needs a local file, so a remote data root needs a tracking server (or database).
-    """
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    home = lch_home()
-    if is_url(home):
-        raise TrackingConfigError(
-            f"LCH_HOME={home} is an object store, which cannot hold MLflow's default SQLite "
-            "tracking store: set MLFLOW_TRACKING_URI to a tracking server (http://host:5000) "
-            "or a database URI"
-        )
-    return f"sqlite:///{home / 'mlflow.db'}"
-
-
-def _current_store() -> str:
-    """The store MLflow is pointed at if anyone pointed it somewhere, else :func:`tracking_uri`
-    (MLflow's own fallback would be ``./mlflow.db`` in the working directory)."""
-    return mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else tracking_uri()
-
-
-def artifact_location() -> str | None:
-    """Where the ``lch`` experiment keeps artifacts: ``$LCH_HOME/mlartifacts`` for the embedded
-    store, None (the server's choice) when ``MLFLOW_TRACKING_URI`` is set.
-
-    With an object-store ``LCH_HOME`` and a database ``MLFLOW_TRACKING_URI`` (no server to
-    choose), artifacts go to ``<LCH_HOME>/mlartifacts`` too, not to ``./mlruns``; MLflow writes
-    them with boto3, which reads the same ``AWS_*`` variables (or ``MLFLOW_S3_ENDPOINT_URL``).
-    """
-    tracking, home = os.environ.get("MLFLOW_TRACKING_URI"), lch_home()
-    if is_url(home):
-        served = (tracking or "").startswith(("http://", "https://", "databricks"))
-        return None if served else str(join(home, "mlartifacts"))
-    if tracking:
-        return None
-    return (home / "mlartifacts").as_uri()
-
-
-def use_tracking() -> str:
-    """Point MLflow at :func:`tracking_uri` and make sure the ``lch`` experiment exists.
-
-    Returns
-    -------
-    str
-        The experiment id.
-    """
-    uri, location = tracking_uri(), artifact_location()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    # set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses); put back the user's
-    # setting, or a later change of LCH_HOME in this process would be silently ignored.
-    if user_setting is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
 
 
 def signature(crop_size: int) -> ModelSignature:
@@ -263,7 +187,7 @@ def resolve_version(
     if not ref or not ALIAS_PATTERN.match(ref):
         raise ValueError(f"{reference!r}: expected a version number, an alias, "
                          "models:/NAME/VERSION or models:/NAME@ALIAS")
-    uri = tracking_uri or _current_store()
+    uri = tracking_uri or current_store()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         if ref.isdigit():
@@ -290,7 +214,7 @@ def load_lch_model(uri: str, tracking_uri: str | None = None) -> LCHModel:
     LCHModel
         On CPU, in eval mode.
     """
-    tracking_uri = tracking_uri or _current_store()
+    tracking_uri = tracking_uri or current_store()
     base = _model_location(uri, tracking_uri)
     # Two small downloads (MLmodel, then the weights), never the rest of the model folder.
     with tempfile.TemporaryDirectory() as tmp:

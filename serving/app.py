@@ -569,7 +569,7 @@ def build_app(args: dict | None = None):
     ``LCH_API_TOKEN``) of the process that builds the app; none means no authentication. With a
     token, the API description routes need it too, unless ``public_docs``.
     """
-    from lch.registry import tracking_uri
+    from lch.mlflow_store import tracking_uri
 
     config = AppArgs(**(args or {}))
     uri = config.tracking_uri or tracking_uri()

@@ -17,6 +17,7 @@ import pytest
 import zarr
 
 from lch.cellstore import CELLS_FILE, CROPS_STORE, CellStoreError, open_cells
+from lch.mlflow_store import TrackingConfigError, artifact_location, tracking_uri
 from lch.omezarr import open_movie, read_provenance
 from lch.paths import (
     StorageError,
@@ -33,7 +34,6 @@ from lch.pipelines.runtime import free_port
 from lch.pipelines.segment import segment_cohort
 from lch.pipelines.train import TrainSettings, build_trainer, crop_dataset, prepare
 from lch.pipelines.train_loop import load_trained_aae
-from lch.registry import TrackingConfigError, artifact_location, tracking_uri
 from lch.synth import make_cohort
 from lch.training import load_cells, read_rows
 

@@ -17,6 +17,7 @@ from lch.cellstore import open_cells
 from lch.classify import fit_linear_classifier
 from lch.evaluation import cell_index, cell_means, first_of_each
 from lch.manifest import load_manifest
+from lch.mlflow_store import use_tracking
 from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers, refresh_batch_norm
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
@@ -25,7 +26,7 @@ from lch.pipelines.ingest_crops import ingest_crops
 from lch.pipelines.segment import segment_cohort
 from lch.predictions import patient_calls
 from lch.promotion import promote
-from lch.registry import log_lch_model, use_tracking
+from lch.registry import log_lch_model
 from lch.synth import make_cohort
 from lch.training import load_cells
 

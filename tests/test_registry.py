@@ -10,14 +10,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from lch.mlflow_store import use_tracking
 from lch.model import LCHModel
-from lch.registry import (
-    POPULATION_METRIC_TAG,
-    REGISTERED_MODEL,
-    load_lch_model,
-    log_lch_model,
-    use_tracking,
-)
+from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model, log_lch_model
 
 from helpers import tiny_model
 
