@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 import zarr
+from skimage.util import montage
 from torch import nn
 
 from lch.cellstore import CROPS_STORE, FIELD_OF_VIEW_KEY, CellStoreError, open_cells
@@ -241,11 +242,6 @@ def encode(model: nn.Module, cells: CellSet, index: np.ndarray, batch_size: int)
 def reconstruction_grid(crops: np.ndarray, recons: np.ndarray, pad: int = 2) -> np.ndarray:
     """Crops over their reconstructions: a uint8 image (2 rows of n tiles, white gaps)."""
     n, side = crops.shape[0], crops.shape[-1]
-    grid = np.full((2 * side + 3 * pad, n * (side + pad) + pad), 255, np.uint8)
-    for row, images in enumerate((crops, recons)):
-        tiles = (np.clip(np.asarray(images).reshape(n, side, side), 0, 1) * 255).round()
-        y = pad + row * (side + pad)
-        for i, tile in enumerate(tiles.astype(np.uint8)):
-            x = pad + i * (side + pad)
-            grid[y : y + side, x : x + side] = tile
-    return grid
+    tiles = np.concatenate([np.reshape(images, (n, side, side)) for images in (crops, recons)])
+    grid = montage(np.clip(tiles, 0, 1), fill=1.0, grid_shape=(2, n), padding_width=pad)
+    return (grid * 255).round().astype(np.uint8)
