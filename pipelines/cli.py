@@ -27,6 +27,7 @@ from lch.labels import DEFAULT_SEGMENTER, SEGMENTERS
 from lch.model_names import CHAMPION_ALIAS, REGISTERED_MODEL, model_uri, version_uri
 from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS
 from lch.pipelines.runtime import keep_ray_logs_in_files, quiet_environment
+from lch.serving.client import DEFAULT_URL
 from lch.synth import make_cohort
 from lch.tracking import MIN_TRACK_FRAMES
 
@@ -391,7 +392,7 @@ def serve(
 @app.command()
 def classify(
     file: Annotated[Path, typer.Argument(help="A TIFF movie or frame.")],
-    url: Annotated[str, typer.Option(help="The Serve endpoint.")] = "http://127.0.0.1:8000",
+    url: Annotated[str, typer.Option(help="The Serve endpoint.")] = DEFAULT_URL,
     token: Annotated[str | None, typer.Option(
         envvar="LCH_API_TOKEN", show_envvar=True, help="Bearer token.")] = None,
     pixel_size_um: Annotated[float | None, typer.Option(

@@ -11,8 +11,6 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from lch.serving.contract import encode_npy
-
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -22,6 +20,13 @@ def _pixels(images) -> np.ndarray:
     images = np.asarray(images)
     return images if images.dtype in (np.uint8, np.uint16) else images.astype(np.float32)
 
+
+def encode_npy(array: np.ndarray) -> str:
+    """An array as base64 ``.npy``: the ``*_npy`` fields of the HTTP contract
+    (:func:`lch.serving.contract.request_crops` reads them)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode()
 
 class LCHClientError(RuntimeError):
     """The server refused a request; ``status`` is the HTTP status, the message its detail."""

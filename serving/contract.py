@@ -346,13 +346,6 @@ def normalised_flag(value: Any) -> bool | None:
     raise RequestError(f"'normalised' must be true or false (or left out to detect), not {value!r}")
 
 
-def encode_npy(array: np.ndarray) -> str:
-    """The client side of :func:`request_crops`: an array as base64 ``.npy``."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def sigmas_list(value: Any) -> list[float]:
     """The exaggeration steps: finite numbers, at most :data:`MAX_SIGMAS`, each bounded."""
     if value is None:
