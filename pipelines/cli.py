@@ -96,8 +96,12 @@ class UsageProblem(Exception):
 
 def _setup(*, verbose: bool = False, address: str | None = None,
            tracking_uri: str | None = None) -> None:
-    """Apply the run-wide options: where Ray's logs go, which cluster and tracking store."""
+    """Apply the run-wide options (before Ray, Ray Data or MLflow is imported): where their logs
+    go, which cluster and tracking store."""
     keep_ray_logs_in_files(not verbose)
+    if not verbose:  # MLflow's INFO lines and artifact-download bars are not the user's business
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if address:
         os.environ["RAY_ADDRESS"] = address
     if tracking_uri:
@@ -219,9 +223,9 @@ def segment(
     verbose: Verbose = False,
 ) -> int:
     """Segment and track a cohort's stored movies into cells and crops (Ray Data)."""
+    _setup(verbose=verbose, address=address)
     from lch.pipelines.segment import segment_cohort
 
-    _setup(verbose=verbose, address=address)
     try:
         summary = segment_cohort(cohort, progress=not quiet, crop_size=crop_size,
                                  segmenter=segmenter.value, field_of_view_um=field_of_view_um,
@@ -248,22 +252,23 @@ def train(
     gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per worker.")] = False,
     address: Address = None,
     tracking_uri: TrackingUri = None,
+    quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> int:
     """Train the AAE on cohorts (Ray Train), track it in MLflow and register it.
 
     Options left out take TrainSettings' defaults (lch.pipelines.train).
     """
+    _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
     from lch.pipelines.train import TrainingInputError, TrainSettings
     from lch.pipelines.train import train as run_training
 
-    _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
     given = {"workers": workers, "epochs": epochs, "batch_size": batch_size,
              "latent_dim": latent_dim, "width": width, "lr": lr, "seed": seed}
     settings = TrainSettings(cohorts=tuple(cohort), gpu=gpu,
                              **{k: v for k, v in given.items() if v is not None})
     try:
-        summary = run_training(settings)
+        summary = run_training(settings, progress=not quiet)
     except TrainingInputError as exc:
         raise UsageProblem(exc) from exc
     out.print(summary.format())
@@ -286,11 +291,11 @@ def predict(
     verbose: Verbose = False,
 ) -> int:
     """Score a stored cohort's cells and call each patient (Ray Data, logged to MLflow)."""
+    _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
     from lch.pipelines.predict import predict_cohort
     from lch.registry import ModelNotFound
     from lch.training import TrainingInputError
 
-    _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
     try:
         summary = predict_cohort(cohort, _model_uri(model), out=out_path, force=force, gpu=gpu,
                                  progress=not (quiet or as_json))
@@ -305,10 +310,10 @@ def predict(
 
 @app.command(help=f"List the registered versions of {REGISTERED_MODEL} with their aliases.")
 def models(tracking_uri: TrackingUri = None, as_json: AsJson = False) -> int:
+    _setup(tracking_uri=tracking_uri)
     from lch.mlflow_store import use_tracking
     from lch.promotion import list_versions
 
-    _setup(tracking_uri=tracking_uri)
     use_tracking()
     rows = list_versions()
     if as_json:
@@ -336,11 +341,11 @@ def promote(
     tracking_uri: TrackingUri = None,
 ) -> int:
     """Point an alias at a model version."""
+    _setup(tracking_uri=tracking_uri)
     from lch.mlflow_store import use_tracking
     from lch.promotion import PromotionRefused
     from lch.promotion import promote as promote_version
 
-    _setup(tracking_uri=tracking_uri)
     use_tracking()
     try:
         out.print(promote_version(version, alias, force=force))
@@ -372,10 +377,10 @@ def serve(
     """Serve classification and exaggeration over HTTP (Ray Serve) until Ctrl-C."""
     from ray import serve as ray_serve
 
+    _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
     from lch.pipelines.runtime import init_ray
     from lch.serving.app import build_app
 
-    _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
     init_ray()
     ray_serve.start(http_options={"host": host, "port": port})
     application = build_app({"model_alias": model_alias, "poll_interval_s": poll_interval,
@@ -452,6 +457,7 @@ def exaggerate(
     tracking_uri: TrackingUri = None,
 ) -> int:
     """Decode cells pushed along the discriminant direction; write the montage and trends."""
+    _setup(tracking_uri=tracking_uri)
     from lch.cellstore import CellStoreError, open_cells
     from lch.exaggerate import exaggerate as exaggerate_crops
     from lch.exaggerate import exaggerate_stored_cells
@@ -460,7 +466,6 @@ def exaggerate(
     from lch.registry import load_lch_model
     from lch.trends import spearman_table
 
-    _setup(tracking_uri=tracking_uri)
     if not cohort and not crop:
         raise UsageProblem("give --cohort (cells of a stored cohort) or --crop FILE")
     options: dict[str, Any] = {"method": method}
@@ -493,9 +498,9 @@ def demo(
     verbose: Verbose = False,
 ) -> int:
     """Run the whole loop on a generated synthetic cohort, on this machine."""
+    _setup(verbose=verbose)
     from lch.pipelines.demo import run_demo
 
-    _setup(verbose=verbose)
     return run_demo(seed)
 
 

@@ -94,7 +94,7 @@ def run_demo(seed: int = 0) -> int:
     _step(3, "segmenting cells: Ray Data → cells.parquet + crops.zarr")
     print(segment_cohort(COHORT, home=home).format(), flush=True)
     _step(4, "training the adversarial autoencoder (Ray Train, tracked in MLflow)")
-    trained = train(TrainSettings(cohorts=(COHORT,), seed=seed))
+    trained = train(TrainSettings(cohorts=(COHORT,), seed=seed), progress=True)
     print(trained.format(), flush=True)
     try:
         print(promote(trained.model_version))

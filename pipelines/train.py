@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from tqdm.auto import tqdm
 
 from lch.classify import HIGH, LOW
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
@@ -50,7 +53,7 @@ from lch.model_names import REGISTERED_MODEL
 from lch.paths import join, lch_home, pyarrow_filesystem
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pipelines.train_data import crop_dataset
-from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
+from lch.pipelines.train_loop import LOSSES, load_trained_aae, train_loop_per_worker
 from lch.registry import log_lch_model
 from lch.training import (
     CellSet,
@@ -407,12 +410,42 @@ def prepare(settings: TrainSettings, home: Path | None = None) -> tuple[CellSet,
     return cells, split
 
 
+@contextmanager
+def _epoch_progress(run_id: str, epochs: int, enabled: bool) -> Iterator[None]:
+    """A progress bar of the epochs rank 0 has logged to the run, polled from MLflow while
+    ``trainer.fit()`` blocks (the workers' own output stays in Ray's log files)."""
+    if not enabled:
+        yield
+        return
+    done = threading.Event()
+
+    def poll() -> None:
+        client = MlflowClient()
+        with tqdm(total=epochs, desc="training", unit="epoch") as bar:
+            while not done.wait(2.0):
+                history = client.get_metric_history(run_id, LOSSES[0])
+                bar.update(max(len(history) - bar.n, 0))
+                if history:
+                    latest = max(history, key=lambda m: m.step)
+                    bar.set_postfix({LOSSES[0]: f"{latest.value:.4f}"})
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def train(
     settings: TrainSettings,
     *,
     train_loop: Callable[[dict], None] = train_loop_per_worker,
+    progress: bool = False,
 ) -> TrainSummary:
-    """Train, evaluate on held-out patients and register one version of ``lch-aae``.
+    """Train, evaluate on held-out patients and register one version of ``lch-aae``;
+    ``progress`` shows a bar of the epochs done.
 
     Raises
     ------
@@ -433,7 +466,8 @@ def train(
             settings, dataset, cells.crop_size, field_of_view_um=cells.field_of_view_um,
             run_id=run_id, train_loop=train_loop,
         )
-        result = trainer.fit()
+        with _epoch_progress(run_id, settings.epochs, progress):
+            result = trainer.fit()
         config = settings.aae_config(cells.crop_size, cells.field_of_view_um)
         aae = load_trained_aae(result.checkpoint, config)
         evaluation = evaluate(aae, cells, split, seed=settings.seed)
