@@ -48,7 +48,7 @@ DEFAULT_MODEL_URI = model_uri()
 
 
 def _defaults(function) -> dict[str, Any]:
-    """A function's keyword defaults: the CLI shows and uses them, never a copy."""
+    """Return a function's keyword defaults: the CLI shows and uses them, never a copy."""
     return {name: p.default for name, p in inspect.signature(function).parameters.items()
             if p.default is not inspect.Parameter.empty}
 
@@ -96,8 +96,10 @@ class UsageProblem(Exception):
 
 def _setup(*, verbose: bool = False, address: str | None = None,
            tracking_uri: str | None = None) -> None:
-    """Apply the run-wide options (before Ray, Ray Data or MLflow is imported): where their logs
-    go, which cluster and tracking store."""
+    """Apply the run-wide options, before Ray, Ray Data or MLflow is imported.
+
+    They say where their logs go, which cluster and which tracking store.
+    """
     keep_ray_logs_in_files(not verbose)
     if not verbose:  # MLflow's INFO lines and artifact-download bars are not the user's business
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -201,7 +203,7 @@ def ingest(
 
 
 def _ingest_crops(manifest, segmentation: dict[str, Any], *, progress: bool) -> int:
-    """A crop folder's cells straight into the cohort's cell store (no movies to convert)."""
+    """Ingest a crop folder's cells straight into the cohort's cell store (no movies)."""
     from lch.pipelines.ingest_crops import ingest_crops
 
     summary = ingest_crops(manifest, crop_size=segmentation["crop_size"],
@@ -310,6 +312,7 @@ def predict(
 
 @app.command(help=f"List the registered versions of {REGISTERED_MODEL} with their aliases.")
 def models(tracking_uri: TrackingUri = None, as_json: AsJson = False) -> int:
+    """List the registered model versions, as a table or JSON (the help is the decorator's)."""
     _setup(tracking_uri=tracking_uri)
     from lch.mlflow_store import use_tracking
     from lch.promotion import list_versions
@@ -505,8 +508,11 @@ def demo(
 
 
 def _setup_error(exc: BaseException) -> bool:
-    """An unusable data root, tracking store or Ray token, a segmenter without its package or
-    weights, or a cohort another run is writing: the user's environment, not a bug."""
+    """Tell whether ``exc`` is a problem of the user's environment, not a bug.
+
+    That is an unusable data root, tracking store or Ray token, a segmenter without its package
+    or weights, or a cohort another run is writing.
+    """
     from lch.cohort_lock import CohortLocked
     from lch.labels import SegmenterUnavailable
     from lch.mlflow_store import TrackingConfigError

@@ -33,8 +33,10 @@ def _step(n: int, text: str) -> None:
 
 
 def _exaggeration_report(version: str, out: Path) -> Path:
-    """Exaggerate :data:`REPORT_CELLS` cells (half high, half low) with ``version``; print the
-    trends."""
+    """Exaggerate :data:`REPORT_CELLS` cells (half high, half low) with ``version``.
+
+    The trends are printed.
+    """
     model = load_lch_model(version_uri(version))
     table, crops = open_cells(cohort_dir(COHORT))
     result = exaggerate_stored_cells(model, table, crops, pick_cells(table, REPORT_CELLS, seed=0))

@@ -53,18 +53,21 @@ class IngestSummary:
     seconds: float = 0.0
 
     def count(self, status: str) -> int:
+        """Count the results of ``status`` ("ok", "skipped" or "failed")."""
         return sum(r.status == status for r in self.results)
 
     @property
     def failed(self) -> list[ConversionResult]:
+        """The results of the movies that failed."""
         return [r for r in self.results if r.status == "failed"]
 
     @property
     def frames(self) -> int:
+        """Total frames over all results."""
         return sum(r.frames for r in self.results)
 
     def format(self) -> str:
-        """A human-readable summary: counts, volume, time, location, and every failure."""
+        """Write a human-readable summary: counts, volume, time, location, every failure."""
         source_mb = sum(r.source_bytes for r in self.results if r.status == "ok") / 1e6
         stored_mb = sum(r.stored_bytes for r in self.results if r.status != "failed") / 1e6
         lines = [
@@ -91,8 +94,10 @@ def _provenance(manifest: Manifest, entry: MovieEntry, movie: str) -> dict:
 def _stored_movies(
     manifest: Manifest, entry: MovieEntry
 ) -> list[tuple[str, Selection]] | ConversionResult:
-    """The stored movies an entry makes, one per selected position of its file, or the
-    failure that stops it (an unreadable file, a label movie for several positions)."""
+    """Return the stored movies an entry makes, one per selected position of its file.
+
+    Or the failure that stops it (an unreadable file, a label movie for several positions).
+    """
     try:
         positions = position_names(manifest.source_path(entry))
         return entry.stored_movies(positions)
@@ -127,9 +132,11 @@ def _store_manifest(
     manifest: Manifest, results: list[ConversionResult], stored_as: dict[str, tuple[str, int]],
     home: Location, options: dict,
 ) -> None:
-    """Record the movies now stored, merged with those stored by earlier runs (atomic write:
-    a rename locally, a single-object write on an object store). ``stored_as`` maps a stored
-    movie to its manifest entry's id and its position in the file."""
+    """Record the movies now stored, merged with those stored by earlier runs.
+
+    The write is atomic: a rename locally, a single-object write on an object store.
+    ``stored_as`` maps a stored movie to its manifest entry's id and its position in the file.
+    """
     fs, target = filesystem(join(cohort_dir(manifest.cohort, home), MANIFEST_NAME), options)
     stored = {}
     if fs.exists(target):

@@ -51,6 +51,7 @@ class CropIngestSummary:
     seconds: float = 0.0
 
     def format(self) -> str:
+        """Write a human-readable summary: counts, tracks, cells per line, unparsed names."""
         skipped = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "none"
         lines = [
             f"cohort {self.cohort} from crops: {self.images} images in {self.seconds:.1f} s, "
@@ -68,8 +69,11 @@ class CropIngestSummary:
 
 
 class CentreCellCutter:
-    """Ray Data callable class: a batch of crop images → the row and crop of each one's centre
-    cell (or, for an image without one, a row whose ``drop_reason`` says why)."""
+    """Ray Data callable class: a batch of crop images → each one's centre cell.
+
+    Each image gives the row and crop of its centre cell or, for an image without one, a row
+    whose ``drop_reason`` says why.
+    """
 
     def __init__(self, crop_size: int, pixel_size_um: float, field_of_view_um: float) -> None:
         self.crop_size = crop_size
@@ -91,6 +95,7 @@ class CentreCellCutter:
         return row[FEATURE_COLUMNS].iloc[0].to_dict() | {"drop_reason": ""}, crop
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Cut the centre cell of each image of ``batch``; return the columns and crops."""
         parts = [self._one(str(path)) for path in batch["path"]]
         table = pd.DataFrame([p[0] for p in parts])
         columns = {c: table[c].to_numpy() for c in table.columns}
@@ -102,7 +107,7 @@ class CentreCellCutter:
 
 
 def _rows(block: dict[str, np.ndarray], kept: np.ndarray, meta: pd.DataFrame) -> pd.DataFrame:
-    """The kept cells as rows of the cell table, with their images' names' meaning."""
+    """Build the kept cells' rows of the cell table, with their images' names' meaning."""
     table = pd.DataFrame({c: block[c][kept] for c in FEATURE_COLUMNS})
     table = table.rename(columns={"label": "cell_id"})
     info = meta.iloc[block["index"][kept]].reset_index(drop=True)
@@ -139,8 +144,10 @@ def _image_table(manifest: Manifest, summary: CropIngestSummary) -> pd.DataFrame
 def _stream(images: pd.DataFrame, writer: CellStoreWriter, summary: CropIngestSummary,
             crop_size: int, pixel_size_um: float, field_of_view_um: float,
             progress: bool) -> list[str]:
-    """Cut every image's centre cell with Ray Data into ``writer``; return each kept row's
-    track, in row order."""
+    """Cut every image's centre cell with Ray Data into ``writer``.
+
+    Return each kept row's track, in row order.
+    """
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # crop indices are reproducible run to run
@@ -173,7 +180,7 @@ def _stream(images: pd.DataFrame, writer: CellStoreWriter, summary: CropIngestSu
 
 def _track_columns(tracks: list[str], min_track_frames: int,
                    summary: CropIngestSummary) -> pd.DataFrame:
-    """The track columns of the kept rows, from their tracks' names; counted in the summary."""
+    """Build the kept rows' track columns from their tracks' names; count them in ``summary``."""
     columns = track_columns(pd.factorize(pd.Series(tracks, dtype=object))[0], min_track_frames)
     summary.tracks, summary.short_tracks = count_tracks(columns)
     return columns

@@ -53,7 +53,7 @@ class PredictSummary:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        """The summary as JSON-ready data (``lch predict --json``): one record per patient."""
+        """Return the summary as JSON-ready data (``lch predict --json``): a record per patient."""
         return {"cohort": self.cohort, "model_version": self.model_version, "path": self.path,
                 "run_id": self.run_id, "skipped": self.skipped, "seconds": self.seconds,
                 "cells": len(self.cells),
@@ -61,6 +61,7 @@ class PredictSummary:
                 "calls": json.loads(self.calls.to_json(orient="records"))}
 
     def format(self) -> str:
+        """Write a human-readable summary: the run, each patient's call, labelled accuracy."""
         if self.skipped:
             return (f"cohort {self.cohort}: predictions of {REGISTERED_MODEL} version "
                     f"{self.model_version} already stored ({self.path}); --force to compute them "
@@ -83,8 +84,10 @@ class PredictSummary:
 
 
 class CropEncoder:
-    """Ray Data callable class: row ranges of a cell store → the rows' latent codes; the model is
-    loaded once per actor."""
+    """Ray Data callable class: row ranges of a cell store → the rows' latent codes.
+
+    The model is loaded once per actor.
+    """
 
     def __init__(self, model_uri: str, tracking_uri: str, storage_options: dict | None,
                  device: str = "cpu") -> None:
@@ -93,6 +96,7 @@ class CropEncoder:
         self.device = device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Encode the crops of the batch's row ranges; return each row and its latent code."""
         crops = read_crop_items(batch, self.options)["crop"]
         rows = np.concatenate([np.arange(a, b) for a, b in zip(batch["start"], batch["stop"],
                                                                 strict=True)])

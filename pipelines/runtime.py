@@ -64,8 +64,11 @@ def has_auth_token() -> bool:
 
 
 def require_token_auth(address: str) -> None:
-    """Ask for token authentication towards the cluster at ``address``, unless the operator
-    opted out with ``RAY_AUTH_MODE=disabled``; without a token, say how to provide one."""
+    """Ask for token authentication towards the cluster at ``address``.
+
+    Unless the operator opted out with ``RAY_AUTH_MODE=disabled``; without a token, say how to
+    provide one.
+    """
     if _auth_mode() == "token" and not has_auth_token():
         raise RaySecurityError(
             f"the Ray cluster at {address} needs its authentication token: set {TOKEN_ENV} "
@@ -109,10 +112,12 @@ RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 
 
 def keep_ray_logs_in_files(keep: bool = True) -> None:
-    """Leave Ray's worker output and Ray Data's INFO logs in the Ray session's log files
-    (``<temp dir>/session_latest/logs``) instead of echoing them here: the CLI's default, which
-    its ``--verbose`` turns off. Call it before :mod:`ray.data` is imported and Ray started; a
-    user's own ``RAY_DATA_LOGGING_CONFIG`` wins."""
+    """Leave Ray's worker output and Ray Data's INFO logs in the Ray session's log files.
+
+    They go to ``<temp dir>/session_latest/logs`` instead of being echoed here: the CLI's
+    default, which its ``--verbose`` turns off. Call it before :mod:`ray.data` is imported and
+    Ray started; a user's own ``RAY_DATA_LOGGING_CONFIG`` wins.
+    """
     _LOGS["to_files_only"] = keep
     if keep:
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
@@ -178,7 +183,7 @@ def cluster_cpus() -> int:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """Return a TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -193,7 +198,7 @@ def local_cluster(
     dashboard: bool = False,
     object_store_mb: int = 150,
 ) -> Iterator[Cluster]:
-    """A multi-node Ray cluster on this machine (Ray's own ``ray.cluster_utils.Cluster``).
+    """Start a multi-node Ray cluster on this machine (Ray's own ``ray.cluster_utils.Cluster``).
 
     For tests and benchmarks of cluster mode: a head node and ``workers`` worker nodes, each a
     raylet with its own object store and worker processes, as on separate machines. Join it

@@ -105,6 +105,7 @@ class SegmentSummary:
         return empty
 
     def format(self) -> str:
+        """Write a human-readable summary: frames, cells, tracks, skips and failures."""
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.cells_dropped.items())) or "none"
         skipped = sum(self.frames_skipped.values())
         empty = self.movies_without_cells
@@ -199,6 +200,7 @@ class FrameSegmenter:
         return table.assign(movie=movie, frame=t), padded
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Segment each (store, movie, frame) item of ``batch``; return the rows and crops."""
         items = zip(batch["store"], batch["movie"], batch["frame"], batch["pixel_size_um"],
                     batch["labels_out"], strict=True)
         parts = [self._cells(str(store), str(movie), int(t), float(px), str(out))
@@ -273,7 +275,7 @@ def _movie_items(
 def _start_labels(
     items: list, meta: dict, stores: dict, segmenter: str, options: dict
 ) -> dict[str, Location]:
-    """An aside labels group per movie the segmenter labels; the items learn where to write."""
+    """Start an aside labels group per movie the segmenter labels; tell the items where."""
     asides = {}
     for movie, store in stores.items():
         if not meta[movie]["given_labels"]:
@@ -349,14 +351,16 @@ def _stream_cells(
 
 
 def _in_tasks(function, jobs, *args) -> list:
-    """``function(job, *args)`` for every job as Ray tasks, in order: the movies are linked (or
-    their pyramids filled) on every core."""
+    """Run ``function(job, *args)`` for every job as Ray tasks; return the results in order.
+
+    So the movies are linked (or their pyramids filled) on every core.
+    """
     remote = ray.remote(num_cpus=1)(function)
     return ray.get([remote.remote(job, *args) for job in jobs])
 
 
 def _tracks(cells: pd.DataFrame, meta: dict, summary: SegmentSummary) -> pd.DataFrame:
-    """The cohort's tracks, counted in the summary."""
+    """Track the cohort's cells; count the tracks in ``summary``."""
     intervals = {m: meta[m]["frame_interval_s"] for m in meta}
     tracks = track_cohort(cells, intervals, min_track_frames=summary.min_track_frames,
                           map_movies=_in_tasks)
@@ -375,9 +379,11 @@ def segment_cohort(
     field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM,
     min_track_frames: int = MIN_TRACK_FRAMES,
 ) -> SegmentSummary:
-    """Segment every stored movie of a cohort, track its cells (:func:`lch.tracking.track_cohort`;
-    tracks in fewer than ``min_track_frames`` frames are flagged) and replace its
-    ``cells.parquet``/``crops.zarr`` and each movie's ``labels`` group (every pyramid level).
+    """Segment every stored movie of a cohort, track its cells and replace its outputs.
+
+    Tracking is :func:`lch.tracking.track_cohort`; tracks in fewer than ``min_track_frames``
+    frames are flagged. The outputs replaced are ``cells.parquet``/``crops.zarr`` and each
+    movie's ``labels`` group (every pyramid level).
 
     A movie ingested with its own label movie (the manifest's ``labels``) is measured and
     cropped from those labels; the others are segmented by ``segmenter`` (see

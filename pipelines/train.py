@@ -138,6 +138,7 @@ class TrainSettings:
     placement_strategy: str = "PACK"
 
     def aae_config(self, crop_size: int, field_of_view_um: float) -> AAEConfig:
+        """Build the model's configuration: these settings, for the cohorts' crops."""
         return AAEConfig(
             crop_size=crop_size,
             latent_dim=self.latent_dim,
@@ -182,7 +183,7 @@ class TrainSummary:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def _warnings(self) -> list[str]:
-        """What makes the figures weaker than they look: short tracks, lines short of k."""
+        """List what makes the figures weaker than they look: short tracks, lines short of k."""
         ev, out = self.evaluation, []
         short = int(ev.cells["short_track"].sum())
         if short == len(ev.cells):
@@ -207,6 +208,7 @@ class TrainSummary:
         return f"  P(high) calibrated (slope {ev.calibration[0]:.3f}): {figures}"
 
     def format(self) -> str:
+        """Write a human-readable summary: the run, held-out and cross-validated figures."""
         ev = self.evaluation
         held = ev.cells["heldout"]
         lines = [
@@ -264,7 +266,7 @@ def build_trainer(
     name: str | None = None,
     train_loop: Callable[[dict], None] = train_loop_per_worker,
 ) -> TorchTrainer:
-    """A ``TorchTrainer`` for ``settings`` over ``dataset`` (column ``crop``).
+    """Build a ``TorchTrainer`` for ``settings`` over ``dataset`` (column ``crop``).
 
     Parameters
     ----------
@@ -340,10 +342,12 @@ def _start_run(settings: TrainSettings, cells: CellSet, split: Split) -> str:
 
 
 def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed: int) -> None:
-    """Exaggerate held-out cells (half high, half low) with the new model; log the montage, the
-    morphology table, the Spearman trends and each feature's trend beside the data's bound
-    (:func:`lch.trends.trend_report`, from :data:`BOUND_CELLS` held-out cells) to the active run,
-    and the figures as metrics."""
+    """Exaggerate held-out cells (half high, half low) with the new model; log the report.
+
+    The montage, the morphology table, the Spearman trends and each feature's trend beside the
+    data's bound (:func:`lch.trends.trend_report`, from :data:`BOUND_CELLS` held-out cells) go
+    to the active run, and the figures as metrics.
+    """
     held_out = cells.table.iloc[np.flatnonzero(split.test)]
     held_out = held_out.assign(position=np.flatnonzero(split.test))
     rows = pick_cells(held_out, REPORT_CELLS, seed, column="position")
@@ -372,8 +376,10 @@ def _finish(
     cells: CellSet,
     split: Split,
 ) -> str:
-    """Log the held-out figures and the exaggeration report, and register the model, in the
-    active training run; return the version."""
+    """Log the figures and the exaggeration report, and register the model; return the version.
+
+    Everything goes to the active training run.
+    """
     metrics = evaluation.metrics() | extra
     mlflow.log_metrics(metrics)
     mlflow.log_param("classifier_shrinkage", evaluation.shrinkage)
@@ -412,8 +418,11 @@ def prepare(settings: TrainSettings, home: Path | None = None) -> tuple[CellSet,
 
 @contextmanager
 def _epoch_progress(run_id: str, epochs: int, enabled: bool) -> Iterator[None]:
-    """A progress bar of the epochs rank 0 has logged to the run, polled from MLflow while
-    ``trainer.fit()`` blocks (the workers' own output stays in Ray's log files)."""
+    """Show a progress bar of the epochs rank 0 has logged to the run.
+
+    It is polled from MLflow while ``trainer.fit()`` blocks (the workers' own output stays in
+    Ray's log files).
+    """
     if not enabled:
         yield
         return
@@ -444,7 +453,8 @@ def train(
     train_loop: Callable[[dict], None] = train_loop_per_worker,
     progress: bool = False,
 ) -> TrainSummary:
-    """Train, evaluate on held-out patients and register one version of ``lch-aae``;
+    """Train, evaluate on held-out patients and register one version of ``lch-aae``.
+
     ``progress`` shows a bar of the epochs done.
 
     Raises

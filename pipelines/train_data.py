@@ -51,14 +51,14 @@ def read_crop_items(
 
 
 def _fits_in_memory(n_bytes: int) -> bool:
-    """True if ``n_bytes`` take at most :data:`CACHE_FRACTION` of the object store."""
+    """Return True if ``n_bytes`` take at most :data:`CACHE_FRACTION` of the object store."""
     return n_bytes <= CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0)
 
 
 def crop_dataset(
     cells: CellSet, mask: np.ndarray, seed: int = 0, in_memory: bool | None = None
 ) -> ray.data.Dataset:
-    """The crops of the ``mask`` rows as a Ray Dataset with one column ``crop``.
+    """Build a Ray Dataset of the ``mask`` rows' crops, with one column ``crop``.
 
     Work items (short row ranges) are shuffled, so every block mixes several movies; each pass
     (epoch) then visits the blocks in a new order, and the workers' local shuffle buffers mix

@@ -52,7 +52,7 @@ def _restore(model: torch.nn.Module) -> dict:
 
 
 def _global_mean(sums: torch.Tensor, count: int, device: torch.device) -> torch.Tensor:
-    """Sums over this worker's steps → means over every worker's steps."""
+    """Turn sums over this worker's steps into means over every worker's steps."""
     both = torch.cat([sums, torch.tensor([float(count)])]).to(device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(both)
@@ -61,7 +61,7 @@ def _global_mean(sums: torch.Tensor, count: int, device: torch.device) -> torch.
 
 
 def _mlflow(config: dict) -> MlflowClient | None:
-    """The tracking client on world rank 0 when the run is tracked, else None."""
+    """Return the tracking client on world rank 0 when the run is tracked, else None."""
     if config.get("run_id") is None or ray.train.get_context().get_world_rank() != 0:
         return None
     return MlflowClient(tracking_uri=config["tracking_uri"])
@@ -196,7 +196,7 @@ def _log_epoch(client, config, model, preview, metrics: dict, epoch: int) -> Non
 
 
 def load_trained_aae(checkpoint: ray.train.Checkpoint, config: AAEConfig) -> AAE:
-    """The AAE of a training checkpoint, on this process's best device."""
+    """Load the AAE of a training checkpoint, on this process's best device."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AAE(config)
     with checkpoint.as_directory() as folder:

@@ -1,7 +1,8 @@
-"""Atomic commits: what a run writes goes aside first, under a hidden name beside its
-destination, and moves into place whole, so a reader never sees a half-written store and a
-killed run leaves only hidden leftovers. Every writer commits this way: movie stores, their
-labels, the cell table and the crops.
+"""Atomic commits: what a run writes goes aside first, then moves into place whole.
+
+It is written under a hidden name beside its destination, so a reader never sees a half-written
+store and a killed run leaves only hidden leftovers. Every writer commits this way: movie
+stores, their labels, the cell table and the crops.
 
 Locally the move is a rename (an older version is renamed aside first and then deleted). An
 object store has no rename: :func:`commit_aside` copies the store's objects with its root
@@ -24,7 +25,7 @@ OLD_PREFIX = ".old-"
 
 
 def aside_location(dest: Location, prefix: str = TMP_PREFIX) -> Location:
-    """A fresh hidden location beside ``dest`` (``<prefix><name>-<tag>``) to write it at."""
+    """Return a fresh hidden location beside ``dest`` (``<prefix><name>-<tag>``) to write at."""
     tag = uuid.uuid4().hex[:8]
     if is_url(dest):
         parent, name = str(dest).rsplit("/", 1)
@@ -80,5 +81,5 @@ def commit_aside(
 
 
 def is_committed(fs: fsspec.AbstractFileSystem, store: str, marker: str = "zarr.json") -> bool:
-    """True if the store at ``store`` has its root marker (see :func:`commit_aside`)."""
+    """Return True if the store at ``store`` has its root marker (see :func:`commit_aside`)."""
     return fs.exists(f"{store}/{marker}")

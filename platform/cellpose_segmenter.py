@@ -59,7 +59,7 @@ def _weights(folder: str | None) -> tuple[Path | None, str | None]:
 
 
 def find_weights() -> Path:
-    """The Cellpose-SAM weights to load, checked with the package (nothing is imported or read).
+    """Find the Cellpose-SAM weights to load and check the package (nothing imported or read).
 
     Returns
     -------
@@ -113,6 +113,7 @@ class CellposeSegmenter:
         self.model = models.CellposeModel(gpu=use_gpu, pretrained_model=str(weights))
 
     def __call__(self, frame: np.ndarray, pixel_size_um: float) -> np.ndarray:
+        """Segment one frame with Cellpose-SAM; return its label image (int32, 0 background)."""
         # Cellpose-SAM is trained on cell diameters of 7.5-120 px and rescales itself, so the
         # pixel size is not needed (10-30 µm cells are 30-90 px at 0.325 µm).
         masks, _, _ = self.model.eval(np.asarray(frame, dtype=np.float32))

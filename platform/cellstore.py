@@ -139,12 +139,15 @@ class CellStoreWriter:
         return filesystem(location, self._options)[1]
 
     def _arrow_fs(self):
-        """The file system for pyarrow: None (its own) locally, else the fsspec one."""
+        """Return the file system for pyarrow: None (its own) locally, else the fsspec one."""
         return self._fs if is_url(self.folder) else None
 
     def add(self, table: pd.DataFrame, crops: np.ndarray) -> None:
-        """Append rows (the columns of :data:`FRAME_CELL_SCHEMA` but ``crop_index``, which is
-        assigned here) and their crops, same length and order."""
+        """Append rows and their crops, same length and order.
+
+        The rows have the columns of :data:`FRAME_CELL_SCHEMA` but ``crop_index``, which is
+        assigned here.
+        """
         if len(table) != len(crops):
             raise ValueError(f"{len(table)} rows but {len(crops)} crops")
         if not len(table):

@@ -67,7 +67,7 @@ def binary_labels(labels: Sequence | np.ndarray) -> np.ndarray:
 
 
 def _patient_classes(patients: np.ndarray, y: np.ndarray) -> dict[object, int]:
-    """The one label of each labelled patient; a patient with both labels is an error."""
+    """Return the one label of each labelled patient; a patient with both is an error."""
     classes: dict[object, int] = {}
     for patient in np.unique(patients[y != UNKNOWN]):
         found = np.unique(y[(patients == patient) & (y != UNKNOWN)])
@@ -298,8 +298,11 @@ def _group_labels(y: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.nda
 
 @dataclass(frozen=True)
 class PopulationDraws:
-    """Populations drawn from each group: ``scores[g, d]`` is the mean P(high) of draw ``d`` of
-    group ``names[g]`` (label code ``labels[g]``, ``sizes[g]`` cells)."""
+    """Populations drawn from each group, and their scores.
+
+    ``scores[g, d]`` is the mean P(high) of draw ``d`` of group ``names[g]`` (label code
+    ``labels[g]``, ``sizes[g]`` cells).
+    """
 
     names: np.ndarray
     labels: np.ndarray
@@ -374,8 +377,10 @@ def population_scores(
     n_draws: int = 100,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Accuracy and ROC AUC of population calls pooling ``k`` different cells of one group
-    (:func:`population_draws`; a population is called high when its mean P(high) is above 0.5).
+    """Score population calls pooling ``k`` different cells of one group: accuracy, ROC AUC.
+
+    The populations are :func:`population_draws`; one is called high when its mean P(high) is
+    above 0.5.
 
     Returns
     -------

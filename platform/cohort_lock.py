@@ -52,7 +52,7 @@ class LockOwner:
     expires: float
 
     def is_gone(self, now: float) -> bool:
-        """The owner died: its pid is not running on this host, or it stopped renewing."""
+        """Tell whether the owner died: its pid is not running here, or it stopped renewing."""
         if now > self.expires:
             return True
         if self.host != socket.gethostname():
@@ -76,8 +76,10 @@ def _read(fs, path: str) -> LockOwner | None:
 
 
 def _create_local(path: str, data: bytes) -> bool:
-    """Create ``path`` holding ``data`` unless it exists; a reader never sees it half-written
-    (written aside, then hard-linked into place, which fails if the name is taken)."""
+    """Create ``path`` holding ``data`` unless it exists; a reader never sees it half-written.
+
+    It is written aside, then hard-linked into place, which fails if the name is taken.
+    """
     tmp = f"{path}.{uuid.uuid4().hex[:8]}"
     Path(tmp).write_bytes(data)
     try:

@@ -176,7 +176,7 @@ def _write_given_labels(
 def physical_scales(
     info: MovieInfo, pixel_size_um: float | None, frame_interval_s: float | None
 ) -> dict:
-    """A stored movie's pixel size and frame interval, each with where it came from.
+    """Decide a stored movie's pixel size and frame interval, each with where it came from.
 
     The manifest's value wins, then the file's metadata; a pixel size neither gives is
     :data:`lch.pixel_size.DEFAULT_PIXEL_SIZE_UM`, a frame interval neither gives stays None.

@@ -69,8 +69,10 @@ def parse_crop_name(path: str | Path) -> CropName:
 
 
 def list_crops(folder: str | Path) -> tuple[list[tuple[Path, CropName]], list[str]]:
-    """The crops of ``folder`` (PNG/TIFF, sorted by name) with their parsed names, and one
-    message per image file whose name does not parse."""
+    """List the crops of ``folder`` (PNG/TIFF, sorted by name) with their parsed names.
+
+    Also return one message per image file whose name does not parse.
+    """
     parsed, bad = [], []
     for path in sorted(Path(folder).iterdir()):
         if path.suffix.lower() not in CROP_SUFFIXES or path.name.startswith("."):
@@ -83,7 +85,7 @@ def list_crops(folder: str | Path) -> tuple[list[tuple[Path, CropName]], list[st
 
 
 def read_crop(path: str | Path) -> np.ndarray:
-    """A crop image as a 2-D array in its own dtype (a colour image is converted to grey)."""
+    """Read a crop image as a 2-D array in its own dtype (a colour image turns grey)."""
     with Image.open(path) as image:
         grey = image if image.mode in ("L", "I", "I;16", "F") else image.convert("L")
         return np.asarray(grey)

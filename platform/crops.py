@@ -63,8 +63,10 @@ def relative_contrast(
     *,
     pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
 ) -> tuple[np.ndarray, float]:
-    """``frame / background - 1`` (float64), low-passed for sampling every ``scale`` pixels,
-    and its robust SD over the background pixels at that resolution.
+    """Compute ``frame / background - 1`` (float64) and its robust SD over the background.
+
+    The contrast is low-passed for sampling every ``scale`` pixels, and its SD is measured over
+    the background pixels at that resolution.
 
     Measuring the spread after the low-pass makes it the noise of one crop pixel, so frames of
     different pixel sizes cut to one field of view get the same contrast scale.
@@ -109,8 +111,9 @@ def normalise_frame(
     *,
     pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
 ) -> np.ndarray:
-    """The frame on the crops' scale (module docstring), ready to be sampled every ``scale``
-    pixels; the background is estimated without the cells.
+    """Put the frame on the crops' scale (module docstring), ready to sample every ``scale`` px.
+
+    The background is estimated without the cells.
 
     Raises
     ------
@@ -123,8 +126,10 @@ def normalise_frame(
 
 
 def farthest_angle(mask: np.ndarray, centre: tuple[float, float]) -> float:
-    """Direction (radians, from +x towards +y, image rows pointing down) of the ``mask`` pixel
-    farthest from ``centre`` (row, col); 0 for an empty mask."""
+    """Return the direction of the ``mask`` pixel farthest from ``centre`` (row, col).
+
+    In radians, from +x towards +y (image rows pointing down); 0 for an empty mask.
+    """
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return 0.0
@@ -146,8 +151,10 @@ def oriented_crop(
     fill: float,
     scale: float = 1.0,
 ) -> np.ndarray:
-    """The ``size`` x ``size`` crop of ``image`` centred on ``centre`` (row, col, sub-pixel),
-    rotated so that direction ``angle`` points along +x; outside the image is ``fill``.
+    """Cut the ``size`` x ``size`` crop of ``image`` centred on ``centre`` and rotated.
+
+    ``centre`` is (row, col), sub-pixel; the crop is rotated so that direction ``angle`` points
+    along +x; outside the image is ``fill``.
 
     ``scale`` is the number of image pixels per crop pixel (the crop covers ``size * scale``
     image pixels); the caller low-passes the image first when it is above 1. One linear
@@ -216,9 +223,10 @@ def cut_crops(
     min_area_um2: float = DEFAULT_MIN_AREA_UM2,
     max_area_um2: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut one normalised crop per cell: ``field_of_view_um`` µm around its centroid, resampled
-    to ``size`` x ``size`` px and rotated so that its farthest point lies along +x (see the
-    module docstring).
+    """Cut one normalised crop per cell.
+
+    Each shows ``field_of_view_um`` µm around its centroid, resampled to ``size`` x ``size`` px
+    and rotated so that its farthest point lies along +x (see the module docstring).
 
     Parameters
     ----------

@@ -1,5 +1,7 @@
-"""How far synthetic cells look from real ones: a fixed appearance feature set and a
-cross-validated domain classifier between two sets of single-cell windows.
+"""How far synthetic cells look from real ones.
+
+A fixed appearance feature set and a cross-validated domain classifier between two sets of
+single-cell windows measure it.
 
 A window is a square image centred on one cell, :data:`WINDOW_PX` px at
 :data:`lch.pixel_size.DEFAULT_PIXEL_SIZE_UM` (the paper's 83.2 µm crops). Each window is
@@ -67,7 +69,7 @@ def feature_names() -> list[str]:
 
 
 def appearance_features(window: np.ndarray) -> np.ndarray:
-    """The fixed feature vector of one window (module docstring)."""
+    """Measure the fixed feature vector of one window (module docstring)."""
     img = _scaled(window)
     gradient = np.hypot(ndimage.sobel(img, 0), ndimage.sobel(img, 1))
     return np.concatenate(
@@ -83,8 +85,11 @@ def appearance_features(window: np.ndarray) -> np.ndarray:
 def domain_auc(
     real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray], seed: int = 0
 ) -> float:
-    """Cross-validated ROC AUC of a logistic regression telling ``synthetic`` windows from
-    ``real`` ones by :func:`appearance_features` (5 folds, stratified, shuffled with ``seed``)."""
+    """Cross-validated ROC AUC of a logistic regression telling ``synthetic`` from ``real``.
+
+    The windows are told apart by :func:`appearance_features`, over 5 folds, stratified,
+    shuffled with ``seed``.
+    """
     if min(len(real), len(synthetic)) < 5:
         raise ValueError("each domain needs at least 5 windows for 5-fold cross-validation")
     features = np.stack([appearance_features(w) for w in [*real, *synthetic]])
@@ -100,8 +105,10 @@ def domain_auc(
 def cell_windows(
     frames: np.ndarray, labels: np.ndarray, *, pixel_size_um: float, seed: int = 0
 ) -> list[np.ndarray]:
-    """One window per labelled cell: :data:`WINDOW_PX` px at the paper's pixel size, centred on
-    the cell in a frame drawn with ``seed`` among those where the window stays in the frame.
+    """Cut one window per labelled cell: :data:`WINDOW_PX` px at the paper's pixel size.
+
+    Each is centred on the cell in a frame drawn with ``seed`` among those where the window
+    stays in the frame.
 
     ``frames`` and ``labels`` are ``T x Y x X``; a movie of another pixel size is resampled to
     the paper's.
@@ -126,8 +133,11 @@ def cell_windows(
 
 
 def cohort_windows(cohort_dir: str | Path, seed: int = 0) -> list[np.ndarray]:
-    """:func:`cell_windows` of every movie of a cohort written by :func:`lch.synth.make_cohort`
-    (its truth labels say where the cells are)."""
+    """Cut the :func:`cell_windows` of every movie of a synthetic cohort.
+
+    The cohort is one :func:`lch.synth.make_cohort` wrote; its truth labels say where the cells
+    are.
+    """
     folder = Path(cohort_dir)
     truth = read_truth(folder)
     windows = []

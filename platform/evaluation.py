@@ -1,5 +1,7 @@
-"""The paper's evaluation: cells as tracks, leave one patient out, populations of distinct cells,
-calibrated P(high).
+"""The paper's evaluation of the classifier: on cells, on unseen patients, on populations.
+
+Cells are tracks, patients are left out one at a time, populations pool distinct cells, and
+P(high) is calibrated.
 
 A cell is a tracked cell, as in Zaritsky et al. (2021): its descriptor is the mean of its
 frames' latent codes (:func:`cell_means`), and populations pool k *different* cells of one line
@@ -72,7 +74,7 @@ def cell_means(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
 
 
 def first_of_each(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """The value of each cell's first row (a per-cell attribute: label, patient, line)."""
+    """Return the value of each cell's first row (a per-cell attribute: label, patient, line)."""
     _, first = np.unique(np.asarray(cells), return_index=True)
     return np.asarray(values)[first]
 
@@ -112,6 +114,7 @@ def leave_one_patient_out(
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Turn logits into probabilities, ``1 / (1 + exp(-logit))``, in float64."""
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
@@ -137,8 +140,9 @@ def fit_calibration(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def calibrate_out_of_patient(
     logits: np.ndarray, y: np.ndarray, patients: np.ndarray
 ) -> np.ndarray:
-    """Each cell's P(high) calibrated by :func:`fit_calibration` on the *other* patients' logits
-    (NaN where the logit is NaN, or where there is no other patient).
+    """Calibrate each cell's P(high) by :func:`fit_calibration` on the *other* patients' logits.
+
+    NaN where the logit is NaN, or where there is no other patient.
 
     With a handful of patients each patient's logits are shifted by its own quirks, and a
     calibration fit on the others can make a new patient's probabilities worse, not better;
@@ -157,15 +161,17 @@ def calibrate_out_of_patient(
 
 
 def brier(p: np.ndarray, y: np.ndarray) -> float:
-    """Brier score of P(high) against label codes (lower is better; 0.25 is a coin; NaN for no
-    cells)."""
+    """Score P(high) against label codes by Brier's score.
+
+    Lower is better; 0.25 is a coin; NaN for no cells.
+    """
     if not len(p):
         return math.nan
     return float(brier_score_loss(np.asarray(y) == HIGH, np.asarray(p, dtype=np.float64)))
 
 
 def percentile_interval(samples: np.ndarray) -> tuple[float, float]:
-    """The :data:`CONFIDENCE` percentile interval of bootstrap ``samples``."""
+    """Return the :data:`CONFIDENCE` percentile interval of bootstrap ``samples``."""
     tail = (1 - CONFIDENCE) / 2
     return float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail))
 
@@ -178,7 +184,7 @@ def population_table(
     n_draws: int = N_DRAWS,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Population calls of k distinct cells per group, with bootstrap intervals.
+    """Score population calls of k distinct cells per group, with bootstrap intervals.
 
     For each k: ``accuracy`` over ``n_draws`` populations per group (every group weighing the
     same), its ``ci_low``/``ci_high`` (a :data:`CONFIDENCE` percentile interval from
@@ -206,8 +212,11 @@ def per_group_table(
     p: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int = 20, n_draws: int = N_DRAWS,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per group: its label, cells, mean P(high), the fraction of its cells called
-    right, and the accuracy of its populations of ``k`` distinct cells."""
+    """Tabulate each group's label, cells, mean P(high) and accuracies, one row per group.
+
+    The accuracies are the fraction of its cells called right, and that of its populations of
+    ``k`` distinct cells.
+    """
     draws = population_draws(p, y, groups, k=k, n_draws=n_draws, rng=np.random.default_rng(seed))
     correct = draws.correct()
     groups = np.asarray(groups, dtype=object)
@@ -224,8 +233,11 @@ def per_group_table(
 
 
 def plot_population_curve(table: pd.DataFrame) -> Figure:
-    """Accuracy (with its interval) and AUC against the number of pooled cells, as a matplotlib
-    Figure built without pyplot (no global backend state); save with ``fig.savefig(path)``."""
+    """Plot accuracy (with its interval) and AUC against the number of pooled cells.
+
+    The matplotlib Figure is built without pyplot (no global backend state); save it with
+    ``fig.savefig(path)``.
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.5, 3.2), layout="constrained")
@@ -249,8 +261,11 @@ def plot_population_curve(table: pd.DataFrame) -> Figure:
 
 
 def plot_reliability(p: dict[str, np.ndarray], y: np.ndarray) -> Figure:
-    """Reliability diagram (observed fraction high vs mean P(high), per bin) of each named set
-    of probabilities for the same cells, as a matplotlib Figure (no pyplot)."""
+    """Plot a reliability diagram of each named set of probabilities for the same cells.
+
+    The diagram shows the observed fraction high against the mean P(high), per bin, in a
+    matplotlib Figure (no pyplot).
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2, 4.0), layout="constrained")
@@ -327,7 +342,9 @@ def evaluate(
     ks: Sequence[int] = POPULATION_KS,
     seed: int = 0,
 ) -> Evaluation:
-    """Describe each labelled cell by the mean code of its track's frames, cross-validate the
+    """Evaluate a trained autoencoder's classifier as the paper does.
+
+    Describe each labelled cell by the mean code of its track's frames, cross-validate the
     classifier by patient, calibrate it, and score populations of distinct cells.
 
     The served classifier (:func:`lch.classify.fit_classifier`) is fit on the training patients'

@@ -180,18 +180,18 @@ def encode_crops(model: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
 
 def linear_shifts(model: torch.nn.Module, codes: torch.Tensor,
                   sigmas: torch.Tensor) -> torch.Tensor:
-    """The paper's shifts: each code moved by ``s`` SDs along the discriminant direction,
-    (C, K, D)."""
+    """Move each code by ``s`` SDs along the discriminant direction (the paper's), (C, K, D)."""
     step = model.direction * model.sigma  # one SD along the unit direction
     return codes[:, None, :] + sigmas[None, :, None] * step
 
 
 def latent_shifts(model: torch.nn.Module, codes: torch.Tensor,
                   sigmas: torch.Tensor) -> torch.Tensor:
-    """Latent Shift (Cohen et al., MIDL 2021): each code moved along the gradient of the
-    classifier's logit of its decoded image encoded again, ``z + lambda * d f(E(D(z))) / dz``,
-    with ``lambda`` chosen so the shifted code's logit moves by as much as the linear method's
-    ``s`` SDs; (C, K, D).
+    """Move each code by Latent Shift (Cohen et al., MIDL 2021), (C, K, D).
+
+    Each code moves along the gradient of the classifier's logit of its decoded image encoded
+    again, ``z + lambda * d f(E(D(z))) / dz``, with ``lambda`` chosen so the shifted code's
+    logit moves by as much as the linear method's ``s`` SDs.
 
     Raises
     ------
@@ -228,7 +228,7 @@ METHOD_TITLES = {
 def _shift_decode(
     model: torch.nn.Module, codes: np.ndarray, sigmas: np.ndarray, method: str = "linear"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decoded images (C, K, S, S), P(shifted code) and P(re-encoded image), each (C, K)."""
+    """Shift and decode: images (C, K, S, S), P(shifted code), P(re-encoded image) (C, K)."""
     model.eval()
     device = _device(model)
     z = torch.as_tensor(codes, dtype=torch.float32, device=device)  # (C, D)
@@ -255,8 +255,9 @@ def morphology_table(
     probability_reencoded: np.ndarray,
     pixel_size_um: float,
 ) -> pd.DataFrame:
-    """Measure every decoded image with :func:`lch.morphology.measure_crop` (at
-    ``pixel_size_um``, the model's crop pixel size).
+    """Measure every decoded image with :func:`lch.morphology.measure_crop`.
+
+    They are measured at ``pixel_size_um``, the model's crop pixel size.
 
     Returns
     -------
@@ -287,14 +288,16 @@ def _logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
 
 
 def discriminant_scores(model: torch.nn.Module, crops: Any) -> np.ndarray:
-    """The classifier's logit ``z . weight + bias`` of each crop's code (C,)."""
+    """Return the classifier's logit ``z . weight + bias`` of each crop's code (C,)."""
     check_classifier(model)
     return _logits(model, _crop_batch(model, crops, resize=False))
 
 
 def measure_real_cells(model: torch.nn.Module, crops: Any) -> tuple[pd.DataFrame, np.ndarray]:
-    """Morphology of real (not decoded) crops, measured as the decoded images are, and their
-    :func:`discriminant_scores`: what :func:`lch.trends.trend_report` bounds the trends with.
+    """Measure real (not decoded) crops as the decoded images are, and score them.
+
+    The morphology and :func:`discriminant_scores` are what :func:`lch.trends.trend_report`
+    bounds the trends with.
 
     Returns
     -------
@@ -373,8 +376,11 @@ def exaggerate_codes(
 
 def beyond_natural_range(model: torch.nn.Module, codes: np.ndarray,
                          sigmas: np.ndarray) -> np.ndarray | None:
-    """(C, K): whether each code shifted by each ``s`` lies outside the training cells'
-    1st-99th percentile along the direction; None when the model's range is unknown."""
+    """Tell whether each code shifted by each ``s`` leaves the training cells' range, (C, K).
+
+    The range is their 1st-99th percentile along the direction; None when the model's range is
+    unknown.
+    """
     low, high = (float(v) for v in model.natural_range.cpu())
     if not (math.isfinite(low) and math.isfinite(high)):
         return None
@@ -485,8 +491,10 @@ def exaggerate_stored_cells(
     *,
     method: str = "linear",
 ) -> Exaggeration:
-    """:func:`exaggerate` the cells ``indices`` (crop indices) of a stored cohort, as opened by
-    :func:`lch.cellstore.open_cells` (``table``, ``crops``); each is named by id and label.
+    """Exaggerate (:func:`exaggerate`) the cells ``indices`` (crop indices) of a stored cohort.
+
+    The cohort is as :func:`lch.cellstore.open_cells` opens it (``table``, ``crops``); each cell
+    is named by id and label.
 
     Raises
     ------

@@ -1,6 +1,8 @@
-"""An exaggeration shown and kept: the montage of decoded images, and a report folder with the
-montage, the morphology table, the Spearman trends and the trend figure; which cells of a
-cohort a report shows."""
+"""An exaggeration shown and kept, and which cells of a cohort a report shows.
+
+It is shown as the montage of decoded images, and kept as a report folder with the montage,
+the morphology table, the Spearman trends and the trend figure.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def _tile(image: np.ndarray, scale: int) -> Image.Image:
 
 
 def montage(result: Exaggeration, *, scale: int = _TILE_SCALE) -> Image.Image:
-    """A grid of the decoded images: rows = cells, columns = s.
+    """Draw a grid of the decoded images: rows = cells, columns = s.
 
     The first line names the method (:data:`METHOD_TITLES`); the header above each column gives
     its ``s``; the strip under each tile gives that image's
@@ -114,8 +116,11 @@ def save_montage(result: Exaggeration, path: str | Path, *, scale: int = _TILE_S
 def pick_cells(
     table: pd.DataFrame, n: int, seed: int = 0, *, column: str = "crop_index"
 ) -> np.ndarray:
-    """The ``column`` values (default: crop indices) of ``n`` rows drawn at random, half from
-    "high" and half from "low" lines where both exist (deterministic for ``seed``)."""
+    """Draw ``n`` rows at random; return their ``column`` values (default: crop indices).
+
+    Half come from "high" and half from "low" lines where both exist (deterministic for
+    ``seed``).
+    """
     rng = np.random.default_rng(seed)
     labels = binary_labels(table["label"].to_numpy())
     groups = [np.flatnonzero(labels == c) for c in (LOW, HIGH)]
@@ -128,9 +133,11 @@ def pick_cells(
 
 
 def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:
-    """Write the montage (PNG), the morphology table and the Spearman trends (CSV), and the
-    trend figure (PNG, :func:`lch.trends.plot_trends`) to ``out_dir``; return their paths by
-    kind."""
+    """Write the report to ``out_dir``; return the files' paths by kind.
+
+    The files are the montage (PNG), the morphology table and the Spearman trends (CSV), and
+    the trend figure (PNG, :func:`lch.trends.plot_trends`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {

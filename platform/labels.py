@@ -127,7 +127,10 @@ def _lch_segmenter(frame: np.ndarray, pixel_size_um: float) -> np.ndarray:
 
 
 def make_segmenter(name: str, options: dict) -> Segmenter:
-    """The segmenter ``name`` with the ``options`` of :func:`check_segmenter` (loads models)."""
+    """Build the segmenter ``name`` with the ``options`` of :func:`check_segmenter`.
+
+    This loads its models.
+    """
     if name == "lch":
         return _lch_segmenter
     if name == "cellpose":

@@ -84,8 +84,10 @@ class MovieEntry(BaseModel):
         return self
 
     def stored_movies(self, positions: list[str]) -> list[tuple[str, Selection]]:
-        """The stored movies this entry makes from a file with ``positions`` (their names, in
-        the file's order): (movie id, what to read) per selected position.
+        """List the stored movies this entry makes from a file with ``positions``.
+
+        ``positions`` are their names, in the file's order; each selected position gives
+        (movie id, what to read).
 
         One position keeps the entry's id; several are named ``<id>_p<index>``. A position
         not in the file is left for the reader to refuse, naming what the file holds.
@@ -164,21 +166,21 @@ class Manifest:
     crops: CropFolder | None = None
 
     def crops_path(self) -> Path:
-        """The crop folder, resolved relative to the manifest's folder."""
+        """Return the crop folder, resolved relative to the manifest's folder."""
         if self.crops is None:
             raise ValueError(f"{self.path}: no 'crops' folder in this manifest")
         return (self.path.parent / self.crops.folder).resolve()
 
     def source_path(self, movie: MovieEntry) -> Path:
-        """The movie file, resolved relative to the manifest's folder."""
+        """Return the movie file, resolved relative to the manifest's folder."""
         return (self.path.parent / movie.path).resolve()
 
     def labels_path(self, movie: MovieEntry) -> Path | None:
-        """The movie's own label movie (``labels``), resolved like its path; None if none."""
+        """Return the movie's own label movie (``labels``), resolved like its path, or None."""
         return (self.path.parent / movie.labels).resolve() if movie.labels else None
 
     def to_dict(self) -> dict:
-        """The valid part of the manifest, with absolute source paths (as stored per cohort)."""
+        """Return the valid part of the manifest, with absolute paths (as stored per cohort)."""
         movies = []
         for m in self.movies:
             entry = m.model_dump(exclude_none=True)

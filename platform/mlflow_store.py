@@ -43,14 +43,18 @@ def tracking_uri() -> str:
 
 
 def current_store() -> str:
-    """The store MLflow is pointed at if anyone pointed it somewhere, else :func:`tracking_uri`
-    (MLflow's own fallback would be ``./mlflow.db`` in the working directory)."""
+    """Return the store MLflow is pointed at if anyone pointed it, else :func:`tracking_uri`.
+
+    MLflow's own fallback would be ``./mlflow.db`` in the working directory.
+    """
     return mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else tracking_uri()
 
 
 def artifact_location() -> str | None:
-    """Where the ``lch`` experiment keeps artifacts: ``$LCH_HOME/mlartifacts`` for the embedded
-    store, None (the server's choice) when ``MLFLOW_TRACKING_URI`` is set.
+    """Return where the ``lch`` experiment keeps artifacts.
+
+    ``$LCH_HOME/mlartifacts`` for the embedded store, None (the server's choice) when
+    ``MLFLOW_TRACKING_URI`` is set.
 
     With an object-store ``LCH_HOME`` and a database ``MLFLOW_TRACKING_URI`` (no server to
     choose), artifacts go to ``<LCH_HOME>/mlartifacts`` too, not to ``./mlruns``; MLflow writes

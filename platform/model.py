@@ -51,7 +51,7 @@ MODES = (
 
 
 def n_stages_for(crop_size: int) -> int:
-    """Number of stride-2 stages that take a ``crop_size`` square down to 4x4.
+    """Count the stride-2 stages that take a ``crop_size`` square down to 4x4.
 
     Parameters
     ----------
@@ -122,6 +122,7 @@ class AAEConfig:
     n_stages: int = field(init=False)
 
     def __post_init__(self) -> None:
+        """Check the sizes and resolve the defaults (stages, channels, discriminator, betas)."""
         n_stages = n_stages_for(self.crop_size)
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
@@ -193,6 +194,7 @@ class Encoder(nn.Module):
         self.code_norm = nn.BatchNorm1d(config.latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode crops (B, 1, S, S) as latent codes (B, latent_dim)."""
         return self.code_norm(self.to_code(self.features(x).flatten(1)))
 
 
@@ -219,6 +221,7 @@ class Decoder(nn.Module):
         self.features = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode latent codes (B, latent_dim) as reconstruction logits (B, 1, S, S)."""
         h = self.from_code(z).view(-1, self.top_channels, FINAL_SIDE, FINAL_SIDE)
         return self.features(h)
 
@@ -237,6 +240,7 @@ class LatentDiscriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Return the logit (B,) that each code (B, latent_dim) was drawn from the prior."""
         return self.net(z).squeeze(-1)
 
 
@@ -315,13 +319,13 @@ class AAE(nn.Module):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel (or DataParallel) wrapper, else ``model``."""
+    """Return the module a DistributedDataParallel (or DataParallel) wraps, else ``model``."""
     inner = getattr(model, "module", None)
     return inner if isinstance(inner, nn.Module) else model
 
 
 def make_optimizers(model: nn.Module, config: AAEConfig) -> dict[str, torch.optim.Optimizer]:
-    """The three Adam optimizers of the alternating AAE update.
+    """Build the three Adam optimizers of the alternating AAE update.
 
     Parameters
     ----------

@@ -1,5 +1,7 @@
-"""The registered model's name and aliases: one home, importable without MLflow or torch (the
-command line's defaults and help use them)."""
+"""The registered model's name and aliases, importable without MLflow or torch.
+
+One home for them: the command line's defaults and help use them.
+"""
 
 from __future__ import annotations
 

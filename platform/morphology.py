@@ -113,8 +113,11 @@ def extension_reaches(
 def _rings(
     cell: np.ndarray, body: np.ndarray, others: np.ndarray, params: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The halo ring around the cell's ``body`` (outside the cell: its arms left out) and the
-    background annulus around the whole cell, both away from other cells."""
+    """Return the halo ring around the cell's ``body`` and the background annulus around it.
+
+    The halo lies outside the cell, its arms left out; the annulus goes around the whole cell;
+    both stay away from other cells.
+    """
     gap = params["gap"]
     if others.any():
         near_others = ndimage.distance_transform_edt(~others) <= gap
@@ -249,7 +252,7 @@ def _nan_features() -> dict[str, Any]:
 
 
 def _central_label(labels: np.ndarray) -> int:
-    """The label whose nearest pixel is closest to the image centre (0 if none)."""
+    """Return the label whose nearest pixel is closest to the image centre (0 if none)."""
     regions = measure.regionprops(labels)
     if not regions:
         return 0
@@ -293,7 +296,9 @@ def measure_crop(
 def _segment_crop(
     crop: np.ndarray, pixel_size_um: float
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """The crop as float64, its labels and the label nearest the centre (0: none).
+    """Segment a crop: return it as float64, its labels and the label nearest the centre.
+
+    The label is 0 for none.
 
     A finite constant crop holds no object rather than being an error.
     """
@@ -308,8 +313,10 @@ def _segment_crop(
 def central_mask(
     crop: np.ndarray, pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM
 ) -> np.ndarray | None:
-    """Mask of the object nearest the centre of a single-cell crop, as :func:`measure_crop`
-    segments it; None when the crop holds no object (or is constant).
+    """Return the mask of the object nearest the centre of a single-cell crop.
+
+    The crop is segmented as :func:`measure_crop` does; None when it holds no object (or is
+    constant).
 
     Raises
     ------

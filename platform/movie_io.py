@@ -76,9 +76,9 @@ WHOLE_FILE = Selection()
 
 @dataclass(frozen=True)
 class MovieInfo:
-    """Shape and type of a single-channel movie, as it will be stored (T, Y, X), and where in
-    its file it lies.
+    """Shape and type of a single-channel movie as it will be stored (T, Y, X), and its place.
 
+    The place is where in its file it lies: position, channel and first frame.
     ``pixel_size_um`` and ``frame_interval_s`` are what the file's own metadata says (OME or
     ImageJ), None where it says nothing.
     """
@@ -99,7 +99,7 @@ class MovieInfo:
 
 
 def stored_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype a movie is stored with: integers unchanged, floats as float32."""
+    """Return the dtype a movie is stored with: integers unchanged, floats as float32."""
     return np.dtype(np.float32) if dtype.kind == "f" else dtype
 
 
@@ -151,7 +151,7 @@ Source = str | Path | BinaryIO
 
 
 def _image_format(source: Source) -> str | None:
-    """The format of a non-TIFF image file from its signature, or None."""
+    """Tell the format of a non-TIFF image file from its signature, or None."""
     try:
         if isinstance(source, str | Path):
             with open(source, "rb") as f:
@@ -245,7 +245,7 @@ def _check_frame_size(path: str, height: int, width: int, max_frame_pixels: int 
 
 
 def _open_image(path: Path, name: str) -> tuple[BioImage, dict]:
-    """A file's bioio image and what tifffile says of it (``imagej`` metadata; empty if none).
+    """Open a file's bioio image; also return its ``imagej`` metadata (empty if none).
 
     A TIFF passes tifffile's structural checks first; a plain (non-OME) TIFF is also checked
     to be one single-channel time series, its page sequence read as time (bioio would read a
@@ -294,8 +294,10 @@ def _open_image(path: Path, name: str) -> tuple[BioImage, dict]:
 
 
 def _pick(name: str, field: str, wanted: int | str | None, names: list[str]) -> int:
-    """The index of the ``field`` ("position" or "channel") ``wanted`` (index or name) among
-    ``names``."""
+    """Return the index among ``names`` of the ``field`` ("position" or "channel") ``wanted``.
+
+    ``wanted`` is an index or a name.
+    """
     listed = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
     if wanted is None:
         if len(names) == 1:
@@ -313,7 +315,7 @@ def _pick(name: str, field: str, wanted: int | str | None, names: list[str]) -> 
 
 
 def _ome_pixels(image: BioImage):
-    """The OME ``Pixels`` of the current position, or None for a file without OME metadata."""
+    """Return the OME ``Pixels`` of the current position; None for a file without OME."""
     try:
         return image.ome_metadata.images[image.current_scene_index].pixels
     except Exception:  # readers without OME metadata raise NotImplementedError and others
@@ -339,8 +341,9 @@ def _file_scales(image: BioImage, imagej: dict) -> tuple[float | None, float | N
 
 
 def position_names(path: str | Path) -> list[str]:
-    """The positions (bioio scenes) of a movie file, by name (the OME image name if it has
-    one), in the file's order.
+    """List the positions (bioio scenes) of a movie file by name, in the file's order.
+
+    The name is the OME image name if it has one.
 
     Raises
     ------
@@ -480,6 +483,6 @@ def iter_frames(
 
 
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (the content hash stored as provenance)."""
+    """Hash a file's bytes with SHA-256 (the content hash stored as provenance)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

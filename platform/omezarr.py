@@ -83,7 +83,7 @@ def shard_shape(frames: int, height: int, width: int, itemsize: int) -> tuple[in
 
 
 def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
-    """The (y, x) size of each pyramid level of a ``height`` × ``width`` movie.
+    """Return the (y, x) size of each pyramid level of a ``height`` × ``width`` movie.
 
     Level 0 is the full size; each next level halves y and x (rounding down) until both are at
     most :data:`COARSEST_LEVEL_SIZE` (or a side would drop to nothing). A movie of 512² or less
@@ -97,11 +97,11 @@ def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
 
 
 def with_levels(ome: dict, height: int, width: int) -> dict:
-    """A copy of an image's ``ome`` attribute whose ``multiscales[0].datasets`` describe every
-    level of a ``height`` × ``width`` movie.
+    """Describe every pyramid level of a ``height`` × ``width`` movie in its ``ome`` attribute.
 
-    Level ``k`` has path ``"k"`` and level 0's ``scale`` with y and x multiplied by 2**k (t and
-    c unchanged); any datasets ``ome`` had are replaced.
+    Return a copy of ``ome`` whose ``multiscales[0].datasets`` list every level. Level ``k``
+    has path ``"k"`` and level 0's ``scale`` with y and x multiplied by 2**k (t and c
+    unchanged); any datasets ``ome`` had are replaced.
     """
     (image,) = ome["multiscales"]
     t, c, y, x = image["datasets"][0]["coordinateTransformations"][0]["scale"]
@@ -120,7 +120,10 @@ def with_levels(ome: dict, height: int, width: int) -> dict:
 def ngff_metadata(
     name: str, *, pixel_size_um: float | None, frame_interval_s: float | None
 ) -> dict:
-    """The ``ome`` group attribute of NGFF 0.5 for a (t, c, y, x) image, listing level 0.
+    """Build the ``ome`` group attribute of NGFF 0.5 for a (t, c, y, x) image, listing level 0.
+
+    :func:`create_movie_store` and :func:`create_labels_group` add the lower levels
+    (:func:`with_levels`).
 
     Parameters
     ----------
@@ -128,9 +131,6 @@ def ngff_metadata(
         The image's NGFF ``name`` (the movie id).
     pixel_size_um, frame_interval_s : float or None
         Level 0's scale of y/x (µm) and t (s); None for 1.0 without a unit.
-
-    :func:`create_movie_store` and :func:`create_labels_group` add the lower levels
-    (:func:`with_levels`).
     """
     time_axis = {"name": "t", "type": "time"}
     if frame_interval_s:
@@ -219,13 +219,16 @@ def write_frames(array: zarr.Array, frames: Iterable[np.ndarray]) -> int:
 
 
 def labels_group_metadata() -> dict:
-    """The ``ome`` attribute of the ``labels`` group: NGFF 0.5, one label image, ``cells``."""
+    """Build the ``labels`` group's ``ome`` attribute: NGFF 0.5, one label image, ``cells``."""
     return {"version": NGFF_VERSION, "labels": [LABEL_NAME]}
 
 
 def label_image_metadata(image_ome: dict) -> dict:
-    """The ``ome`` attribute of ``labels/cells``: the image's axes and scales, and
-    ``image-label`` pointing back at the image (``../../``)."""
+    """Build the ``ome`` attribute of ``labels/cells``.
+
+    It has the image's axes and scales, and ``image-label`` pointing back at the image
+    (``../../``).
+    """
     (image,) = image_ome["multiscales"]
     return {
         "version": NGFF_VERSION,
@@ -250,9 +253,9 @@ def create_labels_group(
     attributes: dict,
     storage_options: dict | None = None,
 ) -> zarr.Array:
-    """Create a complete, empty ``labels`` group at ``path`` (which must not exist) and return
-    its label array's level 0 (``cells/0``, all background until written).
+    """Create a complete, empty ``labels`` group at ``path``; return its label array's level 0.
 
+    ``path`` must not exist. Level 0 is ``cells/0``, all background until written.
     ``path`` is where the group is written aside; it becomes ``<store>/labels`` when committed
     (:func:`lch.conversion.commit_labels`). ``attributes`` go under ``lch`` on ``cells``. Every
     level of :func:`level_shapes` is created, as the image's (``image_ome`` with
@@ -277,14 +280,14 @@ def create_labels_group(
 
 
 def _mean_2x2(block: np.ndarray) -> np.ndarray:
-    """The mean of each 2×2 pixel block of an even-sized (..., Y, X) block."""
+    """Average each 2×2 pixel block of an even-sized (..., Y, X) block."""
     # float32 is exact for up to 16-bit pixels (four of them sum below 2**24) and twice as fast.
     b = block.astype(np.float32 if block.dtype.itemsize <= 2 else np.float64)
     return (b[..., ::2, ::2] + b[..., 1::2, ::2] + b[..., ::2, 1::2] + b[..., 1::2, 1::2]) / 4
 
 
 def _downsample(level: da.Array, labels: bool) -> da.Array:
-    """The next pyramid level of a (T, 1, Y, X) dask array: (T, 1, Y // 2, X // 2)."""
+    """Build the next pyramid level of a (T, 1, Y, X) dask array: (T, 1, Y // 2, X // 2)."""
     y, x = (n // 2 for n in level.shape[2:])
     if labels:
         # Nearest neighbour, not a mean: a mean of two cell ids is a third cell's id.
@@ -319,8 +322,9 @@ def _fill_image(image: zarr.Group) -> int:
 
 
 def fill_pyramid(path: Location, storage_options: dict | None = None) -> int:
-    """Write the lower pyramid levels of a movie store's image, or of a ``labels`` group's
-    label images, from their level 0.
+    """Write the lower pyramid levels of a movie store's image or a ``labels`` group's images.
+
+    Every level is computed from level 0.
 
     Parameters
     ----------
@@ -352,16 +356,19 @@ def fill_pyramid(path: Location, storage_options: dict | None = None) -> int:
 
 
 def open_label_writer(path: Location, storage_options: dict | None = None) -> zarr.Array:
-    """Open the label array (level 0) of a ``labels`` group being written (see
-    :func:`create_labels_group`) for writing frames."""
+    """Open the label array (level 0) of a ``labels`` group being written, for writing frames.
+
+    The group is one :func:`create_labels_group` made.
+    """
     return zarr.open_array(
         zarr_store(path, storage_options), path=f"{LABEL_NAME}/{ARRAY_PATH}", mode="r+"
     )
 
 
 def open_labels(path: Location, storage_options: dict | None = None) -> zarr.Array | None:
-    """The committed label movie of a movie store, level 0 (T, 1, Y, X) read-only; None if it
-    has none.
+    """Open a movie store's committed label movie, level 0 (T, 1, Y, X), read-only.
+
+    None if it has none.
 
     A ``labels`` group without its ``zarr.json`` (a commit to an object store killed half-way)
     counts as none.
@@ -377,7 +384,7 @@ def open_labels(path: Location, storage_options: dict | None = None) -> zarr.Arr
 
 
 def label_attributes(path: Location, storage_options: dict | None = None) -> dict | None:
-    """The ``lch`` attributes of a store's committed label image (who made it), or None."""
+    """Read the ``lch`` attributes of a store's committed label image (who made it), or None."""
     store = zarr_store(path, storage_options, read_only=True)
     try:
         group = zarr.open_group(store, path=f"{LABELS_PATH}/{LABEL_NAME}", mode="r")
@@ -387,7 +394,7 @@ def label_attributes(path: Location, storage_options: dict | None = None) -> dic
 
 
 def read_image_metadata(path: Location, storage_options: dict | None = None) -> dict:
-    """The ``ome`` attribute of a movie store's image group."""
+    """Read the ``ome`` attribute of a movie store's image group."""
     group = zarr.open_group(zarr_store(path, storage_options, read_only=True), mode="r")
     return dict(group.attrs["ome"])
 
@@ -399,7 +406,7 @@ def open_movie(path: Location, storage_options: dict | None = None) -> zarr.Arra
 
 
 def read_provenance(path: Location, storage_options: dict | None = None) -> dict | None:
-    """The ``lch`` provenance attributes of a movie store, or None if it is absent or unreadable.
+    """Read a movie store's ``lch`` provenance attributes; None if absent or unreadable.
 
     This is the completeness test of a store: the group metadata holding them is what a commit
     writes last (:func:`lch.atomic.commit_aside`).

@@ -35,48 +35,51 @@ class StorageError(OSError):
 
 
 def is_url(location: Location) -> bool:
-    """True for a remote location such as ``s3://bucket/prefix`` (``file://`` is local)."""
+    """Return True for a remote location such as ``s3://bucket/prefix`` (``file://`` is local)."""
     return isinstance(location, str) and "://" in location and not location.startswith("file://")
 
 
 def as_location(location: str | Path) -> Location:
-    """A URL stays a string; anything else becomes an absolute :class:`~pathlib.Path`."""
+    """Keep a URL a string; make anything else an absolute :class:`~pathlib.Path`."""
     if is_url(location):
         return str(location).rstrip("/")
     return Path(str(location).removeprefix("file://")).expanduser().resolve()
 
 
 def lch_home() -> Location:
-    """The data root: ``$LCH_HOME`` or ``./.lch``; an absolute path, or a URL as written."""
+    """Return the data root: ``$LCH_HOME`` or ``./.lch``; an absolute path, or a URL as written."""
     return as_location(os.environ.get("LCH_HOME", DEFAULT_HOME))
 
 
 def join(base: Location, *parts: str) -> Location:
-    """``base / part / ...`` for a path, ``base/part/...`` for a URL."""
+    """Join ``base / part / ...`` for a path, ``base/part/...`` for a URL."""
     if is_url(base):
         return "/".join([str(base).rstrip("/"), *parts])
     return Path(base).joinpath(*parts)
 
 
 def cohort_dir(cohort: str, home: Location | None = None) -> Location:
+    """Return a cohort's folder under ``home`` (default :func:`lch_home`)."""
     return join(home or lch_home(), "cohorts", cohort)
 
 
 def movies_dir(cohort: str, home: Location | None = None) -> Location:
+    """Return the folder of a cohort's stored movies."""
     return join(cohort_dir(cohort, home), "movies")
 
 
 def movie_store(cohort: str, movie: str, home: Location | None = None) -> Location:
+    """Return the OME-Zarr store of one stored movie of a cohort."""
     return join(movies_dir(cohort, home), f"{movie}.ome.zarr")
 
 
 def is_valid_name(name: str) -> bool:
-    """True if ``name`` can be used as a cohort or movie id (and so as a folder name)."""
+    """Return True if ``name`` can be a cohort or movie id (and so a folder name)."""
     return bool(NAME_PATTERN.match(name)) and ".." not in name
 
 
 def storage_options_from_env(location: Location) -> dict:
-    """fsspec options for ``location`` from the standard environment variables ({} if local).
+    """Read fsspec options for ``location`` from standard environment variables ({} if local).
 
     Explicit options (rather than letting botocore read the environment wherever the code runs)
     travel with the work to Ray workers whose environment lacks them; a variable that is not
@@ -111,7 +114,7 @@ def _options(location: Location, storage_options: dict | None) -> dict:
 def filesystem(
     location: Location, storage_options: dict | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec file system holding ``location`` and the path within it.
+    """Return the fsspec file system holding ``location`` and the path within it.
 
     Parameters
     ----------
@@ -126,7 +129,7 @@ def filesystem(
 
 
 def zarr_store(location: Location, storage_options: dict | None = None, read_only: bool = False):
-    """What to give zarr as ``store=``: the path itself if local, else a ``FsspecStore``."""
+    """Return what to give zarr as ``store=``: the path itself if local, else a ``FsspecStore``."""
     if not is_url(location):
         return str(location)
     from zarr.storage import FsspecStore

@@ -11,8 +11,11 @@ MAX_PIXEL_SIZE_UM = 5.0
 
 
 def check_pixel_size(pixel_size_um: float) -> float:
-    """A pixel size in µm, checked: a positive finite number no larger than
-    :data:`MAX_PIXEL_SIZE_UM` (a cell must span pixels)."""
+    """Check a pixel size in µm and return it as a float.
+
+    It must be a positive finite number no larger than :data:`MAX_PIXEL_SIZE_UM` (a cell must
+    span pixels).
+    """
     try:
         px = float(pixel_size_um)
     except (TypeError, ValueError) as exc:
@@ -25,5 +28,5 @@ def check_pixel_size(pixel_size_um: float) -> float:
 
 
 def um_to_px(length_um: float, pixel_size_um: float) -> int:
-    """A length in µm as a whole number of px, at least one."""
+    """Convert a length in µm to a whole number of px, at least one."""
     return max(1, round(length_um / pixel_size_um))

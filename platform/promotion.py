@@ -42,8 +42,10 @@ def _metric(version) -> float | None:
 def list_versions(
     name: str = REGISTERED_MODEL, client: MlflowClient | None = None
 ) -> list[VersionRow]:
-    """Every version of ``name``, newest first, with its aliases and held-out metric (none
-    before the first training run registers the model)."""
+    """List every version of ``name``, newest first, with its aliases and held-out metric.
+
+    Empty before the first training run registers the model.
+    """
     client = client or MlflowClient()
     if not client.search_registered_models(f"name = '{name}'"):
         return []

@@ -31,11 +31,13 @@ class LCHPyfunc(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
+        """Rebuild the model from its ``weights`` artifact (plain tensors, nothing unpickled)."""
         path = context.artifacts[WEIGHTS_ARTIFACT]
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.model = LCHModel.from_state(state)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
+        """Return P(high) (N,) of crops (N, S, S), in chunks of :data:`PREDICT_CHUNK`."""
         crops = np.asarray(model_input, dtype=np.float32)
         side = self.model.config.crop_size
         if crops.ndim != 3 or crops.shape[1:] != (side, side):

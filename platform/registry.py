@@ -1,5 +1,6 @@
-"""Registering and loading ``lch-aae`` in MLflow's model registry (where runs are tracked:
-:mod:`lch.mlflow_store`).
+"""Registering and loading ``lch-aae`` in MLflow's model registry.
+
+Where runs are tracked is :mod:`lch.mlflow_store`'s business.
 
 A registered version is an MLflow pyfunc "model from code" (:mod:`lch.pyfunc_model`) whose only
 artifact is a weights file of plain tensors and primitives (:meth:`LCHModel.to_state`), so
@@ -37,7 +38,7 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
 def pip_requirements() -> list[str]:
-    """What the pyfunc needs, pinned to this environment (``lch`` itself must be installed).
+    """List what the pyfunc needs, pinned to this environment (``lch`` must be installed).
 
     Given explicitly because MLflow's requirement inference spawns a subprocess (~4 s).
     """
@@ -123,7 +124,7 @@ def log_lch_model(
 
 
 def _weights_path(mlmodel: Path) -> str:
-    """The weights artifact's path inside the model folder, from its ``MLmodel`` file."""
+    """Read the weights artifact's path inside the model folder from its ``MLmodel`` file."""
     flavor = yaml.safe_load(mlmodel.read_text()).get("flavors", {}).get("python_function", {})
     try:
         return flavor["artifacts"][WEIGHTS_ARTIFACT]["path"]
@@ -158,7 +159,7 @@ class ModelNotFound(LookupError):
 def resolve_version(
     reference: str, tracking_uri: str | None = None, name: str = REGISTERED_MODEL
 ) -> str:
-    """The registered version a model reference names, checked to exist.
+    """Return the registered version a model reference names, checked to exist.
 
     Parameters
     ----------

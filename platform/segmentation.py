@@ -128,7 +128,7 @@ def estimate_background(
 
 
 def local_sd(image: np.ndarray, size: int) -> np.ndarray:
-    """Standard deviation of ``image`` in a ``size`` x ``size`` window around each pixel."""
+    """Compute the SD of ``image`` in a ``size`` x ``size`` window around each pixel."""
     mean = ndimage.uniform_filter(image, size)
     mean_sq = ndimage.uniform_filter(image * image, size)
     return np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
@@ -182,8 +182,9 @@ def _solidity(mask: np.ndarray) -> float:
 
 
 def _background_level(texture: np.ndarray, floor: float) -> tuple[float, float]:
-    """Median and robust spread (at most :data:`MAX_SPREAD`) of the lower half of the texture
-    (the background's).
+    """Return the median and robust spread of the texture's lower half (the background's).
+
+    The spread is at most :data:`MAX_SPREAD`.
 
     Exactly flat pixels (texture at ``floor``: a crop's padding beyond the frame edge) are left
     out; they would put the level below any camera background.
@@ -244,8 +245,11 @@ def steepest_edge_outline(
 def _outline(
     cell: np.ndarray, others: np.ndarray, maps: dict, px: float
 ) -> tuple[np.ndarray, bool]:
-    """The outline of one cell within its window (``maps``: the images, cut to that window),
-    and whether it rests on texture alone (not on a dark or bright body)."""
+    """Outline one cell within its window; tell whether it rests on texture alone.
+
+    ``maps`` are the images, cut to that window. Texture alone means not on a dark or bright
+    body.
+    """
     texture, smooth, flat = maps["texture"], maps["smooth"], maps["flat"]
     region = ndimage.binary_dilation(cell, _disk(OUTLINE_REACH_UM / px)) & ~others
     textured = texture > filters.threshold_otsu(texture[region])

@@ -25,8 +25,11 @@ BACKGROUND_TOLERANCE = 0.05
 
 
 def looks_normalised(image: np.ndarray) -> bool:
-    """True for what LCH's crops look like: floats within [0, 1], or 8-bit pixels whose border
-    (the background) has its median at half the range. Anything else is a raw window."""
+    """Return True for what LCH's crops look like; anything else is a raw window.
+
+    A crop is floats within [0, 1], or 8-bit pixels whose border (the background) has its
+    median at half the range.
+    """
     image = np.asarray(image)
     if np.issubdtype(image.dtype, np.floating):
         values = image[np.isfinite(image)]
@@ -39,8 +42,10 @@ def looks_normalised(image: np.ndarray) -> bool:
 
 def normalised_crop(image: np.ndarray, crop_size: int, *, resize: bool = True,
                     what: str = "crop") -> np.ndarray:
-    """A normalised crop (floats in [0, 1], or 8-bit pixels / 255) at ``crop_size``: a square of
-    another size is resized when ``resize``, else refused; a non-square one always is.
+    """Check a normalised crop and return it as floats in [0, 1] at ``crop_size``.
+
+    The crop is floats in [0, 1], or 8-bit pixels (divided by 255). A square of another size is
+    resized when ``resize``, else refused; a non-square one always is.
 
     Raises
     ------
@@ -111,7 +116,7 @@ def cell_at(
     frame: np.ndarray, y: int, x: int, crop_size: int, *, pixel_size_um: float,
     field_of_view_um: float,
 ) -> np.ndarray:
-    """The crop of the cell at pixel (``y``, ``x``) of a raw frame, cut as ingestion cuts it.
+    """Cut the crop of the cell at pixel (``y``, ``x``) of a raw frame, as ingestion cuts it.
 
     Raises
     ------
@@ -146,7 +151,7 @@ def model_crop(
     resize: bool = True,
     what: str = "crop",
 ) -> tuple[np.ndarray, str]:
-    """The model's crop from a normalised crop or a raw window, and which it was.
+    """Make the model's crop from a normalised crop or a raw window; say which it was.
 
     Parameters
     ----------

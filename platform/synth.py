@@ -102,6 +102,7 @@ class CellParams:
 
     @property
     def n_arms(self) -> int:
+        """Number of arms the cell has."""
         return len(self.arm_lengths)
 
     @property
@@ -132,6 +133,7 @@ class CellShape:
 
     @property
     def extent(self) -> float:
+        """Largest distance from the centre that this shape's mask reaches, in px."""
         return self.radius * (1 + sum(self.wobble)) + max(self.arm_lengths, default=0.0) + 1.0
 
 
@@ -375,7 +377,10 @@ def _init_motion(rng: np.random.Generator, cell: CellParams, y: float, x: float)
 def _step_motion(
     rng: np.random.Generator, motions: list[_Motion], ext: np.ndarray, size: tuple[int, int]
 ) -> None:
-    """Persistent random walk of a few px per frame; a blocked move reverses the velocity."""
+    """Move the cells one frame by a persistent random walk of a few px.
+
+    A blocked move reverses the velocity.
+    """
     pos = np.array([[m.y, m.x] for m in motions], dtype=np.float64).reshape(-1, 2)
     for i, m in enumerate(motions):
         v = 0.8 * np.array([m.vy, m.vx]) + rng.normal(0.0, 0.9, 2)

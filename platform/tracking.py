@@ -31,7 +31,7 @@ POSITION = ["centroid_y", "centroid_x"]
 def max_step_px(
     pixel_size_um: float, frame_interval_s: float, max_speed_um_per_min: float
 ) -> float:
-    """The largest distance (px) a cell may move from one frame to the next."""
+    """Return the largest distance (px) a cell may move from one frame to the next."""
     px = check_pixel_size(pixel_size_um)
     if not (frame_interval_s > 0 and max_speed_um_per_min > 0):
         raise ValueError(
@@ -173,8 +173,11 @@ def track_cohort(
 
 
 def track_columns(track_ids: np.ndarray, min_track_frames: int = MIN_TRACK_FRAMES) -> pd.DataFrame:
-    """:data:`TRACK_COLUMNS` of rows whose tracks are ``track_ids``: the id, how many rows its
-    track has, and whether that is fewer than ``min_track_frames``."""
+    """Build the :data:`TRACK_COLUMNS` of rows whose tracks are ``track_ids``.
+
+    They are the id, how many rows its track has, and whether that is fewer than
+    ``min_track_frames``.
+    """
     track_ids = np.asarray(track_ids, dtype=np.int64)
     frames = track_lengths(track_ids)
     return pd.DataFrame({"track_id": track_ids, "track_frames": frames.astype(np.int32),

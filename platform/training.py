@@ -1,5 +1,6 @@
-"""What training needs besides Ray: the cohorts' cells, the split by patient, reading and
-encoding crops (the evaluation of a trained AAE is :mod:`lch.evaluation`).
+"""What training needs besides Ray: cells, the split by patient, reading and encoding crops.
+
+The cells are the cohorts'; the evaluation of a trained AAE is :mod:`lch.evaluation`.
 
 The split comes first and decides everything else. Cells of held-out patients are never seen by
 the AAE, not even unsupervised: the AAE's features would otherwise be fitted to exactly the
@@ -120,7 +121,7 @@ def load_cells(cohorts: Sequence[str], home: Location | None = None) -> CellSet:
 
 
 def _one_field_of_view(views: dict[str, float | None]) -> float:
-    """The one field of view (µm) of the cohorts' crops: the model learns cells at that scale."""
+    """Return the one field of view (µm) of the cohorts' crops: the model learns that scale."""
     old = sorted(c for c, v in views.items() if v is None)
     if old:
         raise TrainingInputError(

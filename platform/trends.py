@@ -93,7 +93,9 @@ def _spearman_row(x: pd.Series | np.ndarray, values: pd.Series, feature: str) ->
 
 
 def trend_bound(c: float | np.ndarray, sigmas: Sequence[float]) -> float | np.ndarray:
-    """The pooled rho a decoder faithful to the data can reach: ``sqrt(V c^2 / (V c^2 + 1))``.
+    """Return the pooled rho a decoder faithful to the data can reach.
+
+    It is ``sqrt(V c^2 / (V c^2 + 1))``.
 
     Parameters
     ----------
@@ -155,8 +157,9 @@ def trend_report(
 def judge_trends(
     report: pd.DataFrame, share: float = BOUND_SHARE, margin: float = CONTROL_MARGIN
 ) -> list[str]:
-    """What a :func:`trend_report` falls short of; empty when the exaggeration shows the planted
-    features as the data allow and specifically.
+    """List what a :func:`trend_report` falls short of.
+
+    Empty when the exaggeration shows the planted features as the data allow and specifically.
 
     Each planted feature needs ``rho >= share * bound`` (in the direction of ``c``), and every
     planted feature's ``|rho|`` must exceed every control's by ``margin``. A NaN (a feature
@@ -181,10 +184,11 @@ def judge_trends(
 def plot_trends(table: pd.DataFrame, features: Sequence[str] | None = None,
                 planted: Sequence[str] = PLANTED_FEATURES,
                 controls: Sequence[str] = CONTROL_FEATURES) -> Figure:
-    """Each measured feature against the shift ``s``: the median over cells and their
-    interquartile band, one panel per feature, each titled with its pooled rho
-    (:func:`spearman_table`); the planted features in red, the unplanted controls in blue, the
-    other measures in grey. A matplotlib Figure built without pyplot; save with
+    """Plot each measured feature against the shift ``s``.
+
+    Each panel shows one feature's median over cells and their interquartile band, titled with
+    its pooled rho (:func:`spearman_table`); the planted features in red, the unplanted controls
+    in blue, the other measures in grey. A matplotlib Figure built without pyplot; save with
     ``fig.savefig(path)``.
 
     Parameters

@@ -65,8 +65,11 @@ VERSIONS_PER_REPLICA = 2
 def _cells_of_frames(
     frames: np.ndarray, config: AAEConfig, pixel_size_um: float, frame_interval_s: float
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Segment and track frames with the ingestion code; the kept cells' positions and tracks,
-    and their crops (cut as the model's training crops were)."""
+    """Segment and track frames with the ingestion code.
+
+    Return the kept cells' positions and tracks, and their crops (cut as the model's training
+    crops were).
+    """
     tables, crops = [], []
     for t, frame in enumerate(frames):
         table, frame_crops = frame_cells(frame, config.crop_size, pixel_size_um=pixel_size_um,
@@ -82,8 +85,11 @@ def _cells_of_frames(
 
 def _score_movie(loaded: LoadedModel, cells: pd.DataFrame,
                  crops: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each cell's P(high) in each frame, and each track's P(high) of the mean code of its
-    frames (rows in ``track_id`` order, with their frame counts)."""
+    """Score each cell in each frame, and each track from the mean code of its frames.
+
+    Return the cells with their P(high), and the tracks' P(high) (rows in ``track_id`` order,
+    with their frame counts).
+    """
     ids, cell = np.unique(cells["track_id"].to_numpy(), return_inverse=True)
     if not len(cells):
         return cells.assign(p_high=[]), pd.DataFrame({"track_id": ids, "frames": ids,
@@ -99,8 +105,10 @@ def _score_movie(loaded: LoadedModel, cells: pd.DataFrame,
 
 def _stored_movie(root: str, cohort: str, movie: str,
                   loaded: LoadedModel) -> tuple[pd.DataFrame, np.ndarray]:
-    """A segmented movie's cells and crops from the data root, by names checked in the
-    ingress (:func:`lch.serving.contract.stored_movie`)."""
+    """Read a segmented movie's cells and crops from the data root.
+
+    The names were checked in the ingress (:func:`lch.serving.contract.stored_movie`).
+    """
     try:
         cells, crops = movie_cells(cohort_dir(cohort, root), movie, storage_options_from_env(root))
     except CellStoreError:
@@ -123,8 +131,11 @@ def _model_crops(
 
 
 class _FollowsModel:
-    """Shared by the model deployments: the model source and its polling task, the versions
-    requests name (Serve model multiplexing), and the data root stored movies are read from."""
+    """Shared by the model deployments.
+
+    It holds the model source and its polling task, the versions requests name (Serve model
+    multiplexing), and the data root stored movies are read from.
+    """
 
     async def _start(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float,
                      data_root: str):
@@ -139,11 +150,12 @@ class _FollowsModel:
         return await asyncio.to_thread(self.source.load_version, version)
 
     async def _model(self) -> LoadedModel:
-        """The version the request named (its multiplexed model id), else the followed alias's."""
+        """Return the version the request named (its multiplexed model id), else the alias's."""
         version = serve.get_multiplexed_model_id()
         return await self._named_version(version) if version else self.source.current
 
     async def info(self) -> dict:
+        """Describe the version that answers (the fields of :class:`contract.ModelInfo`)."""
         loaded = await self._model()
         return {
             "name": self.source.name, "alias": self.source.alias, "version": loaded.version,
@@ -181,8 +193,10 @@ class Classifier(_FollowsModel):
     async def classify_crops(
         self, images: np.ndarray, normalised: bool | None, pixel_size_um: float
     ) -> tuple[str, np.ndarray, list[str]]:
-        """P(high) of sent crops or raw windows, each made the model's crop first
-        (:func:`lch.single_cell.model_crop`); also which each one was."""
+        """Return P(high) of sent crops or raw windows, and which each one was.
+
+        Each is made the model's crop first (:func:`lch.single_cell.model_crop`).
+        """
         config = (await self._model()).model.config
         made = await asyncio.to_thread(_model_crops, images, config, normalised, pixel_size_um)
         version, p = await self._predict(np.stack([crop for crop, _ in made]))
@@ -191,8 +205,7 @@ class Classifier(_FollowsModel):
     async def classify_frames(
         self, frames: np.ndarray, pixel_size_um: float, frame_interval_s: float
     ) -> tuple[str, pd.DataFrame, pd.DataFrame]:
-        """Segment and track sent frames; each cell's and each track's P(high)
-        (:func:`_score_movie`)."""
+        """Segment and track sent frames; score each cell and each track (:func:`_score_movie`)."""
         loaded = await self._model()
         cells, crops = await asyncio.to_thread(
             _cells_of_frames, frames, loaded.model.config, pixel_size_um, frame_interval_s
@@ -201,7 +214,7 @@ class Classifier(_FollowsModel):
 
     async def classify_stored(self, cohort: str, movie: str) -> tuple[str, pd.DataFrame,
                                                                       pd.DataFrame]:
-        """The same for a movie ingested and segmented on this server, all its frames."""
+        """Score a movie ingested and segmented on this server, all its frames."""
         loaded = await self._model()
         cells, crops = await asyncio.to_thread(_stored_movie, self.data_root, cohort, movie,
                                                loaded)
@@ -222,8 +235,10 @@ class Exaggerator(_FollowsModel):
     async def exaggerate(self, image: np.ndarray, sigmas: list[float], method: str,
                          normalised: bool | None, pixel_size_um: float,
                          point: tuple[int, int] | None = None):
-        """Exaggerate a sent crop or raw window (made the model's crop first), or, with a
-        ``point`` (y, x), the cell there in a raw frame."""
+        """Exaggerate a sent crop or raw window, or the cell at ``point`` (y, x) of a raw frame.
+
+        A crop or window is made the model's crop first.
+        """
         loaded = await self._model()
         config = loaded.model.config
         if point is None:
@@ -243,8 +258,11 @@ class Exaggerator(_FollowsModel):
 
     async def exaggerate_stored(self, cohort: str, movie: str, key: str, index: int,
                                 sigmas: list[float], method: str):
-        """Exaggerate a cell of a stored movie: a track (``key`` "track_id", from the mean code
-        of its frames, the descriptor it is classified by) or one cell in one frame ("cell")."""
+        """Exaggerate a cell of a stored movie.
+
+        Either a track (``key`` "track_id", from the mean code of its frames, the descriptor it
+        is classified by) or one cell in one frame ("cell").
+        """
         loaded = await self._model()
         cells, crops = await asyncio.to_thread(_stored_movie, self.data_root, cohort, movie,
                                                loaded)
@@ -337,7 +355,7 @@ async def _body(request: Request) -> bytes:
 
 
 async def _upload(request: Request) -> tuple[bytes, str, dict]:
-    """The single file of a multipart body, its name, and the other form fields."""
+    """Read the single file of a multipart body, its name, and the other form fields."""
     form = await request.form(max_files=1, max_fields=8)
     files = [(k, v) for k, v in form.multi_items() if hasattr(v, "read")]
     if len(files) != 1:
@@ -371,7 +389,7 @@ def _finite_or_none(value) -> float | None:
 
 def _movie_response(version: str, cells: pd.DataFrame,
                     tracks: pd.DataFrame) -> contract.ClassifyResponse:
-    """A movie's answer: every cell of every frame, every track, the call over the tracks."""
+    """Build a movie's answer: every cell of every frame, every track, the call over them."""
     columns = ["frame", "centroid_y", "centroid_x", "track_id", "p_high"]
     return contract.ClassifyResponse(
         model_version=version,
@@ -405,8 +423,11 @@ class Ingress:
         api.state.public_docs = public_docs
 
     async def _handles(self, reference: str | None) -> tuple[DeploymentHandle, DeploymentHandle]:
-        """The model deployments, routed to the version ``reference`` names (Serve model
-        multiplexing), or as they are for the followed champion."""
+        """Return the model deployments, routed to the version ``reference`` names.
+
+        Routing is Serve model multiplexing; for the followed champion (None) they are returned
+        as they are.
+        """
         if reference is None:
             return self.classifier, self.exaggerator
         try:
@@ -419,11 +440,12 @@ class Ingress:
 
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
+        """Answer that the ingress is up (no token needed, no model called)."""
         return Health(status="ok")
 
     @api.get("/v1/model", response_model=contract.ModelInfo, dependencies=[Depends(require_token)])
     async def model(self, model: str | None = None) -> contract.ModelInfo:
-        """The version that answers (``?model=`` a version or alias, default the champion)."""
+        """Describe the version that answers (``?model=`` a version or alias, default champion)."""
         classifier, _ = await self._handles(contract.model_reference(model))
         return contract.ModelInfo(**await self._call(classifier.info.remote()))
 
@@ -433,8 +455,11 @@ class Ingress:
         openapi_extra=contract.CLASSIFY_BODY,
     )
     async def classify(self, request: Request) -> contract.ClassifyResponse:
-        """Per-cell P(high) and the population call, for JSON crops, an uploaded TIFF, or a
-        movie ingested on the server (JSON ``cohort`` and ``movie``)."""
+        """Return per-cell P(high) and the population call.
+
+        For JSON crops, an uploaded TIFF, or a movie ingested on the server (JSON ``cohort`` and
+        ``movie``).
+        """
         body = await _body(request)
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
@@ -475,8 +500,11 @@ class Ingress:
                          "description": "JSON, or a montage PNG for Accept: image/png"}},
     )
     async def exaggerate(self, request: Request):
-        """Decode one cell moved along the discriminant direction by each sigma: a sent crop or
-        window, the cell at x, y of an uploaded frame, or a cell of a stored movie."""
+        """Decode one cell moved along the discriminant direction by each sigma.
+
+        The cell is a sent crop or window, the cell at x, y of an uploaded frame, or a cell of a
+        stored movie.
+        """
         body = await _body(request)
         kind = request.headers.get("content-type", "")
         point = image = stored = None
@@ -535,8 +563,10 @@ class Ingress:
 
     @staticmethod
     async def _call(response):
-        """Await a model deployment: its input errors are the client's (422), its absence a
-        503 with Retry-After."""
+        """Await a model deployment, turning its failures into HTTP errors.
+
+        Its input errors are the client's (422), its absence a 503 with Retry-After.
+        """
         try:
             return await response
         except ValueError as exc:  # a replica's own input check (e.g. crop size after a swap)
@@ -563,7 +593,7 @@ class AppArgs(BaseModel):
 
 
 def build_app(args: dict | None = None):
-    """The application: ``Ingress(Classifier, Exaggerator)``, each following the alias.
+    """Build the application: ``Ingress(Classifier, Exaggerator)``, each following the alias.
 
     The bearer token is read from the environment variable named by ``token_env`` (by default
     ``LCH_API_TOKEN``) of the process that builds the app; none means no authentication. With a

@@ -15,15 +15,20 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _pixels(images) -> np.ndarray:
-    """Crops or raw windows as sent: 8-/16-bit counts stay integers (the server tells a raw
-    window from a normalised crop by them), anything else goes as float32."""
+    """Return crops or raw windows as they are sent.
+
+    8-/16-bit counts stay integers (the server tells a raw window from a normalised crop by
+    them); anything else goes as float32.
+    """
     images = np.asarray(images)
     return images if images.dtype in (np.uint8, np.uint16) else images.astype(np.float32)
 
 
 def encode_npy(array: np.ndarray) -> str:
-    """An array as base64 ``.npy``: the ``*_npy`` fields of the HTTP contract
-    (:func:`lch.serving.contract.request_crops` reads them)."""
+    """Encode an array as base64 ``.npy``, for the ``*_npy`` fields of the HTTP contract.
+
+    :func:`lch.serving.contract.request_crops` reads them.
+    """
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return base64.b64encode(buffer.getvalue()).decode()
@@ -60,12 +65,15 @@ class LCHClient:
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
     def __enter__(self) -> LCHClient:
+        """Return the client itself; leaving the ``with`` block closes it."""
         return self
 
     def __exit__(self, *exc) -> None:
+        """Close the client's HTTP connections."""
         self.close()
 
     def close(self) -> None:
+        """Close the client's HTTP connections."""
         self._http.close()
 
     def _checked(self, response: httpx.Response) -> httpx.Response:
@@ -78,6 +86,7 @@ class LCHClient:
         return response
 
     def health(self) -> dict:
+        """Return the server's ``/healthz`` answer (``{"status": "ok"}`` when it is up)."""
         return self._checked(self._http.get("/healthz")).json()
 
     def _with_model(self, fields: dict) -> dict:
@@ -91,9 +100,11 @@ class LCHClient:
         return self._checked(self._http.get("/v1/model", params=params)).json()
 
     def predict_movie(self, cohort: str, movie: str) -> dict:
-        """Classify a movie already ingested and segmented on the server, by name: every cell
-        of every frame, every tracked cell, and the population call over the tracks (no frame
-        limit: nothing is uploaded)."""
+        """Classify a movie already ingested and segmented on the server, by name.
+
+        The answer holds every cell of every frame, every tracked cell, and the population call
+        over the tracks (no frame limit: nothing is uploaded).
+        """
         body = self._with_model({"cohort": cohort, "movie": movie})
         return self._checked(self._http.post("/v1/classify", json=body)).json()
 
@@ -101,9 +112,10 @@ class LCHClient:
         self, source: str | Path | np.ndarray, pixel_size_um: float | None = None,
         frame_interval_s: float | None = None,
     ) -> dict:
-        """Classify a TIFF movie/frame (path), or crops ((N, S, S) or (S, S) array): normalised
-        crops, or raw windows cut from a movie (integer counts), whose centre cells the server
-        cuts as ingestion does.
+        """Classify a TIFF movie/frame (path), or crops ((N, S, S) or (S, S) array).
+
+        Crops are normalised crops, or raw windows cut from a movie (integer counts), whose
+        centre cells the server cuts as ingestion does.
 
         ``pixel_size_um`` (a movie's or the windows') and ``frame_interval_s`` (a movie's);
         defaults on the server: the paper's 0.325 µm, one minute. Returns the per-crop ``cells``
@@ -158,7 +170,7 @@ class LCHClient:
     def exaggeration_montage(
         self, crop: str | Path | np.ndarray, sigmas: list[float] | None = None
     ) -> bytes:
-        """The montage PNG (one column per sigma, labelled with P(high))."""
+        """Return the montage PNG (one column per sigma, labelled with P(high))."""
         return self._checked(self._post_crop(crop, sigmas, accept="image/png")).content
 
     def _post_crop(self, crop, sigmas, *, accept: str, pixel_size_um: float | None = None,

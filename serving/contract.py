@@ -144,6 +144,8 @@ class Track(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
+    """The answer of /v1/classify: per-cell P(high), a movie's tracks and the population call."""
+
     model_version: str
     cells: list[Cell]
     tracks: list[Track] = Field(description="a movie's tracked cells (empty for crops)")
@@ -151,6 +153,8 @@ class ClassifyResponse(BaseModel):
 
 
 class Step(BaseModel):
+    """One exaggeration step: the cell decoded at ``sigma``, its P(high) and morphology."""
+
     sigma: float
     p_high: float = Field(description="P(high) of the shifted latent code")
     png_base64: str = Field(description="the decoded image, 8-bit grey PNG, base64")
@@ -158,6 +162,8 @@ class Step(BaseModel):
 
 
 class ExaggerateResponse(BaseModel):
+    """The answer of /v1/exaggerate: one decoded image per sigma, and what was exaggerated."""
+
     model_version: str
     input: str = Field(description="'normalised' (used as sent), 'raw' (its centre cell cut "
                        "as ingestion does), or the cell picked at x, y of a frame")
@@ -166,6 +172,8 @@ class ExaggerateResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """The answer of /v1/model: the registered version that answers, its crop size and tags."""
+
     name: str
     alias: str
     version: str
@@ -188,6 +196,7 @@ def population(p_high: np.ndarray) -> Population:
 
 
 def check_body_size(size: int) -> None:
+    """Refuse (413) a request body larger than :data:`MAX_BODY_BYTES`."""
     if size > MAX_BODY_BYTES:
         raise RequestError(
             f"request body is {size} bytes; the limit is {MAX_BODY_BYTES} bytes", status=413
@@ -195,6 +204,7 @@ def check_body_size(size: int) -> None:
 
 
 def parse_json(body: bytes) -> dict:
+    """Parse a JSON body that must be an object; anything else is a 422 :class:`RequestError`."""
     try:
         data = json.loads(body)
     except RecursionError as exc:
@@ -207,10 +217,12 @@ def parse_json(body: bytes) -> dict:
 
 
 def crops_array(value: Any, field: str, *, max_cells: int = MAX_CELLS) -> np.ndarray:
-    """A JSON list of crops or raw windows (or one) → (N, H, W) in the dtype the numbers give
-    (whole numbers stay integers: a raw window's counts), checked for shape, count and size;
-    what each one is and how it becomes the model's crop is the replica's business
-    (:func:`lch.single_cell.model_crop`)."""
+    """Check a JSON list of crops or raw windows (or one) and return it as (N, H, W).
+
+    The dtype is the one the numbers give (whole numbers stay integers: a raw window's counts);
+    shape, count and size are checked. What each one is and how it becomes the model's crop is
+    the replica's business (:func:`lch.single_cell.model_crop`).
+    """
     if value is None:
         raise RequestError(f"missing field '{field}'")
     try:
@@ -236,7 +248,7 @@ def crops_array(value: Any, field: str, *, max_cells: int = MAX_CELLS) -> np.nda
 
 
 def _npy_array(encoded: Any, field: str, max_values: int) -> np.ndarray:
-    """A base64 ``.npy`` → array, its header checked (format, dtype, size) before it is read."""
+    """Decode a base64 ``.npy``, its header checked (format, dtype, size) before it is read."""
     try:
         raw = base64.b64decode(encoded, validate=True)
         buffer = io.BytesIO(raw)
@@ -263,9 +275,11 @@ def _npy_array(encoded: Any, field: str, max_values: int) -> np.ndarray:
 
 
 def request_crops(data: dict, field: str, *, max_cells: int = MAX_CELLS) -> np.ndarray:
-    """The crops or raw windows of a JSON body: ``<field>`` as nested lists, or ``<field>_npy``,
-    a base64 ``.npy`` array (read without pickle) that spares both sides parsing thousands of
-    numbers."""
+    """Return the crops or raw windows of a JSON body.
+
+    They come as ``<field>``, nested lists, or ``<field>_npy``, a base64 ``.npy`` array (read
+    without pickle) that spares both sides parsing thousands of numbers.
+    """
     encoded = data.get(f"{field}_npy")
     if encoded is None:
         return crops_array(data.get(field), field, max_cells=max_cells)
@@ -274,7 +288,7 @@ def request_crops(data: dict, field: str, *, max_cells: int = MAX_CELLS) -> np.n
 
 
 def exaggeration_method(value: Any) -> str:
-    """The ``method`` field of /v1/exaggerate: "linear" (default) or "latent-shift"."""
+    """Check the ``method`` field of /v1/exaggerate: "linear" (default) or "latent-shift"."""
     if value is None or value == "":
         return "linear"
     if value not in SHIFTS:
@@ -283,7 +297,7 @@ def exaggeration_method(value: Any) -> str:
 
 
 def model_reference(value: Any) -> str | None:
-    """The ``model`` field: a version or alias to answer with; None for the followed champion."""
+    """Check the ``model`` field: a version or alias; None for the followed champion."""
     if value is None or value == "" or value == CHAMPION_ALIAS:
         return None
     if not isinstance(value, str | int) or isinstance(value, bool) \
@@ -303,8 +317,11 @@ def _name(data: dict, field: str) -> str:
 
 
 def stored_movie(data: dict) -> tuple[str, str] | None:
-    """``cohort`` and ``movie`` of a request about an ingested movie (None when it sends
-    images): names, never paths, so nothing outside the data root can be named."""
+    """Return ``cohort`` and ``movie`` of a request about an ingested movie.
+
+    None when it sends images. They are names, never paths, so nothing outside the data root
+    can be named.
+    """
     if data.get("cohort") is None and data.get("movie") is None:
         return None
     return _name(data, "cohort"), _name(data, "movie")
@@ -332,8 +349,11 @@ def stored_cell(data: dict) -> tuple[str, int]:
 
 
 def normalised_flag(value: Any) -> bool | None:
-    """The ``normalised`` field: true (a normalised crop), false (a raw window) or absent/null
-    (detect, :func:`lch.single_cell.looks_normalised`)."""
+    """Parse the ``normalised`` field.
+
+    True (a normalised crop), false (a raw window) or absent/null, None: detect
+    (:func:`lch.single_cell.looks_normalised`).
+    """
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -347,7 +367,7 @@ def normalised_flag(value: Any) -> bool | None:
 
 
 def sigmas_list(value: Any) -> list[float]:
-    """The exaggeration steps: finite numbers, at most :data:`MAX_SIGMAS`, each bounded."""
+    """Parse the exaggeration steps: finite numbers, at most :data:`MAX_SIGMAS`, each bounded."""
     if value is None:
         return list(DEFAULT_SIGMAS)
     if isinstance(value, str):
@@ -368,7 +388,7 @@ def sigmas_list(value: Any) -> list[float]:
 
 
 def pixel_size(value: Any) -> float:
-    """The ``pixel_size_um`` form field: default :data:`DEFAULT_PIXEL_SIZE_UM`, else checked."""
+    """Parse ``pixel_size_um``: default :data:`DEFAULT_PIXEL_SIZE_UM`, else checked."""
     if value is None or value == "":
         return DEFAULT_PIXEL_SIZE_UM
     try:
@@ -378,8 +398,10 @@ def pixel_size(value: Any) -> float:
 
 
 def frame_interval(value: Any) -> float:
-    """The ``frame_interval_s`` form field: default :data:`DEFAULT_FRAME_INTERVAL_S`, else a
-    positive number of seconds."""
+    """Parse the ``frame_interval_s`` form field.
+
+    Default :data:`DEFAULT_FRAME_INTERVAL_S`, else a positive number of seconds.
+    """
     if value is None or value == "":
         return DEFAULT_FRAME_INTERVAL_S
     try:
@@ -392,8 +414,10 @@ def frame_interval(value: Any) -> float:
 
 
 def picked_point(fields: dict) -> tuple[int, int, int] | None:
-    """``frame``, ``y``, ``x`` of a cell picked in an uploaded movie (None when neither ``x`` nor
-    ``y`` is given: the upload is a single crop)."""
+    """Return ``frame``, ``y``, ``x`` of a cell picked in an uploaded movie.
+
+    None when neither ``x`` nor ``y`` is given: the upload is a single crop.
+    """
     if fields.get("x") in (None, "") and fields.get("y") in (None, ""):
         return None
     point = []
@@ -415,8 +439,10 @@ def picked_point(fields: dict) -> tuple[int, int, int] | None:
 
 
 def tiff_frames(data: bytes, filename: str, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
-    """An uploaded TIFF movie or frame → (T, Y, X), with the ingestion checks and limits; the
-    frame count and size are checked from the pages' headers before any frame is decoded."""
+    """Read an uploaded TIFF movie or frame as (T, Y, X), with the ingestion checks and limits.
+
+    The frame count and size are checked from the pages' headers before any frame is decoded.
+    """
     try:
         info = read_movie_info(io.BytesIO(data), filename, max_frame_pixels=max_pixels)
         if info.frames > MAX_FRAMES:
@@ -432,8 +458,11 @@ def tiff_frames(data: bytes, filename: str, max_pixels: int = MAX_FRAME_PIXELS) 
 
 
 def image_crop(data: bytes, filename: str) -> np.ndarray:
-    """An uploaded PNG or TIFF single-cell crop or raw window → 2-D array, in the dtype it was
-    stored with. At most :data:`MAX_CROP_PIXELS`, judged from the header."""
+    """Read an uploaded PNG or TIFF single-cell crop or raw window as a 2-D array.
+
+    It keeps the dtype it was stored with. At most :data:`MAX_CROP_PIXELS`, judged from the
+    header.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if data[:4] in (b"II*\x00", b"MM\x00*"):

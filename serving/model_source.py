@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """A registered model version in memory, with its run id and version tags."""
+
     version: str
     model: LCHModel
     run_id: str | None
