@@ -262,8 +262,9 @@ def train(
     Options left out take TrainSettings' defaults (lch.pipelines.train).
     """
     _setup(verbose=verbose, address=address, tracking_uri=tracking_uri)
-    from lch.pipelines.train import TrainingInputError, TrainSettings
+    from lch.pipelines.train import TrainSettings
     from lch.pipelines.train import train as run_training
+    from lch.training import TrainingInputError
 
     given = {"workers": workers, "epochs": epochs, "batch_size": batch_size,
              "latent_dim": latent_dim, "width": width, "lr": lr, "seed": seed}

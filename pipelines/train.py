@@ -65,19 +65,6 @@ from lch.training import (
 )
 from lch.trends import spearman_table, trend_report
 
-__all__ = [
-    "TrainSettings",
-    "TrainSummary",
-    "TrainingInputError",
-    "build_trainer",
-    "cpus_per_worker",
-    "crop_dataset",
-    "load_trained_aae",
-    "prepare",
-    "train",
-    "train_loop_per_worker",
-]
-
 # Defaults for the CPU demo: an eighth of the paper's channels, and lr 5e-4 rather than the
 # paper's 2e-4, which is too slow for the few hundred steps a CPU run takes.
 DEFAULT_WIDTH = 0.125
@@ -231,10 +218,6 @@ class TrainSummary:
             f"total {self.total_seconds:.1f} s",
         ]
         return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
 
 
 # ---------------------------------------------------------------------------------------------

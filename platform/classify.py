@@ -20,6 +20,8 @@ from sklearn.model_selection import GridSearchCV
 HIGH, LOW, UNKNOWN = 1, 0, -1
 POPULATION_KS = (1, 5, 10, 20, 50)
 MIN_POPULATION = 20
+# A cell or population is called high from P(high) >= 0.5, everywhere a call is made.
+CALL_THRESHOLD = 0.5
 """Distinct cells a population call needs (Zaritsky et al.: about 20 cells)."""
 # Candidate shrinkages of the classifier's covariance ("auto" is Ledoit-Wolf), and at most this
 # many cross-validation folds of one held-out high and one held-out low patient each.
@@ -280,6 +282,11 @@ def fit_classifier(
     )
 
 
+def call_of(p_high: float) -> str:
+    """Call a cell or population "high" or "low" from its (mean) P(high)."""
+    return "high" if p_high >= CALL_THRESHOLD else "low"
+
+
 def cell_auc(p: np.ndarray, y: Sequence | np.ndarray) -> float:
     """Cell-level ROC AUC of P(high) ``p`` (N,) against labels ``y`` (N,)."""
     return float(roc_auc_score(_check_binary(y, "cell_auc"), np.asarray(p, dtype=np.float64)))
@@ -310,8 +317,8 @@ class PopulationDraws:
     scores: np.ndarray
 
     def correct(self) -> np.ndarray:
-        """Whether each population (group, draw) is called right: high above 0.5."""
-        return (self.scores > 0.5) == (self.labels[:, None] == HIGH)
+        """Whether each population (group, draw) is called right (:func:`call_of`)."""
+        return (self.scores >= CALL_THRESHOLD) == (self.labels[:, None] == HIGH)
 
     def accuracy(self) -> float:
         """Fraction of correct calls over all draws, groups weighing the same."""
@@ -367,25 +374,3 @@ def population_draws(
         scores.append(cell_p[order[:, :k]].mean(axis=1))
         sizes.append(len(cell_p))
     return PopulationDraws(names, group_y, np.array(sizes), np.stack(scores))
-
-
-def population_scores(
-    p: np.ndarray,
-    y: Sequence | np.ndarray,
-    groups: Sequence | np.ndarray,
-    k: int = 20,
-    n_draws: int = 100,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Score population calls pooling ``k`` different cells of one group: accuracy, ROC AUC.
-
-    The populations are :func:`population_draws`; one is called high when its mean P(high) is
-    above 0.5.
-
-    Returns
-    -------
-    dict
-        ``accuracy`` (every group weighing the same) and ``auc``.
-    """
-    draws = population_draws(p, y, groups, k=k, n_draws=n_draws, rng=np.random.default_rng(seed))
-    return {"accuracy": draws.accuracy(), "auc": draws.auc()}

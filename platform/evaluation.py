@@ -5,7 +5,7 @@ P(high) is calibrated.
 
 A cell is a tracked cell, as in Zaritsky et al. (2021): its descriptor is the mean of its
 frames' latent codes (:func:`cell_means`), and populations pool k *different* cells of one line
-(:func:`lch.classify.population_scores`). The classifier is judged on patients whose labels it
+(:func:`lch.classify.population_draws`). The classifier is judged on patients whose labels it
 never saw: each labelled training patient is left out in turn and scored by a classifier refit on
 the others (:func:`leave_one_patient_out`); the patients held out of the autoencoder are scored by
 the classifier of all training patients. Those out-of-patient logits also calibrate P(high)
@@ -28,7 +28,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 from torch import nn
 
-from lch.classify import HIGH, LOW, POPULATION_KS, cell_auc, fit_classifier, population_draws
+from lch.classify import (
+    CALL_THRESHOLD,
+    HIGH,
+    LOW,
+    POPULATION_KS,
+    cell_auc,
+    fit_classifier,
+    population_draws,
+)
 from lch.model import LCHModel
 from lch.training import CellSet, Split, encode, refresh_statistics
 
@@ -226,7 +234,7 @@ def per_group_table(
         rows.append({
             "group": name, "label": "high" if high else "low", "cells": len(cell_p),
             "mean_p_high": float(cell_p.mean()),
-            "cell_accuracy": float(np.mean((cell_p > 0.5) == high)),
+            "cell_accuracy": float(np.mean((cell_p >= CALL_THRESHOLD) == high)),
             f"population_accuracy_k{k}": float(correct[i].mean()),
         })
     return pd.DataFrame(rows)

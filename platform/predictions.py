@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lch.classify import MIN_POPULATION, UNKNOWN, binary_labels
+from lch.classify import MIN_POPULATION, UNKNOWN, binary_labels, call_of
 from lch.evaluation import (
     N_BOOTSTRAP,
     cell_index,
@@ -66,8 +66,9 @@ def patient_calls(predictions: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     pandas.DataFrame
         One row per patient: ``label``, ``cells``, ``p_high`` (mean over its cells), ``ci_low``
         and ``ci_high`` (:func:`lch.evaluation.percentile_interval` of
-        :data:`lch.evaluation.N_BOOTSTRAP` resamples of its cells), ``call`` ("high" when
-        ``p_high`` >= 0.5), ``reaches_minimum`` (at least :data:`MIN_POPULATION` cells) and
+        :data:`lch.evaluation.N_BOOTSTRAP` resamples of its cells), ``call``
+        (:func:`lch.classify.call_of` of ``p_high``), ``reaches_minimum`` (at least
+        :data:`MIN_POPULATION` cells) and
         ``correct`` (None for an unlabelled patient).
     """
     rng = np.random.default_rng(seed)
@@ -77,7 +78,7 @@ def patient_calls(predictions: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         low, high = percentile_interval(
             p[rng.integers(0, len(p), (N_BOOTSTRAP, len(p)))].mean(axis=1))
         label = str(group["label"].iloc[0])
-        call = "high" if p.mean() >= 0.5 else "low"
+        call = call_of(p.mean())
         known = binary_labels([label])[0] != UNKNOWN
         rows.append({
             "patient": patient, "label": label, "cells": len(p), "p_high": float(p.mean()),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from lch.classify import MIN_POPULATION
+from lch.classify import MIN_POPULATION, call_of
 from lch.exaggerate import SHIFTS
 from lch.movie_io import FrameTooLarge, MovieError, iter_frames, read_movie_info
 from lch.paths import NAME_PATTERN, is_valid_name
@@ -190,7 +190,7 @@ def population(p_high: np.ndarray) -> Population:
         return Population(p_high=None, call=None, n_cells=0, reaches_minimum=False)
     mean = float(np.mean(p_high))
     return Population(
-        p_high=mean, call="high" if mean >= 0.5 else "low", n_cells=n,
+        p_high=mean, call=call_of(mean), n_cells=n,
         reaches_minimum=n >= MIN_POPULATION,
     )
 

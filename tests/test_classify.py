@@ -14,7 +14,6 @@ from lch.classify import (
     patient_pair_folds,
     patient_split,
     population_draws,
-    population_scores,
 )
 
 
@@ -148,29 +147,30 @@ def overlapping_populations(seed: int = 0):
 
 def test_pooling_cells_calls_populations():
     p, y, groups = overlapping_populations()
-    single = population_scores(p, y, groups, k=1, n_draws=200, seed=0)
-    pooled = population_scores(p, y, groups, k=20, n_draws=200, seed=0)
+    single = population_draws(p, y, groups, k=1, n_draws=200, rng=np.random.default_rng(0))
+    pooled = population_draws(p, y, groups, k=20, n_draws=200, rng=np.random.default_rng(0))
     # One cell: P(correct) = Phi(0.08 / 0.2) = 0.66; twenty: Phi(0.08 / (0.2 / sqrt 20)) = 0.96.
-    assert 0.6 < single["accuracy"] < 0.72
-    assert 0.6 < single["auc"] < 0.78
-    assert pooled["accuracy"] > 0.93
-    assert pooled["auc"] > 0.98
-    assert population_scores(p, y, groups, k=20, n_draws=200, seed=0) == pooled
+    assert 0.6 < single.accuracy() < 0.72
+    assert 0.6 < single.auc() < 0.78
+    assert pooled.accuracy() > 0.93
+    assert pooled.auc() > 0.98
+    again = population_draws(p, y, groups, k=20, n_draws=200, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(again.scores, pooled.scores)
 
 
-def test_population_scores_small_groups_and_errors():
+def test_population_draws_small_groups_and_errors():
     p = np.array([0.9, 0.8, 0.2, 0.1, 0.3])
     y = np.array([1, 1, 0, 0, 0])
     groups = np.array(["a", "a", "b", "b", "b"])
     # Fewer cells than k: every population pools all of them, never one cell twice.
-    assert population_scores(p, y, groups, k=50, n_draws=10) == {"accuracy": 1.0, "auc": 1.0}
     draws = population_draws(p, y, groups, k=50, n_draws=10)
+    assert (draws.accuracy(), draws.auc()) == (1.0, 1.0)
     assert list(draws.sizes) == [2, 3]
     np.testing.assert_allclose(draws.scores, [[0.85] * 10, [0.2] * 10])
     with pytest.raises(ValueError, match="group 'a' has cells labelled both"):
-        population_scores(p, [1, 0, 0, 0, 0], groups)
+        population_draws(p, [1, 0, 0, 0, 0], groups)
     with pytest.raises(ValueError, match="only one class"):
-        population_scores(p, np.zeros(5), groups)
+        population_draws(p, np.zeros(5), groups)
 
 
 def test_classifier_folds_leave_out_one_patient_of_each_class():

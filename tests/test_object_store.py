@@ -32,7 +32,8 @@ from lch.paths import (
 from lch.pipelines.ingest import convert_cohort
 from lch.pipelines.runtime import free_port
 from lch.pipelines.segment import segment_cohort
-from lch.pipelines.train import TrainSettings, build_trainer, crop_dataset, prepare
+from lch.pipelines.train import TrainSettings, build_trainer, prepare
+from lch.pipelines.train_data import crop_dataset
 from lch.pipelines.train_loop import load_trained_aae
 from lch.synth import make_cohort
 from lch.training import load_cells, read_rows

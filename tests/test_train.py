@@ -27,16 +27,9 @@ from lch.paths import cohort_dir
 from lch.pipelines.cli import main
 from lch.pipelines.ingest import convert_cohort
 from lch.pipelines.segment import segment_cohort
-from lch.pipelines.train import (
-    TrainSettings,
-    build_trainer,
-    cpus_per_worker,
-    crop_dataset,
-    load_trained_aae,
-    prepare,
-    train,
-    train_loop_per_worker,
-)
+from lch.pipelines.train import TrainSettings, build_trainer, cpus_per_worker, prepare, train
+from lch.pipelines.train_data import crop_dataset
+from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
 from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model
 from lch.synth import make_cohort
 from lch.tracking import track_cohort
