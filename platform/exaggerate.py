@@ -396,10 +396,8 @@ def exaggerate(
     crops: Any,
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
     *,
-    cells: Sequence[str] | None = None,
     resize: bool = True,
-    measure: bool = True,
-    method: str = "linear",
+    **options: Any,
 ) -> Exaggeration:
     """Encode crops, move each code along the discriminant direction and decode every step.
 
@@ -412,14 +410,10 @@ def exaggerate(
         paths; each goes through :func:`load_crop` (see there for sizes and intensity scale).
     sigmas : sequence of float
         Shifts ``s`` in SDs of the training cells' projections (default -4 ... +4).
-    cells : sequence of str, optional
-        One id per crop (default ``"0"``, ``"1"``, ...).
     resize : bool
         Resize square crops of another size (default) or reject them; see :func:`load_crop`.
-    measure : bool
-        Measure the decoded images' morphology.
-    method : {"linear", "latent-shift"}
-        How codes move (:data:`SHIFTS`).
+    **options
+        ``cells`` (one id per crop), ``measure`` and ``method``, as in :func:`exaggerate_codes`.
 
     Returns
     -------
@@ -427,8 +421,7 @@ def exaggerate(
     """
     check_classifier(model)
     batch = _crop_batch(model, crops, resize)
-    return exaggerate_codes(model, encode_crops(model, batch), sigmas, cells=cells,
-                            measure=measure, method=method)
+    return exaggerate_codes(model, encode_crops(model, batch), sigmas, **options)
 
 
 def class_mean_codes(codes: np.ndarray, labels: Sequence | np.ndarray) -> dict[str, np.ndarray]:

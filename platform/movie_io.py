@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import bioio_ome_tiff
-import bioio_tifffile
 import numpy as np
 import tifffile
-from bioio import BioImage
-from bioio_base.exceptions import UnsupportedFileFormatError
+
+if TYPE_CHECKING:
+    from bioio import BioImage
 
 # Axes tifffile reports for a plain page sequence; all are read as time.
 TIME_AXES = {"T", "I", "Q"}
@@ -251,6 +250,13 @@ def _open_image(path: Path, name: str) -> tuple[BioImage, dict]:
     to be one single-channel time series, its page sequence read as time (bioio would read a
     plain page sequence as Z).
     """
+    # Imported here: bioio and its OME model take a second to import, and every process that
+    # only reads stored movies (Ray Data's segmentation workers) would pay it.
+    import bioio_ome_tiff
+    import bioio_tifffile
+    from bioio import BioImage
+    from bioio_base.exceptions import UnsupportedFileFormatError
+
     if not path.exists():
         raise MovieError(f"{name}: file not found")
     try:

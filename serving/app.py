@@ -137,8 +137,8 @@ class _FollowsModel:
     multiplexing), and the data root stored movies are read from.
     """
 
-    async def _start(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float,
-                     data_root: str):
+    async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float,
+                       data_root: str):
         self.source = await asyncio.to_thread(ModelSource, model_alias, tracking_uri)
         self.data_root = data_root
         self._follower = asyncio.get_running_loop().create_task(
@@ -170,10 +170,6 @@ class _FollowsModel:
 )
 class Classifier(_FollowsModel):
     """P(high) for crops, batched across concurrent requests with ``@serve.batch``."""
-
-    async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float,
-                       data_root: str):
-        await self._start(model_alias, tracking_uri, poll_interval_s, data_root)
 
     # Serve splits batches by multiplexed model id: one version per batch.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
@@ -227,10 +223,6 @@ class Classifier(_FollowsModel):
 )
 class Exaggerator(_FollowsModel):
     """Decoded images along the discriminant direction, with their morphology."""
-
-    async def __init__(self, model_alias: str, tracking_uri: str | None, poll_interval_s: float,
-                       data_root: str):
-        await self._start(model_alias, tracking_uri, poll_interval_s, data_root)
 
     async def exaggerate(self, image: np.ndarray, sigmas: list[float], method: str,
                          normalised: bool | None, pixel_size_um: float,

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import tempfile
 
-import pytest
+# One set of CPU kernels on every machine with AVX2, set before torch loads: the small models the
+# tests train, and the trends asserted on them, must not move with the machine's vector width.
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
-import lch.pipelines  # noqa: F401  (before Ray is imported: local Ray stays on loopback)
-from lch.pipelines.runtime import ensure_local_token, quiet_environment
+import pytest  # noqa: E402
+
+import lch.pipelines  # noqa: E402, F401  (before Ray is imported: local Ray stays on loopback)
+from lch.pipelines.runtime import ensure_local_token, quiet_environment  # noqa: E402
 
 # Keep Ray, MLflow and torch from writing outside the test's folders or phoning home.
 quiet_environment()
