@@ -517,8 +517,8 @@ def _setup_error(exc: BaseException) -> bool:
     from lch.cohort_lock import CohortLocked
     from lch.labels import SegmenterUnavailable
     from lch.mlflow_store import TrackingConfigError
-    from lch.paths import StorageError
     from lch.pipelines.runtime import RaySecurityError
+    from lch.storage import StorageError
 
     return isinstance(exc, StorageError | TrackingConfigError | RaySecurityError | CohortLocked
                       | SegmenterUnavailable | UsageProblem)

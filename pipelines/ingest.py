@@ -22,19 +22,9 @@ from lch.cohort_lock import cohort_lock
 from lch.conversion import ConversionResult, convert_movie, remove_leftovers
 from lch.manifest import Manifest, MovieEntry, load_manifest
 from lch.movie_io import DEFAULT_MAX_FRAME_PIXELS, MovieError, Selection, position_names
-from lch.paths import (
-    Location,
-    check_root,
-    cohort_dir,
-    filesystem,
-    is_url,
-    join,
-    lch_home,
-    movie_store,
-    movies_dir,
-    storage_options_from_env,
-)
+from lch.paths import Location, cohort_dir, is_url, join, lch_home, movie_store, movies_dir
 from lch.pipelines.runtime import init_ray, require_token_auth
+from lch.storage import check_root, filesystem, storage_options_from_env
 
 MANIFEST_NAME = "manifest.yaml"
 # Passed on to a submitted job when set here. Not the S3 secrets: a job's runtime_env is shown
@@ -180,7 +170,7 @@ def convert_cohort(
         If another live run is writing the cohort.
     lch.manifest.ManifestError
         If the manifest as a whole is unusable; bad single entries are reported as failures.
-    lch.paths.StorageError
+    lch.storage.StorageError
         If the data root is an object store that cannot be reached or has no such bucket.
     """
     manifest = load_manifest(manifest_path)

@@ -25,9 +25,10 @@ from lch.crop_folder import list_crops, read_crop
 from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM
 from lch.manifest import Manifest, ManifestError
 from lch.morphology import FEATURE_COLUMNS
-from lch.paths import Location, check_root, cohort_dir, lch_home, storage_options_from_env
+from lch.paths import Location, cohort_dir, lch_home
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.single_cell import centre_cell
+from lch.storage import check_root, storage_options_from_env
 from lch.tracking import MIN_TRACK_FRAMES, check_min_track_frames, count_tracks, track_columns
 
 IMAGES_PER_BATCH = 16

@@ -26,11 +26,12 @@ from tqdm.auto import tqdm
 
 from lch.mlflow_store import tracking_uri, use_tracking
 from lch.model_names import REGISTERED_MODEL, model_uri, version_uri
-from lch.paths import Location, cohort_dir, filesystem, join, lch_home, storage_options_from_env
+from lch.paths import Location, cohort_dir, join, lch_home
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pipelines.train_data import read_crop_items
 from lch.predictions import call_accuracy, cell_predictions, patient_calls
 from lch.registry import load_lch_model, resolve_version
+from lch.storage import filesystem, storage_options_from_env
 from lch.training import TrainingInputError, crop_items, load_cells
 
 DEFAULT_MODEL = model_uri()

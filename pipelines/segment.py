@@ -46,18 +46,10 @@ from lch.omezarr import (
     open_movie,
     read_provenance,
 )
-from lch.paths import (
-    Location,
-    check_root,
-    cohort_dir,
-    filesystem,
-    is_url,
-    lch_home,
-    movies_dir,
-    storage_options_from_env,
-)
+from lch.paths import Location, cohort_dir, is_url, lch_home, movies_dir
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
+from lch.storage import check_root, filesystem, storage_options_from_env
 from lch.tracking import MIN_TRACK_FRAMES, check_min_track_frames, count_tracks, track_cohort
 
 FRAMES_PER_BATCH = 4
@@ -403,7 +395,7 @@ def segment_cohort(
         If ``segmenter`` cannot run here (e.g. Cellpose without its weights on disk).
     lch.cohort_lock.CohortLocked
         If another live run is writing the cohort.
-    lch.paths.StorageError
+    lch.storage.StorageError
         If the data root is an object store that cannot be reached or has no such bucket.
     """
     segmenter_options = check_segmenter(segmenter)

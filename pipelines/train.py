@@ -50,11 +50,12 @@ from lch.exaggeration_report import REPORT_CELLS, pick_cells, write_report
 from lch.mlflow_store import tracking_uri, use_tracking
 from lch.model import AAEConfig
 from lch.model_names import REGISTERED_MODEL
-from lch.paths import join, lch_home, pyarrow_filesystem
+from lch.paths import join, lch_home
 from lch.pipelines.runtime import cluster_cpus, init_ray
 from lch.pipelines.train_data import crop_dataset
 from lch.pipelines.train_loop import LOSSES, load_trained_aae, train_loop_per_worker
 from lch.registry import log_lch_model
+from lch.storage import pyarrow_filesystem
 from lch.training import (
     CellSet,
     Split,

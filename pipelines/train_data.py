@@ -14,7 +14,7 @@ import ray
 import zarr
 from ray.data import RandomSeedConfig
 
-from lch.paths import zarr_store
+from lch.storage import zarr_store
 from lch.training import CellSet, crop_items
 
 # Rows per work item: divides the cell store's 256-row chunks, so an item decodes one chunk,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import fsspec
 
-from lch.paths import Location, filesystem, is_url
+from lch.paths import Location, is_url
+from lch.storage import filesystem
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"

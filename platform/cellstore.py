@@ -27,7 +27,8 @@ from zarr.codecs import BloscCodec
 
 from lch.atomic import commit
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
-from lch.paths import Location, filesystem, is_url, join, zarr_store
+from lch.paths import Location, is_url, join
+from lch.storage import filesystem, zarr_store
 
 CELLS_FILE = "cells.parquet"
 CROPS_STORE = "crops.zarr"

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lch.paths import Location, filesystem, is_url, join
+from lch.paths import Location, is_url, join
+from lch.storage import filesystem
 
 LOCK_NAME = ".lock"
 LOCK_TTL_S = 120.0

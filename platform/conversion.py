@@ -52,8 +52,9 @@ from lch.omezarr import (
     store_bytes,
     write_frames,
 )
-from lch.paths import Location, filesystem, is_url, join
+from lch.paths import Location, is_url, join
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
+from lch.storage import filesystem
 
 
 @dataclass(frozen=True)

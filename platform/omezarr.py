@@ -33,7 +33,7 @@ against 1.81 for Blosc-zstd level 5, at a quarter of the CPU time to write and 4
 a heavier codec buys little.
 
 Every function takes a local path or a URL (with fsspec ``storage_options``, default from the
-environment: :func:`lch.paths.storage_options_from_env`).
+environment: :func:`lch.storage.storage_options_from_env`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from lch.paths import Location, filesystem, is_url, zarr_store
+from lch.paths import Location, is_url
+from lch.storage import filesystem, zarr_store
 
 NGFF_VERSION = "0.5"
 ARRAY_PATH = "0"

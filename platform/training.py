@@ -27,15 +27,8 @@ from lch.classify import (
     patient_split,
 )
 from lch.model import refresh_batch_norm, unwrap
-from lch.paths import (
-    Location,
-    cohort_dir,
-    filesystem,
-    join,
-    lch_home,
-    storage_options_from_env,
-    zarr_store,
-)
+from lch.paths import Location, cohort_dir, join, lch_home
+from lch.storage import filesystem, storage_options_from_env, zarr_store
 
 # Cells read at once on the driver (refresh and encoding): bounded memory at any cohort size.
 READ_ROWS = 1024

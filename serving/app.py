@@ -37,12 +37,13 @@ from lch.evaluation import cell_means
 from lch.exaggerate import encode_crops, exaggerate, exaggerate_codes
 from lch.exaggeration_report import montage
 from lch.model import AAEConfig
-from lch.paths import cohort_dir, lch_home, storage_options_from_env
+from lch.paths import cohort_dir, lch_home
 from lch.registry import CHAMPION_ALIAS, REGISTERED_MODEL, ModelNotFound, resolve_version
 from lch.serving import contract
 from lch.serving.contract import RequestError
 from lch.serving.model_source import LoadedModel, ModelSource
 from lch.single_cell import cell_at, model_crop
+from lch.storage import storage_options_from_env
 from lch.tracking import link_tracks
 
 TOKEN_ENV = "LCH_API_TOKEN"

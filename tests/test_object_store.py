@@ -19,22 +19,14 @@ import zarr
 from lch.cellstore import CELLS_FILE, CROPS_STORE, CellStoreError, open_cells
 from lch.mlflow_store import TrackingConfigError, artifact_location, tracking_uri
 from lch.omezarr import open_movie, read_provenance
-from lch.paths import (
-    StorageError,
-    cohort_dir,
-    filesystem,
-    join,
-    lch_home,
-    movie_store,
-    movies_dir,
-    pyarrow_filesystem,
-)
+from lch.paths import cohort_dir, join, lch_home, movie_store, movies_dir
 from lch.pipelines.ingest import convert_cohort
 from lch.pipelines.runtime import free_port
 from lch.pipelines.segment import segment_cohort
 from lch.pipelines.train import TrainSettings, build_trainer, prepare
 from lch.pipelines.train_data import crop_dataset
 from lch.pipelines.train_loop import load_trained_aae
+from lch.storage import StorageError, filesystem, pyarrow_filesystem
 from lch.synth import make_cohort
 from lch.training import load_cells, read_rows
 

@@ -26,7 +26,7 @@ from lch.omezarr import (
     with_levels,
     write_frames,
 )
-from lch.paths import zarr_store
+from lch.storage import zarr_store
 
 FRAMES, HEIGHT, WIDTH = 5, 1100, 1030  # tiled level 0, odd x at level 1: three levels
 LEVELS = [(1100, 1030), (550, 515), (275, 257)]
