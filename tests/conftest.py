@@ -109,3 +109,42 @@ def mlflow_server(tmp_path_factory):
     finally:
         stop_session(proc)
         log.close()
+
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(ray_session, tmp_path_factory):
+    """A data root holding cohort "tiny" (4 patients, one 4-frame movie each) ingested and
+    segmented into 64-px crops, built once per run; tests copy it (``helpers.copy_home``).
+
+    The xdist workers share one copy: the first builds it under the run's temp folder while the
+    others wait on its lock, as pytest-xdist's docs do for session data.
+    """
+    from filelock import FileLock
+
+    from helpers import TINY_COHORT
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    home = shared / "tiny-cohort" / "lch-home"
+    with FileLock(str(shared / "tiny-cohort.lock")):
+        if not (home / "cohorts" / TINY_COHORT / "cells.parquet").exists():
+            _build_tiny_cohort(home, shared / "tiny-cohort" / "source")
+    return home
+
+
+def _build_tiny_cohort(home, source):
+    from lch.pipelines.ingest import convert_cohort
+    from lch.pipelines.segment import segment_cohort
+    from lch.synth import make_cohort
+
+    from helpers import TINY_COHORT, TINY_CROP
+
+    manifest = make_cohort(source, name=TINY_COHORT, patients=4, movies_per_patient=1, frames=4,
+                           seed=5)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LCH_HOME", str(home))
+        assert convert_cohort(manifest, progress=False).count("ok") == 4
+        segment_cohort(TINY_COHORT, crop_size=TINY_CROP, progress=False)
+

@@ -1,8 +1,9 @@
-"""Small helpers shared by test modules: throw-away models and subprocess clean-up."""
+"""Small helpers shared by test modules: throw-away models, the tiny cohort, subprocess clean-up."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 
@@ -39,3 +40,15 @@ def assert_same_crops(got: np.ndarray, expected: np.ndarray) -> None:
         return np.sort(a.reshape(len(a), -1)[:, :3] @ key + a.sum((1, 2)))
 
     np.testing.assert_allclose(fingerprints(got), fingerprints(expected), rtol=1e-6)
+
+
+# The small cohort several modules train on (conftest's tiny_cohort), and their tiny training.
+TINY_COHORT = "tiny"
+TINY_CROP = 64
+TINY_TRAINING = {"latent_dim": 8, "width": 1 / 16, "batch_size": 8, "epochs": 2, "workers": 2}
+
+
+def copy_home(source, target):
+    """Copy a data root for one test or module to change (cohorts only, no MLflow store)."""
+    shutil.copytree(source / "cohorts", target / "cohorts")
+    return target

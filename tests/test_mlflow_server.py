@@ -12,18 +12,15 @@ from mlflow import MlflowClient
 
 from lch.model import LCHModel
 from lch.paths import cohort_dir
-from lch.pipelines.ingest import convert_cohort
-from lch.pipelines.segment import segment_cohort
 from lch.pipelines.train import TrainSettings, train
 from lch.promotion import PromotionRefused, list_versions, promote
 from lch.registry import REGISTERED_MODEL, load_lch_model, log_lch_model
 from lch.serving.model_source import ModelSource
-from lch.synth import make_cohort
 
-from helpers import tiny_model
+from helpers import TINY_COHORT, TINY_CROP, TINY_TRAINING, copy_home, tiny_model
 
-CROP = 64
-TINY = {"latent_dim": 8, "width": 1 / 16, "batch_size": 8, "epochs": 2, "workers": 2}
+CROP = TINY_CROP
+TINY = TINY_TRAINING
 
 
 @pytest.fixture
@@ -52,15 +49,12 @@ def assert_nothing_local(home, cwd) -> None:
 
 @pytest.mark.slow
 def test_training_logs_registers_promotes_and_serves_through_the_server(
-    ray_session, remote_tracking, tmp_path
+    ray_session, remote_tracking, tiny_cohort, tmp_path
 ):
     url, root, home = remote_tracking
-    source = make_cohort(tmp_path / "src", name="srv", patients=4, movies_per_patient=1,
-                         frames=4, seed=5)
-    assert convert_cohort(source, progress=False).count("ok") == 4
-    segment_cohort("srv", crop_size=CROP, progress=False)
+    copy_home(tiny_cohort, home)
 
-    summary = train(TrainSettings(cohorts=("srv",), image_every=1, **TINY))
+    summary = train(TrainSettings(cohorts=(TINY_COHORT,), image_every=1, **TINY))
 
     # The run and the version live on the server; rank 0 (a Ray worker) logged over HTTP.
     client = MlflowClient(tracking_uri=url, registry_uri=url)
@@ -72,7 +66,7 @@ def test_training_logs_registers_promotes_and_serves_through_the_server(
         a.path for a in client.list_artifacts(summary.run_id)
     }
     version = client.get_model_version(REGISTERED_MODEL, summary.model_version)
-    assert version.run_id == summary.run_id and version.tags["cohorts"] == "srv"
+    assert version.run_id == summary.run_id and version.tags["cohorts"] == TINY_COHORT
 
     # Promotion and loading by alias, both through the server.
     assert "→ version" in promote(summary.model_version)
@@ -91,7 +85,7 @@ def test_training_logs_registers_promotes_and_serves_through_the_server(
 
     # The weights went through the server to its artifact folder, not to the data root.
     assert any((root / "artifacts").rglob("lch_model.pt"))
-    assert (home / "cohorts" / "srv").is_dir()
+    assert (home / "cohorts" / TINY_COHORT).is_dir()
     assert_nothing_local(home, tmp_path)
 
 

@@ -111,8 +111,8 @@ def test_bad_input_is_a_clear_error(stored, capsys, args, words):
 
 # ---------------------------------------------------------------- a trained model's calls
 
-TRAIN_PATIENTS = ["p00", "p01", "p02", "p03"]  # classes alternate: two high, two low
-HELD_OUT = ["p04", "p05", "p06", "p07"]
+TRAIN_PATIENTS = ["p00", "p01", "p02", "p03", "p04", "p05"]  # classes alternate: 3 high, 3 low
+HELD_OUT = ["p06", "p07", "p08", "p09"]
 STEPS = 800
 
 
@@ -137,15 +137,15 @@ def _train_aae(crops: np.ndarray, field_of_view_um: float) -> AAE:
 
 @pytest.fixture(scope="module")
 def labelled(ray_session, single_thread, tmp_path_factory):
-    """Eight synthetic patients ingested and segmented; a model trained on the first four (the
+    """Ten synthetic patients ingested and segmented; a model trained on the first six (the
     AAE on their crops, the LDA on their tracked cells) registered as the champion."""
     folder = tmp_path_factory.mktemp("labelled")
-    manifest = make_cohort(folder / "source", name="ward", patients=8, movies_per_patient=2,
+    manifest = make_cohort(folder / "source", name="ward", patients=10, movies_per_patient=2,
                            frames=4, seed=21)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LCH_HOME", str(folder / "home"))
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        assert convert_cohort(manifest, progress=False).count("ok") == 16
+        assert convert_cohort(manifest, progress=False).count("ok") == 20
         segment_cohort("ward", crop_size=64, progress=False)
         cells = load_cells(["ward"])
         table, crops = open_cells(cohort_dir("ward"))

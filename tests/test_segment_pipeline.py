@@ -33,11 +33,32 @@ def small_cohort(tmp_path_factory):
                        size=(512, 512))
 
 
+@pytest.fixture(scope="module")
+def first_run(ray_session, small_cohort, tmp_path_factory):
+    """The cohort ingested and segmented once (tracks of 4+ frames kept): its home, summary."""
+    home = tmp_path_factory.mktemp("seg-home") / "lch-home"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LCH_HOME", str(home))
+        assert convert_cohort(small_cohort, progress=False).count("ok") == 2
+        summary = segment_cohort("seg", progress=False, min_track_frames=4)
+    return home, summary
+
+
 @pytest.fixture
-def ingested(ray_session, lch_home, small_cohort):
-    summary = convert_cohort(small_cohort, progress=False)
-    assert summary.count("ok") == 2
+def segmented(first_run, lch_home):
+    """A copy of the first run's data root for one test to change: its cohort folder."""
+    shutil.copytree(first_run[0], lch_home)
     return cohort_dir("seg")
+
+
+@pytest.fixture
+def ingested(segmented):
+    """The copy with its segmentation outputs removed: movies only, as ingestion left them."""
+    (segmented / CELLS_FILE).unlink()
+    shutil.rmtree(segmented / CROPS_STORE)
+    for store in (segmented / "movies").glob("*.ome.zarr"):
+        shutil.rmtree(store / "labels")
+    return segmented
 
 
 def ome_zarr_labels(store) -> np.ndarray:
@@ -66,8 +87,9 @@ def bare_loop(cohort_folder, crop_size=64):
     return pd.concat(tables, ignore_index=True), np.concatenate(crops)
 
 
-def test_pipeline_matches_the_bare_function_row_for_row(ingested):
-    summary = segment_cohort("seg", progress=False)
+def test_pipeline_matches_the_bare_function_row_for_row(first_run):
+    home, summary = first_run
+    ingested = cohort_dir("seg", home)
     table, crops = open_cells(ingested)
     expected, expected_crops = bare_loop(ingested)
 
@@ -123,8 +145,8 @@ def test_empty_constant_and_corrupt_frames_are_counted_not_fatal(ingested):
     assert "FAILED p01-m00" in text and "frames without cells: 1" in text
 
 
-def test_rerun_replaces_outputs_whole_and_a_failed_run_keeps_the_old(ingested, monkeypatch):
-    segment_cohort("seg", progress=False)
+def test_rerun_replaces_outputs_whole_and_a_failed_run_keeps_the_old(segmented, monkeypatch):
+    ingested = segmented
     first, first_crops = open_cells(ingested)
     first_crops = first_crops[:]
     store = movie_store("seg", "p00-m00")
@@ -159,8 +181,8 @@ def test_rerun_replaces_outputs_whole_and_a_failed_run_keeps_the_old(ingested, m
     assert hidden(store) == []
 
 
-def test_a_table_and_crops_from_different_runs_are_refused(ingested, tmp_path):
-    segment_cohort("seg", progress=False)
+def test_a_table_and_crops_from_different_runs_are_refused(segmented, tmp_path):
+    ingested = segmented
     shutil.copytree(ingested / CROPS_STORE, tmp_path / "old-crops.zarr")
     segment_cohort("seg", progress=False)
     shutil.rmtree(ingested / CROPS_STORE)
@@ -177,10 +199,10 @@ def test_missing_cohort_is_a_clear_error(lch_home):
         segment_cohort("nope", progress=False)
 
 
-def test_a_killed_runs_outputs_are_removed_by_the_next_and_a_live_run_is_refused(ingested):
+def test_a_killed_runs_outputs_are_removed_by_the_next_and_a_live_run_is_refused(segmented):
     from lch.cohort_lock import CohortLocked, cohort_lock
 
-    segment_cohort("seg", progress=False)
+    ingested = segmented
     # What a run killed mid-write leaves beside the committed outputs.
     (ingested / f".tmp-dead-{CELLS_FILE}").write_bytes(b"PAR1 half")
     shutil.copytree(ingested / CROPS_STORE, ingested / f".tmp-dead-{CROPS_STORE}")
@@ -254,9 +276,9 @@ def test_given_label_movies_are_used_as_they_are_and_all_border_cells_are_a_coun
     assert "movies without usable cells: 1" in text and "by: lch 1, manifest 2" in text
 
 
-def test_cells_are_tracked_within_each_movie(ingested):
-    summary = segment_cohort("seg", progress=False, min_track_frames=4)
-    table, _ = open_cells(ingested)
+def test_cells_are_tracked_within_each_movie(first_run):
+    home, summary = first_run
+    table, _ = open_cells(cohort_dir("seg", home))
     by_track = table.groupby("track_id")
     assert (by_track["movie"].nunique() == 1).all()  # unique within the cohort
     assert (by_track["frame"].apply(lambda f: f.is_unique)).all()  # one row per frame

@@ -25,13 +25,10 @@ from lch.exaggerate import DEFAULT_SIGMAS
 from lch.exaggeration_report import REPORT_CELLS
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
-from lch.pipelines.ingest import convert_cohort
-from lch.pipelines.segment import segment_cohort
 from lch.pipelines.train import TrainSettings, build_trainer, cpus_per_worker, prepare, train
 from lch.pipelines.train_data import crop_dataset
 from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
 from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model
-from lch.synth import make_cohort
 from lch.tracking import track_cohort
 from lch.training import (
     TrainingInputError,
@@ -43,10 +40,10 @@ from lch.training import (
     split_by_patient,
 )
 
-from helpers import assert_same_crops
+from helpers import TINY_COHORT, TINY_CROP, TINY_TRAINING, assert_same_crops, copy_home
 
-CROP = 64
-TINY = {"latent_dim": 8, "width": 1 / 16, "batch_size": 8, "epochs": 2, "workers": 2}
+CROP = TINY_CROP
+TINY = TINY_TRAINING
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,24 +178,18 @@ def test_reconstruction_grid_puts_crops_over_reconstructions():
 
 
 @pytest.fixture(scope="module")
-def trained_home(ray_session, tmp_path_factory):
-    """A small segmented cohort (4 patients, 32-px crops) in a data root of its own."""
-    home = tmp_path_factory.mktemp("train-home")
-    source = make_cohort(
-        tmp_path_factory.mktemp("train-src"), name="tiny", patients=4, movies_per_patient=1,
-        frames=4, seed=5,
-    )
+def trained_home(tiny_cohort, tmp_path_factory):
+    """The tiny segmented cohort (conftest's tiny_cohort) in a data root of its own."""
+    home = copy_home(tiny_cohort, tmp_path_factory.mktemp("train") / "lch-home")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LCH_HOME", str(home))
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        assert convert_cohort(source, progress=False).count("ok") == 4
-        segment_cohort("tiny", crop_size=CROP, progress=False)
         yield home
 
 
 @pytest.mark.parametrize("in_memory", [True, False], ids=["cached", "streamed"])
 def test_dataset_holds_exactly_the_autoencoder_crops(trained_home, in_memory):
-    cells, split = prepare(TrainSettings(cohorts=("tiny",), **TINY))
+    cells, split = prepare(TrainSettings(cohorts=(TINY_COHORT,), **TINY))
     rows = crop_dataset(cells, split.autoencoder, seed=0, in_memory=in_memory).take_all()
     got = np.stack([r["crop"] for r in rows])
     expected = read_rows(cells, np.flatnonzero(split.autoencoder))
@@ -208,7 +199,7 @@ def test_dataset_holds_exactly_the_autoencoder_crops(trained_home, in_memory):
 
 @pytest.mark.slow
 def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained_home):
-    settings = TrainSettings(cohorts=("tiny",), image_every=1, **TINY)
+    settings = TrainSettings(cohorts=(TINY_COHORT,), image_every=1, **TINY)
     summary = train(settings)
     ev = summary.evaluation
     client = MlflowClient()
@@ -216,7 +207,7 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     # One version, tagged for the promotion gate, with what the summary reported.
     version = client.get_model_version(REGISTERED_MODEL, summary.model_version)
     assert version.run_id == summary.run_id
-    assert version.tags["cohorts"] == "tiny" and version.tags["run_id"] == summary.run_id
+    assert version.tags["cohorts"] == TINY_COHORT and version.tags["run_id"] == summary.run_id
     assert version.tags["crop_size"] == str(CROP) and version.tags["latent_dim"] == "8"
     assert float(version.tags[POPULATION_METRIC_TAG]) == pytest.approx(ev.population_at(20))
     assert list(ev.population["k"]) == [1, 5, 10, 20, 50]
@@ -319,7 +310,7 @@ def fail_once_after_first_checkpoint(config: dict, marker: str, log: str) -> Non
 
 @pytest.mark.slow
 def test_a_failed_worker_resumes_from_the_last_checkpoint(trained_home, tmp_path):
-    settings = TrainSettings(cohorts=("tiny",), max_failures=1, **{**TINY, "epochs": 3})
+    settings = TrainSettings(cohorts=(TINY_COHORT,), max_failures=1, **{**TINY, "epochs": 3})
     cells, split = prepare(settings)
     marker, log = tmp_path / "failed-once", tmp_path / "reports.txt"
     loop = functools.partial(fail_once_after_first_checkpoint, marker=str(marker), log=str(log))
