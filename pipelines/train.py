@@ -40,7 +40,9 @@ from lch.classify import HIGH, LOW
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.evaluation import (
     Evaluation,
+    cell_index,
     evaluate,
+    first_of_each,
     plot_population_curve,
     plot_reliability,
     sigmoid,
@@ -64,7 +66,7 @@ from lch.training import (
     read_rows,
     split_by_patient,
 )
-from lch.trends import spearman_table, trend_report
+from lch.trends import real_cell_check, spearman_table, trend_report
 
 # Defaults for the CPU demo: an eighth of the paper's channels, and lr 5e-4 rather than the
 # paper's 2e-4, which is too slow for the few hundred steps a CPU run takes.
@@ -328,9 +330,10 @@ def _start_run(settings: TrainSettings, cells: CellSet, split: Split) -> str:
 def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed: int) -> None:
     """Exaggerate held-out cells (half high, half low) with the new model; log the report.
 
-    The montage, the morphology table, the Spearman trends and each feature's trend beside the
-    data's bound (:func:`lch.trends.trend_report`, from :data:`BOUND_CELLS` held-out cells) go
-    to the active run, and the figures as metrics.
+    The montage, the morphology table, the Spearman trends, each feature's trend beside the
+    data's bound (:func:`lch.trends.trend_report`, from :data:`BOUND_CELLS` held-out cells) and
+    the strongest trends tested on those real cells (:func:`lch.trends.real_cell_check`) go to
+    the active run, and the figures as metrics.
     """
     held_out = cells.table.iloc[np.flatnonzero(split.test)]
     held_out = held_out.assign(position=np.flatnonzero(split.test))
@@ -340,9 +343,16 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed
     real = pick_cells(held_out, BOUND_CELLS, seed, column="position")
     features, scores = measure_real_cells(evaluation.model, read_rows(cells, real))
     bounds = trend_report(result.table, features, scores, result.sigmas)
+    # The strongest trends tested on the same real cells, one row per tracked cell.
+    cell = cell_index(cells.table.iloc[real])
+    hypotheses = real_cell_check(
+        result.table, features.groupby(cell, sort=True).mean(numeric_only=True),
+        first_of_each(cells.table["label"].to_numpy()[real], cell), seed=seed,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         write_report(result, tmp)
         bounds.to_csv(Path(tmp) / "exaggeration_bounds.csv", index=False)
+        hypotheses.to_csv(Path(tmp) / "exaggeration_hypotheses.csv", index=False)
         mlflow.log_artifacts(tmp, artifact_path=REPORT_FOLDER)
     trends = spearman_table(result.table).dropna(subset=["rho"])
     metrics = {f"exaggeration_rho_{f}": rho for f, rho in zip(trends.feature, trends.rho,
@@ -350,6 +360,8 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed
     for row in bounds.dropna(subset=["bound", "ratio"]).itertuples():
         metrics[f"exaggeration_bound_{row.feature}"] = row.bound
         metrics[f"exaggeration_bound_ratio_{row.feature}"] = row.ratio
+    for row in hypotheses.dropna(subset=["auc"]).itertuples():
+        metrics[f"real_cell_auc_{row.feature}"] = row.auc
     mlflow.log_metrics(metrics)
 
 

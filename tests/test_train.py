@@ -258,7 +258,7 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     report = {a.path.split("/")[-1] for a in client.list_artifacts(summary.run_id, "exaggeration")}
     assert report == {"exaggeration_montage.png", "exaggeration_morphology.csv",
                       "exaggeration_spearman.csv", "exaggeration_bounds.csv",
-                      "exaggeration_trends.png"}
+                      "exaggeration_hypotheses.csv", "exaggeration_trends.png"}
     trends = pd.read_csv(client.download_artifacts(
         summary.run_id, "exaggeration/exaggeration_spearman.csv", str(trained_home)))
     finite = trends.dropna(subset=["rho"])
@@ -272,6 +272,15 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     for row in bounds.dropna(subset=["ratio"]).itertuples():
         assert run.data.metrics[f"exaggeration_bound_ratio_{row.feature}"] == pytest.approx(
             row.ratio)
+    # The strongest trends tested on the held-out real cells, each with its AUC logged.
+    hypotheses = pd.read_csv(client.download_artifacts(
+        summary.run_id, "exaggeration/exaggeration_hypotheses.csv", str(trained_home)))
+    strongest = finite.iloc[np.argsort(-finite.rho.abs().to_numpy(), kind="stable")]
+    assert list(hypotheses.feature) == [f for f in strongest.feature
+                                        if f != "probability_reencoded"][:4]
+    for row in hypotheses.dropna(subset=["auc"]).itertuples():
+        assert row.ci_low <= row.auc <= row.ci_high
+        assert run.data.metrics[f"real_cell_auc_{row.feature}"] == pytest.approx(row.auc)
     morphology = pd.read_csv(client.download_artifacts(
         summary.run_id, "exaggeration/exaggeration_morphology.csv", str(trained_home)))
     assert len(morphology) == REPORT_CELLS * len(DEFAULT_SIGMAS)

@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lch.trends import judge_trends, plot_trends, spearman_table, trend_bound, trend_report
+from lch.trends import (
+    judge_trends,
+    plot_trends,
+    real_cell_check,
+    spearman_table,
+    trend_bound,
+    trend_report,
+)
 
 SIGMAS = np.arange(-4.0, 5.0)
 
@@ -92,3 +99,50 @@ def test_trend_figure_shows_the_median_and_band_of_each_feature(tmp_path):
         quartiles.max())
     fig.savefig(tmp_path / "trends.png")
     assert (tmp_path / "trends.png").stat().st_size > 1000
+
+
+def _hypotheses():
+    """An exaggeration drawing arms longer (strongly), the halo brighter, the body smaller and
+    solidity flat; real cells where arms separate the classes, the halo does not, and the body
+    is bigger in high cells (against the decoder's trend)."""
+    rng = np.random.default_rng(3)
+    rows = [{"cell": i, "sigma": s, "protrusion_length": 2.0 * s + rng.normal(),
+             "halo_intensity": s + 2.0 * rng.normal(), "body_area": -s + 3.0 * rng.normal(),
+             "solidity": rng.normal()} for i in range(20) for s in SIGMAS]
+    labels = np.array(["high"] * 60 + ["low"] * 60 + ["unknown"] * 5)
+    high = labels == "high"
+    cells = pd.DataFrame({
+        "protrusion_length": np.where(high, 2.0, 0.0) + rng.normal(size=125),
+        "halo_intensity": rng.normal(size=125),
+        "body_area": np.where(high, 1.5, 0.0) + rng.normal(size=125),
+        "solidity": rng.normal(size=125),
+    })
+    return pd.DataFrame(rows), cells, labels
+
+
+def test_the_strongest_trends_are_tested_on_real_cells_and_unsupported_ones_flagged():
+    exaggerated, cells, labels = _hypotheses()
+    table = real_cell_check(exaggerated, cells, labels, top=3).set_index("feature")
+    # The three strongest trends, strongest first; solidity's flat trend is not a hypothesis.
+    assert list(table.index) == ["protrusion_length", "halo_intensity", "body_area"]
+    assert (table["cells"] == 120).all()  # the 5 unlabelled cells left out
+    arms = table.loc["protrusion_length"]
+    assert arms["auc"] > 0.85 and arms["ci_low"] > 0.75 and arms["ci_high"] <= 1.0
+    assert arms["direction"] == "higher in high" and arms["flag"] == ""
+    assert table.loc["halo_intensity", "ci_low"] < 0.5 < table.loc["halo_intensity", "ci_high"]
+    assert table.loc["halo_intensity", "flag"].startswith("not shown by real cells")
+    body = table.loc["body_area"]
+    assert body["rho"] < 0 and body["auc"] > 0.75
+    assert body["flag"] == "real cells show the opposite (higher in high)"
+    again = real_cell_check(exaggerated, cells, labels, top=3).set_index("feature")
+    pd.testing.assert_frame_equal(table, again)  # seeded
+
+
+def test_real_cell_check_needs_both_classes_and_one_label_per_cell():
+    exaggerated, cells, labels = _hypotheses()
+    only_high = np.where(labels == "low", "high", labels)
+    table = real_cell_check(exaggerated, cells, only_high, top=1)
+    assert table["flag"].tolist() == ["real cells of only one class measured"]
+    assert math.isnan(table["auc"].iloc[0])
+    with pytest.raises(ValueError, match="124 labels for 125 cells"):
+        real_cell_check(exaggerated, cells, labels[1:])
