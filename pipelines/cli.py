@@ -463,9 +463,16 @@ def exaggerate(
     """Decode cells pushed along the discriminant direction; write the montage and trends."""
     _setup(tracking_uri=tracking_uri)
     from lch.cellstore import CellStoreError, open_cells
+    from lch.classify import HIGH, LOW, binary_labels
     from lch.exaggerate import exaggerate as exaggerate_crops
     from lch.exaggerate import exaggerate_stored_cells
-    from lch.exaggeration_report import REPORT_CELLS, pick_cells, write_report
+    from lch.exaggeration_report import (
+        REAL_CELLS,
+        REPORT_CELLS,
+        pick_cells,
+        real_cell_hypotheses,
+        write_report,
+    )
     from lch.paths import cohort_dir
     from lch.registry import load_lch_model
     from lch.trends import spearman_table
@@ -478,6 +485,7 @@ def exaggerate(
             options["sigmas"] = [float(s) for s in sigmas.split(",")]
         except ValueError as exc:
             raise UsageProblem(f"--sigmas {sigmas!r}: not comma-separated numbers") from exc
+    hypotheses = None
     try:
         lch_model = load_lch_model(_model_uri(model))
         if cohort:
@@ -485,13 +493,21 @@ def exaggerate(
             indices = np.asarray(cell) if cell else pick_cells(table, cells or REPORT_CELLS,
                                                                 seed)
             result = exaggerate_stored_cells(lch_model, table, crops, indices, **options)
+            if {HIGH, LOW} <= set(binary_labels(table["label"].to_numpy())):
+                real = np.sort(pick_cells(table, REAL_CELLS, seed))
+                rows = table.set_index("crop_index").loc[real].reset_index()
+                real_crops = crops.get_orthogonal_selection((real, slice(None), slice(None)))
+                hypotheses = real_cell_hypotheses(lch_model, result, rows, real_crops, seed)
         else:
             result = exaggerate_crops(lch_model, [str(c) for c in crop],
                                       cells=[c.name for c in crop], **options)
     except (CellStoreError, ValueError) as exc:
         raise UsageProblem(exc) from exc
-    paths = write_report(result, out_dir)
+    paths = write_report(result, out_dir, hypotheses)
     out.print(spearman_table(result.table).to_string(index=False, float_format="%.3f"))
+    if hypotheses is not None:
+        out.print(f"\nthe strongest trends on {cohort}'s real cells, each feature alone:")
+        out.print(hypotheses.to_string(index=False, float_format="%.3f"))
     out.print(f"montage: {paths['montage']}\nmorphology vs sigma: {paths['table']}")
     return 0
 

@@ -40,15 +40,19 @@ from lch.classify import HIGH, LOW
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.evaluation import (
     Evaluation,
-    cell_index,
     evaluate,
-    first_of_each,
     plot_population_curve,
     plot_reliability,
     sigmoid,
 )
 from lch.exaggerate import exaggerate, measure_real_cells
-from lch.exaggeration_report import REPORT_CELLS, pick_cells, write_report
+from lch.exaggeration_report import (
+    REAL_CELLS,
+    REPORT_CELLS,
+    pick_cells,
+    real_cell_hypotheses,
+    write_report,
+)
 from lch.mlflow_store import tracking_uri, use_tracking
 from lch.model import AAEConfig
 from lch.model_names import REGISTERED_MODEL
@@ -66,7 +70,7 @@ from lch.training import (
     read_rows,
     split_by_patient,
 )
-from lch.trends import real_cell_check, spearman_table, trend_report
+from lch.trends import spearman_table, trend_report
 
 # Defaults for the CPU demo: an eighth of the paper's channels, and lr 5e-4 rather than the
 # paper's 2e-4, which is too slow for the few hundred steps a CPU run takes.
@@ -78,8 +82,6 @@ DEFAULT_WORKERS = 2
 GPU_WORKER_CPUS = 2
 # The exaggeration report logged with every run (held-out cells) goes in this artifact folder.
 REPORT_FOLDER = "exaggeration"
-# Held-out cells measured for the bound on the exaggeration's trends (lch.trends).
-BOUND_CELLS = 256
 
 
 @dataclass(frozen=True)
@@ -331,7 +333,7 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed
     """Exaggerate held-out cells (half high, half low) with the new model; log the report.
 
     The montage, the morphology table, the Spearman trends, each feature's trend beside the
-    data's bound (:func:`lch.trends.trend_report`, from :data:`BOUND_CELLS` held-out cells) and
+    data's bound (:func:`lch.trends.trend_report`, from ``REAL_CELLS`` held-out cells) and
     the strongest trends tested on those real cells (:func:`lch.trends.real_cell_check`) go to
     the active run, and the figures as metrics.
     """
@@ -340,19 +342,15 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed
     rows = pick_cells(held_out, REPORT_CELLS, seed, column="position")
     ids = [f"{cells.table['patient'].iloc[r]} cell {r}" for r in rows]
     result = exaggerate(evaluation.model, read_rows(cells, rows), cells=ids)
-    real = pick_cells(held_out, BOUND_CELLS, seed, column="position")
-    features, scores = measure_real_cells(evaluation.model, read_rows(cells, real))
+    real = pick_cells(held_out, REAL_CELLS, seed, column="position")
+    real_crops = read_rows(cells, real)
+    features, scores = measure_real_cells(evaluation.model, real_crops)
     bounds = trend_report(result.table, features, scores, result.sigmas)
-    # The strongest trends tested on the same real cells, one row per tracked cell.
-    cell = cell_index(cells.table.iloc[real])
-    hypotheses = real_cell_check(
-        result.table, features.groupby(cell, sort=True).mean(numeric_only=True),
-        first_of_each(cells.table["label"].to_numpy()[real], cell), seed=seed,
-    )
+    hypotheses = real_cell_hypotheses(evaluation.model, result, cells.table.iloc[real],
+                                      real_crops, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        write_report(result, tmp)
+        write_report(result, tmp, hypotheses)
         bounds.to_csv(Path(tmp) / "exaggeration_bounds.csv", index=False)
-        hypotheses.to_csv(Path(tmp) / "exaggeration_hypotheses.csv", index=False)
         mlflow.log_artifacts(tmp, artifact_path=REPORT_FOLDER)
     trends = spearman_table(result.table).dropna(subset=["rho"])
     metrics = {f"exaggeration_rho_{f}": rho for f, rho in zip(trends.feature, trends.rho,

@@ -1,7 +1,8 @@
 """An exaggeration shown and kept, and which cells of a cohort a report shows.
 
 It is shown as the montage of decoded images, and kept as a report folder with the montage,
-the morphology table, the Spearman trends and the trend figure.
+the morphology table, the Spearman trends, the trend figure and, where real labelled cells are
+at hand, the strongest trends tested on them (:func:`real_cell_hypotheses`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from lch.classify import HIGH, LOW, binary_labels
-from lch.exaggerate import METHOD_TITLES, Exaggeration
-from lch.trends import plot_trends, spearman_table
+from lch.evaluation import cell_index, first_of_each
+from lch.exaggerate import METHOD_TITLES, Exaggeration, measure_real_cells
+from lch.trends import plot_trends, real_cell_check, spearman_table
 
 # Cells in a cohort report (half high, half low): with 32, the pooled rho of a trend varies
 # little from one random draw of cells to the next.
 REPORT_CELLS = 32
+# Real cells measured beside a report, for the trends' bounds and the hypotheses' test.
+REAL_CELLS = 256
 
 _TILE_SCALE = 2
 _GAP = 2
@@ -132,11 +136,13 @@ def pick_cells(
     return table[column].to_numpy()[rows]
 
 
-def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:
+def write_report(result: Exaggeration, out_dir: str | Path,
+                 hypotheses: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write the report to ``out_dir``; return the files' paths by kind.
 
-    The files are the montage (PNG), the morphology table and the Spearman trends (CSV), and
-    the trend figure (PNG, :func:`lch.trends.plot_trends`).
+    The files are the montage (PNG), the morphology table and the Spearman trends (CSV), the
+    trend figure (PNG, :func:`lch.trends.plot_trends`) and, when given, the
+    :func:`real_cell_hypotheses` table (CSV).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,4 +155,32 @@ def write_report(result: Exaggeration, out_dir: str | Path) -> dict[str, Path]:
     result.table.to_csv(paths["table"], index=False)
     spearman_table(result.table).to_csv(paths["trends"], index=False)
     plot_trends(result.table).savefig(paths["figure"], dpi=120)
+    if hypotheses is not None:
+        paths["hypotheses"] = out / "exaggeration_hypotheses.csv"
+        hypotheses.to_csv(paths["hypotheses"], index=False)
     return paths
+
+
+def real_cell_hypotheses(model, result: Exaggeration, cells: pd.DataFrame, crops: np.ndarray,
+                         seed: int = 0) -> pd.DataFrame:
+    """Test ``result``'s strongest trends on real cells (:func:`lch.trends.real_cell_check`).
+
+    Parameters
+    ----------
+    model : lch.model.LCHModel
+        The model that drew ``result``; the real crops are measured at its crop pixel size.
+    result : lch.exaggerate.Exaggeration
+        The exaggeration.
+    cells : pandas.DataFrame
+        Cell-table rows of the real crops (``label``, ``track_id`` and ``store`` or
+        ``movie``): frames of one tracked cell are averaged into one cell.
+    crops : numpy.ndarray
+        Their crops, (N, S, S), in the rows' order.
+    seed : int
+        Seed of the resampling.
+    """
+    features, _ = measure_real_cells(model, crops)
+    cell = cell_index(cells, by=("store" if "store" in cells else "movie", "track_id"))
+    per_cell = features.groupby(cell, sort=True).mean(numeric_only=True)
+    labels = first_of_each(cells["label"].to_numpy(), cell)
+    return real_cell_check(result.table, per_cell, labels, seed=seed)

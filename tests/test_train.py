@@ -197,10 +197,17 @@ def test_dataset_holds_exactly_the_autoencoder_crops(trained_home, in_memory):
     assert_same_crops(got, expected)
 
 
-@pytest.mark.slow
-def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained_home):
+@pytest.fixture(scope="module")
+def trained_run(trained_home):
+    """One training run on the tiny cohort: its settings and summary."""
     settings = TrainSettings(cohorts=(TINY_COHORT,), image_every=1, **TINY)
-    summary = train(settings)
+    return settings, train(settings)
+
+
+@pytest.mark.slow
+def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained_home,
+                                                                          trained_run):
+    settings, summary = trained_run
     ev = summary.evaluation
     client = MlflowClient()
 
@@ -293,6 +300,26 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     assert "note: k = 20: 0% of lines have 20 cells" in summary.format()
     # Nothing went to ./mlruns or ~/ray_results: all under the data root.
     assert (trained_home / "mlartifacts").is_dir() and (trained_home / "ray_results").is_dir()
+
+
+@pytest.mark.slow
+def test_lch_exaggerate_reports_a_stored_cohort_and_tests_its_trends_on_its_cells(
+    trained_run, tmp_path, capsys
+):
+    version = trained_run[1].model_version
+    out = tmp_path / "report"
+    assert main(["exaggerate", "--model", f"models:/{REGISTERED_MODEL}/{version}",
+                 "--cohort", TINY_COHORT, "--cells", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {
+        "exaggeration_montage.png", "exaggeration_morphology.csv", "exaggeration_spearman.csv",
+        "exaggeration_trends.png", "exaggeration_hypotheses.csv"}
+    hypotheses = pd.read_csv(out / "exaggeration_hypotheses.csv")
+    # Every labelled cell of the tiny cohort measured (fewer than REAL_CELLS), one per track.
+    table, _ = open_cells(cohort_dir(TINY_COHORT))
+    assert len(hypotheses) == 4 and (hypotheses["cells"] <= table["track_id"].nunique()).all()
+    assert hypotheses["cells"].max() > 0.8 * table["track_id"].nunique()
+    assert "the strongest trends on tiny's real cells" in printed
 
 
 def fail_once_after_first_checkpoint(config: dict, marker: str, log: str) -> None:
