@@ -403,7 +403,7 @@ def _real_cell_spread() -> dict[str, float]:
     return {
         "arm_length_log_sd": 0.3,
         "halo_gain_log_sd": 0.2,
-        "radius_sd": 2.5,
+        "radius_log_sd": 0.3,
         "brightness_sd": 0.6,
     }
 
@@ -422,10 +422,10 @@ class Appearance:
     # Body: level = brightness * (1 - darkness + rim_gain * exp(-depth / rim_width_um)) times
     # (1 + granule_sd * a unit texture); darkness dims the interior below the rim.
     granule_um: float = 1.0
-    granule_sd: float = 0.25
-    rim_width_um: float = 0.6
-    rim_gain: tuple[float, float] = (0.8, 2.0)
-    interior_darkness: tuple[float, float] = (0.3, 0.9)
+    granule_sd: float = 0.35
+    rim_width_um: float = 0.9
+    rim_gain: tuple[float, float] = (1.0, 2.5)
+    interior_darkness: tuple[float, float] = (0.4, 0.95)
     # Halo: halo_gain * (exp(-d / halo_width_um) + skirt * exp(-d / skirt_width_um)) at distance
     # d out from the body (light scattered further out: the skirt).
     halo_width_um: float = 3.0
@@ -435,7 +435,7 @@ class Appearance:
     elongated_fraction: float = 1 / 3
     aspect_elongated: tuple[float, float] = (1.6, 2.6)
     aspect_round: tuple[float, float] = (1.0, 1.3)
-    radius_um: tuple[float, float] = (5.5, 17.0)
+    radius_um: tuple[float, float] = (4.5, 22.0)
     wobble: tuple[tuple[float, float], ...] = ((0.03, 0.10), (0.0, 0.05), (0.0, 0.04))
     # Arms: thin tapered rods, a dark core with bright edges, no halo of their own.
     arm_half_width_um: tuple[float, float] = (1.2, 0.6)
@@ -448,12 +448,12 @@ class Appearance:
     mottle_um: float = 3.0
     mottle_sd: float = 0.05
     grain_um: float = 0.4
-    grain_sd: float = 0.03
+    grain_sd: float = 0.04
     debris_per_mm2: float = 400.0
     debris_radius_um: tuple[float, float] = (0.3, 0.9)
     debris_gain: tuple[float, float] = (0.3, 1.2)
     # Optics and camera.
-    psf_sigma_um: float = 0.6
+    psf_sigma_um: float = 0.8
     read_noise: float = READ_NOISE
     background_level: tuple[float, float] = (2000.0, 5000.0)
     class_ranges: dict[str, dict[str, tuple[float, float]]] = field(
@@ -506,7 +506,8 @@ def sample_real_cell(
     )
     lengths = np.clip(lengths, *look.arm_length_um)
     halo = patient.halo_gain_mean * rng.lognormal(0.0, spread["halo_gain_log_sd"])
-    radius = np.clip(rng.normal(patient.radius_mean, spread["radius_sd"]), *look.radius_um)
+    radius = np.clip(patient.radius_mean * rng.lognormal(0.0, spread["radius_log_sd"]),
+                     *look.radius_um)
     brightness = np.clip(rng.normal(patient.brightness_mean, spread["brightness_sd"]), 0.8, 6.0)
     aspect = rng.uniform(*(look.aspect_elongated if elongated else look.aspect_round))
     wobble = tuple(rng.uniform(lo, hi) for lo, hi in look.wobble)
