@@ -438,11 +438,11 @@ class Appearance:
     radius_um: tuple[float, float] = (4.5, 22.0)
     wobble: tuple[tuple[float, float], ...] = ((0.03, 0.10), (0.0, 0.05), (0.0, 0.04))
     # Arms: thin tapered rods, a dark core with bright edges, no halo of their own.
-    arm_half_width_um: tuple[float, float] = (1.2, 0.6)
+    arm_half_width_um: tuple[float, float] = (1.4, 0.7)
     arm_length_um: tuple[float, float] = (2.0, 22.0)
-    arm_core: float = -0.25
-    arm_edge_gain: float = 0.8
-    arm_edge_um: float = 0.4
+    arm_core: float = -0.7
+    arm_edge_gain: float = 1.0
+    arm_edge_um: float = 0.3
     max_arms: int = MAX_ARMS
     # Background: mottling (static per movie), grain (per frame), debris (small bright specks).
     mottle_um: float = 3.0
@@ -454,6 +454,8 @@ class Appearance:
     debris_gain: tuple[float, float] = (0.3, 1.2)
     # Optics and camera.
     psf_sigma_um: float = 0.8
+    # Arms are thin and flat, in focus where the body's bulk is not: a sharper blur.
+    arm_psf_sigma_um: float = 0.35
     read_noise: float = READ_NOISE
     background_level: tuple[float, float] = (2000.0, 5000.0)
     class_ranges: dict[str, dict[str, tuple[float, float]]] = field(
@@ -536,9 +538,10 @@ def _unit_texture(rng: np.random.Generator, size: tuple[int, int], sigma_px: flo
 
 def _look_cell(
     shape: CellShape, look: Appearance, px: float
-) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
-    """One real-look cell in a window: ``(y0, x0, mask, smooth, granular)`` where ``smooth`` is
-    the rim, halo and arms and ``granular`` the amplitude of the body's granules."""
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One real-look cell in a window: ``(y0, x0, mask, smooth, granular, arm)`` where
+    ``smooth`` is the body and halo, ``granular`` the amplitude of the body's granules and
+    ``arm`` the arms' signal."""
     halo_px = look.halo_width_um / px
     skirt_px = look.skirt_width_um / px
     reach = max(5 * halo_px, 3 * skirt_px if look.skirt > 0 else 0.0)
@@ -560,11 +563,14 @@ def _look_cell(
         edge_px = look.arm_edge_um / px
         in_arm = ndimage.distance_transform_edt(arms)
         out_arm = ndimage.distance_transform_edt(~arms)
-        edge = np.where(arms, np.exp(-(in_arm - 0.5) / edge_px), np.exp(-(out_arm - 0.5) / edge_px))
+        depth = np.where(arms, in_arm, out_arm)
+        edge = np.exp(-(depth - 0.5) / edge_px)
         bright = look.arm_edge_gain * shape.brightness * edge
-        arm_signal = np.where(arms, look.arm_core * (1 - edge) + bright, bright)
-        smooth += np.where(body, 0.0, arm_signal)
-    return y0, x0, body | arms, smooth.astype(np.float32), granular.astype(np.float32)
+        arm_signal = np.where(body, 0.0, np.where(arms, look.arm_core * (1 - edge) + bright, bright))
+    else:
+        arm_signal = np.zeros_like(smooth)
+    return (y0, x0, body | arms, smooth.astype(np.float32), granular.astype(np.float32),
+            arm_signal.astype(np.float32))
 
 
 def debris_field(
@@ -599,18 +605,21 @@ def render_look_frame(
     px = pixel_size_um
     smooth = np.zeros(size, dtype=np.float32)
     granular = np.zeros(size, dtype=np.float32)
+    arm = np.zeros(size, dtype=np.float32)
     labels = np.zeros(size, dtype=np.uint16)
     for cell in cells:
-        y0, x0, mask, s_patch, g_patch = _look_cell(cell, look, px)
+        y0, x0, mask, s_patch, g_patch, a_patch = _look_cell(cell, look, px)
         where = _overlap(size, y0, x0, mask.shape)
         if where is None:
             continue
         frame_sl, patch_sl = where
         smooth[frame_sl] += s_patch[patch_sl]
         granular[frame_sl] += g_patch[patch_sl]
+        arm[frame_sl] += a_patch[patch_sl]
         labels[frame_sl][mask[patch_sl]] = cell.label
     signal = smooth + granular * _unit_texture(rng, size, look.granule_um / px / 2)
     signal = ndimage.gaussian_filter(signal, look.psf_sigma_um / px)
+    signal += ndimage.gaussian_filter(arm, look.arm_psf_sigma_um / px)
     grain = look.grain_sd * _unit_texture(rng, size, look.grain_um / px / 2)
     expected = np.asarray(background, dtype=np.float32) * (1.0 + static + signal + grain)
     expected = rng.poisson(np.maximum(expected, 0)).astype(np.float32)
