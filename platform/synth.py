@@ -566,7 +566,8 @@ def _look_cell(
         depth = np.where(arms, in_arm, out_arm)
         edge = np.exp(-(depth - 0.5) / edge_px)
         bright = look.arm_edge_gain * shape.brightness * edge
-        arm_signal = np.where(body, 0.0, np.where(arms, look.arm_core * (1 - edge) + bright, bright))
+        inner = np.where(arms, look.arm_core * (1 - edge) + bright, bright)
+        arm_signal = np.where(body, 0.0, inner)
     else:
         arm_signal = np.zeros_like(smooth)
     return (y0, x0, body | arms, smooth.astype(np.float32), granular.astype(np.float32),

@@ -85,6 +85,7 @@ def source(tmp_path_factory):
         movies_per_patient=1,
         frames=4,
         seed=7,
+        look="plain",
     )
 
 
