@@ -464,7 +464,7 @@ class Appearance:
     cell_spread: dict[str, float] = field(default_factory=_real_cell_spread)
 
     def record(self) -> dict[str, Any]:
-        """Plain values for truth.yaml."""
+        """Return the settings as plain values for truth.yaml."""
         out = {}
         for key, value in asdict(self).items():
             if key in ("class_ranges", "cell_spread"):
@@ -539,9 +539,11 @@ def _unit_texture(rng: np.random.Generator, size: tuple[int, int], sigma_px: flo
 def _look_cell(
     shape: CellShape, look: Appearance, px: float
 ) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One real-look cell in a window: ``(y0, x0, mask, smooth, granular, arm)`` where
-    ``smooth`` is the body and halo, ``granular`` the amplitude of the body's granules and
-    ``arm`` the arms' signal."""
+    """Draw one real-look cell in a window around its centre.
+
+    Returns ``(y0, x0, mask, smooth, granular, arm)``: ``smooth`` is the body and halo,
+    ``granular`` the amplitude of the body's granules and ``arm`` the arms' signal.
+    """
     halo_px = look.halo_width_um / px
     skirt_px = look.skirt_width_um / px
     reach = max(5 * halo_px, 3 * skirt_px if look.skirt > 0 else 0.0)
@@ -577,7 +579,7 @@ def _look_cell(
 def debris_field(
     rng: np.random.Generator, size: tuple[int, int], look: Appearance, px: float
 ) -> np.ndarray:
-    """Small bright specks (relative intensity), not cells: never in the truth labels."""
+    """Draw small bright specks (relative intensity), not cells: never in the truth labels."""
     area_mm2 = size[0] * size[1] * (px / 1000) ** 2
     n = int(rng.poisson(look.debris_per_mm2 * area_mm2))
     out = np.zeros(size, dtype=np.float32)
@@ -632,7 +634,7 @@ def render_look_frame(
 def static_field(
     rng: np.random.Generator, size: tuple[int, int], look: Appearance, px: float
 ) -> np.ndarray:
-    """A movie's fixed relative texture: background mottling plus debris."""
+    """Draw a movie's fixed relative texture: background mottling plus debris."""
     mottle = look.mottle_sd * _unit_texture(rng, size, look.mottle_um / px / 2)
     return (mottle + debris_field(rng, size, look, px)).astype(np.float32)
 
@@ -697,8 +699,11 @@ def _step_motion(
     scale: float = 1.0,
     gap: float = MIN_GAP,
 ) -> None:
-    """Persistent random walk of a few px per frame (times ``scale``: px at
-    :data:`PLAIN_PIXEL_SIZE_UM` per px of the movie); a blocked move reverses the velocity."""
+    """Move the cells one frame by a persistent random walk of a few px.
+
+    Steps are times ``scale`` (px at :data:`PLAIN_PIXEL_SIZE_UM` per px of the movie); a blocked
+    move reverses the velocity.
+    """
     pos = np.array([[m.y, m.x] for m in motions], dtype=np.float64).reshape(-1, 2)
     for i, m in enumerate(motions):
         v = 0.8 * np.array([m.vy, m.vx]) + rng.normal(0.0, 0.9 * scale, 2)
@@ -723,7 +728,7 @@ def _mean_offset(m: _Motion) -> float:
 def _shape_at(
     cell: CellParams, m: _Motion, t: int, look: Appearance | None = None, px: float = 1.0
 ) -> CellShape:
-    """The cell at frame ``t``; a real-look cell's µm become px of ``px`` µm."""
+    """Return the cell's shape at frame ``t``; a real-look cell's µm become px of ``px`` µm."""
     swing = 1 + ARM_LENGTH_SWING * np.sin(2 * np.pi * t / m.length_period + m.length_phase)
     extra: dict[str, Any] = {}
     scale = 1.0
@@ -771,11 +776,13 @@ class MovieSpec:
     pixel_size_um: float = PLAIN_PIXEL_SIZE_UM
 
     def extents_px(self) -> np.ndarray:
+        """Each cell's largest reach from its centre, in px of the movie."""
         scale = 1.0 if self.look is None else 1.0 / self.pixel_size_um
         return np.array([c.extent * scale for c in self.cells])
 
     @property
     def gap_px(self) -> float:
+        """Least gap between two cells' extents, in px of the movie."""
         return MIN_GAP if self.look is None else self.look.min_gap_um / self.pixel_size_um
 
     @property
@@ -1023,7 +1030,7 @@ def _truth_document(
 
 
 def _look_and_scale(look: str, pixel_size_um: float | None) -> tuple[Appearance | None, float]:
-    """The look's :class:`Appearance` (None: plain) and the movies' pixel size."""
+    """Return the look's :class:`Appearance` (None: plain) and the movies' pixel size."""
     if look not in LOOKS:
         raise ValueError(f"look must be one of {', '.join(LOOKS)}, got {look!r}")
     if look == "plain":
