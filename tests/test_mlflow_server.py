@@ -56,7 +56,8 @@ def test_training_logs_registers_promotes_and_serves_through_the_server(
 ):
     url, root, home = remote_tracking
     source = make_cohort(tmp_path / "src", name="srv", patients=4, movies_per_patient=1,
-                         frames=4, seed=5, look="plain")
+                         frames=4, seed=5, look="plain",
+                         size=(256, 256))
     assert convert_cohort(source, progress=False).count("ok") == 4
     segment_cohort("srv", crop_size=CROP, progress=False)
 

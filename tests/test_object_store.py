@@ -86,6 +86,7 @@ def source(tmp_path_factory):
         frames=4,
         seed=7,
         look="plain",
+        size=(256, 256),
     )
 
 

@@ -36,7 +36,8 @@ def measured(tmp_path_factory):
     """Segment and measure every frame of a 4-patient cohort in the plain look (the primitives'
     px at PX); F1 counts and a cell table."""
     root = tmp_path_factory.mktemp("cohort")
-    make_cohort(root, patients=4, movies_per_patient=1, frames=6, seed=11, look="plain")
+    make_cohort(root, patients=4, movies_per_patient=1, frames=6, seed=11, look="plain",
+                size=(256, 256))
     counts = {"matched": 0, "n_pred": 0, "n_true": 0}
     tables = []
     for movie in read_truth(root)["movies"]:

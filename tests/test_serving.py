@@ -65,7 +65,8 @@ def stored(ray_session, registry, tmp_path_factory):
     from lch.pipelines.segment import segment_cohort
 
     manifest = make_cohort(tmp_path_factory.mktemp("ward"), name="ward", patients=1,
-                           movies_per_patient=1, frames=5, seed=11, look="plain")
+                           movies_per_patient=1, frames=5, seed=11, look="plain",
+                           size=(256, 256))
     assert convert_cohort(manifest, progress=False).count("ok") == 1
     segment_cohort("ward", crop_size=CROP, progress=False)
     return next((manifest.parent / "raw").glob("*.tif"))

@@ -193,7 +193,7 @@ def trained_home(ray_session, tmp_path_factory):
     home = tmp_path_factory.mktemp("train-home")
     source = make_cohort(
         tmp_path_factory.mktemp("train-src"), name="tiny", patients=4, movies_per_patient=1,
-        frames=4, seed=5, look="plain",
+        frames=4, seed=5, look="plain", size=(256, 256),
     )
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LCH_HOME", str(home))
