@@ -43,7 +43,7 @@ def _scores(density: int, speed: int, seed: int = 3) -> dict[str, float]:
             mock.patch.object(synth, "CELLS_PER_PIXEL", synth.CELLS_PER_PIXEL * density), \
             mock.patch.object(synth, "_step_motion", faster):
         root = Path(tmp)
-        synth.make_cohort(root, seed=seed)
+        synth.make_cohort(root, seed=seed, look="plain", size=(256, 256))
         truth = synth.read_truth(root)
         px, interval = truth["pixel_size_um"], truth["frame_interval_s"]
         totals = {"true_links": 0, "made_links": 0, "recovered": 0.0, "false": 0.0}

@@ -141,11 +141,21 @@ def synth(
     size: Annotated[tuple[int, int], typer.Option(
         metavar="Y X", help="Frame size in px.")] = SYNTH["size"],
     seed: int = SYNTH["seed"],
+    pixel_size_um: Annotated[float | None, typer.Option(
+        help="Pixel size in µm (default: 0.325 for the real look, 0.65 for the plain one).")
+    ] = SYNTH["pixel_size_um"],
+    look: Annotated[str, typer.Option(
+        help="real (like the paper's phase-contrast cells) or plain (dark discs).")
+    ] = SYNTH["look"],
 ) -> int:
     """Generate a synthetic cohort (TIFF movies, their truth and cohort.yaml)."""
-    manifest = make_cohort(out_dir, name=name, patients=patients,
-                           movies_per_patient=movies_per_patient, frames=frames,
-                           size=tuple(size), seed=seed)
+    try:
+        manifest = make_cohort(out_dir, name=name, patients=patients,
+                               movies_per_patient=movies_per_patient, frames=frames,
+                               size=tuple(size), seed=seed, pixel_size_um=pixel_size_um,
+                               look=look)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     out.print(f"synthetic cohort written: {manifest}")
     return 0
 

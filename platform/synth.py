@@ -13,10 +13,22 @@ Written layout (paths in the manifest are relative to it)::
     out_dir/raw/<movie>.tif               T x Y x X uint16 phase-contrast-like movie
     out_dir/truth/<movie>_labels.tif      T x Y x X uint16 ground-truth labels (0 = background)
 
-Image model, per pixel: ``counts = background(y, x) * (1 + blur(delta))`` plus Poisson and
-Gaussian read noise, where ``delta`` is ``-darkness`` inside a cell and
-``halo_gain * exp(-(d - 0.5) / HALO_WIDTH)`` at distance ``d`` outside it. Intensities are
-proportional to light (no camera offset), so ratios to the background are meaningful.
+Two looks draw the same kind of cohort (``make_cohort(look=...)``):
+
+- ``"real"`` (the default, :class:`Appearance`, every length in µm, 0.325 µm pixels by default):
+  drawn to look like the paper's phase-contrast crops (tests/data/real) as judged by
+  :mod:`lch.domain_gap`: bright granular bodies with a brighter rim and a halo fading out from
+  the body, round, oval and elongated cells, thin arms with a dark core and bright edges, a dark
+  mottled background with fine grain, small bright debris that is not a cell, uneven
+  illumination, Poisson and read noise.
+- ``"plain"``: the first image model, the primitive :func:`render_frame` draws (px units at
+  :data:`PLAIN_PIXEL_SIZE_UM`): per pixel ``counts = background(y, x) * (1 + blur(delta))`` plus
+  Poisson and Gaussian read noise, where ``delta`` is ``-darkness`` inside a cell and
+  ``halo_gain * exp(-(d - 0.5) / HALO_WIDTH)`` at distance ``d`` outside it: solid dark discs on a
+  light background.
+
+Intensities are proportional to light (no camera offset), so ratios to the background are
+meaningful.
 """
 
 from __future__ import annotations
@@ -34,8 +46,13 @@ from scipy import ndimage
 
 from lch.paths import is_valid_name
 
-GENERATOR_VERSION = "1.1"  # 1.1: wider halo gap between the classes
-PIXEL_SIZE_UM = 0.65
+GENERATOR_VERSION = "2.0"  # 2.0: the "real" look (Appearance), µm, 0.325 µm pixels
+# make_cohort's default pixel size (the paper's microscope).
+PIXEL_SIZE_UM = 0.325
+# The scale of the plain primitives' px values (CellShape, render_frame, sample_cell,
+# CLASS_RANGES): the plain look is drawn at it.
+PLAIN_PIXEL_SIZE_UM = 0.65
+LOOKS = ("real", "plain")
 FRAME_INTERVAL_S = 60
 # ~10 cells in a 256 x 256 frame; bigger frames get proportionally more.
 CELLS_PER_PIXEL = 10 / (256 * 256)
@@ -86,11 +103,18 @@ class PatientParams:
     halo_gain_mean: float
     radius_mean: float
     darkness_mean: float
+    brightness_mean: float = 0.0
 
 
 @dataclass(frozen=True)
 class CellParams:
-    """Constant parameters of one cell in one movie (its shape still drifts over time)."""
+    """Constant parameters of one cell in one movie (its shape still drifts over time).
+
+    Lengths are px at :data:`PLAIN_PIXEL_SIZE_UM` in the plain look, µm in the real one (where
+    the body is bright: ``brightness`` relative to the background, its interior dimmed by
+    ``darkness`` below a rim ``rim_gain`` brighter, an elongation ``aspect`` along
+    ``orientation``).
+    """
 
     label: int
     radius: float
@@ -99,6 +123,10 @@ class CellParams:
     wobble: tuple[float, ...]
     arm_angles: tuple[float, ...]
     arm_lengths: tuple[float, ...]
+    aspect: float = 1.0
+    orientation: float = 0.0
+    brightness: float = 0.0
+    rim_gain: float = 0.0
 
     @property
     def n_arms(self) -> int:
@@ -107,9 +135,9 @@ class CellParams:
 
     @property
     def extent(self) -> float:
-        """Largest distance from the centre that the cell mask can reach, in px."""
+        """Largest distance from the centre that the cell mask can reach, in its units."""
         arm = max(self.arm_lengths, default=0.0) * (1 + ARM_LENGTH_SWING)
-        return self.radius * (1 + sum(self.wobble)) + arm + 1.0
+        return self.radius * math.sqrt(self.aspect) * (1 + sum(self.wobble)) + arm + 1.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +146,9 @@ class CellShape:
 
     ``wobble[k]`` is the relative amplitude of the body outline's harmonic ``k + 2``;
     ``arm_angles`` are in radians (0 = +x, pi/2 = +y); ``arm_lengths`` are px beyond the body edge.
+    An ``aspect`` above 1 stretches the body into an ellipse of the same area, its long axis at
+    ``orientation``; ``arm_half_width`` is the arms' half-width at the body and at the tip, px.
+    ``brightness`` and ``rim_gain`` are used by the real look only (:func:`render_look_frame`).
     """
 
     label: int
@@ -130,11 +161,17 @@ class CellShape:
     wobble_phase: tuple[float, ...] = ()
     arm_angles: tuple[float, ...] = ()
     arm_lengths: tuple[float, ...] = ()
+    aspect: float = 1.0
+    orientation: float = 0.0
+    arm_half_width: tuple[float, float] = (ARM_HALF_WIDTH_BASE, ARM_HALF_WIDTH_TIP)
+    brightness: float = 0.0
+    rim_gain: float = 0.0
 
     @property
     def extent(self) -> float:
         """Largest distance from the centre that this shape's mask reaches, in px."""
-        return self.radius * (1 + sum(self.wobble)) + max(self.arm_lengths, default=0.0) + 1.0
+        body = self.radius * math.sqrt(self.aspect) * (1 + sum(self.wobble))
+        return body + max(self.arm_lengths, default=0.0) + 1.0
 
 
 @dataclass
@@ -166,10 +203,12 @@ def sample_patient(rng: np.random.Generator, patient: str, label: str) -> Patien
     return PatientParams(patient=patient, label=label, **means)
 
 
-def _spread_angles(rng: np.random.Generator, n: int) -> tuple[float, ...]:
-    """Random arm directions at least ~50 degrees apart, so arms never merge."""
+def _spread_angles(
+    rng: np.random.Generator, n: int, first: Sequence[float] = ()
+) -> tuple[float, ...]:
+    """Random arm directions at least ~50 degrees apart, so arms never merge (after ``first``)."""
     min_sep = 2 * math.pi / 7
-    angles: list[float] = []
+    angles: list[float] = list(first[:n])
     for _ in range(200):
         if len(angles) == n:
             break
@@ -216,6 +255,11 @@ def _body_radius(shape: CellShape, theta: np.ndarray) -> np.ndarray:
     phases = shape.wobble_phase or (0.0,) * len(shape.wobble)
     for k, (amp, phase) in enumerate(zip(shape.wobble, phases, strict=True), start=2):
         r += amp * np.cos(k * theta + phase)
+    if shape.aspect != 1.0:
+        # An ellipse of the disc's area: semi-axes radius * sqrt(aspect) and radius / sqrt(aspect).
+        phi = theta - shape.orientation
+        root = math.sqrt(shape.aspect)
+        r = r / np.sqrt((np.cos(phi) / root) ** 2 + (np.sin(phi) * root) ** 2)
     return shape.radius * r
 
 
@@ -228,7 +272,8 @@ def _arm_mask(shape: CellShape, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
         across = np.abs(yy * ux - xx * uy)
         edge = float(_body_radius(shape, np.array([angle]))[0])
         frac = np.clip((along - edge) / max(length, 1e-6), 0.0, 1.0)
-        half_width = ARM_HALF_WIDTH_BASE + (ARM_HALF_WIDTH_TIP - ARM_HALF_WIDTH_BASE) * frac
+        base, tip = shape.arm_half_width
+        half_width = base + (tip - base) * frac
         mask |= (along >= 0) & (along <= edge + length) & (across <= half_width)
     return mask
 
@@ -333,11 +378,281 @@ def background_field(rng: np.random.Generator, size: tuple[int, int], level: flo
     return (level * field_).astype(np.float32)
 
 
+# ---------------------------------------------------------------- the real look
+
+
+def _real_class_ranges() -> dict[str, dict[str, tuple[float, float]]]:
+    # Lengths in µm. Radius and brightness are controls: the same in both classes.
+    return {
+        "high": {
+            "arm_rate": (1.9, 2.6),
+            "arm_length_mean": (10.5, 13.5),
+            "halo_gain_mean": (1.5, 1.8),
+            "radius_mean": (8.5, 9.5),
+            "brightness_mean": (2.4, 3.2),
+        },
+        "low": {
+            "arm_rate": (0.6, 1.1),
+            "arm_length_mean": (6.0, 8.0),
+            "halo_gain_mean": (0.75, 0.95),
+            "radius_mean": (8.5, 9.5),
+            "brightness_mean": (2.4, 3.2),
+        },
+    }
+
+
+def _real_cell_spread() -> dict[str, float]:
+    return {
+        "arm_length_log_sd": 0.3,
+        "halo_gain_log_sd": 0.2,
+        "radius_log_sd": 0.3,
+        "brightness_sd": 0.6,
+    }
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """The real look: what :func:`make_cohort` draws around the planted cells.
+
+    Every length is in µm (converted with the movie's pixel size), every intensity relative to
+    the local background level. All of it is recorded in truth.yaml's ``image_model``.
+    """
+
+    # Field
+    cells_per_mm2: float = 200.0
+    min_gap_um: float = 3.0
+    # Body: level = brightness * (1 - darkness + rim_gain * exp(-depth / rim_width_um)) times
+    # (1 + granule_sd * a unit texture); darkness dims the interior below the rim.
+    granule_um: float = 1.0
+    granule_sd: float = 0.35
+    rim_width_um: float = 0.9
+    rim_gain: tuple[float, float] = (1.0, 2.5)
+    interior_darkness: tuple[float, float] = (0.4, 0.95)
+    # Halo: halo_gain * (exp(-d / halo_width_um) + skirt * exp(-d / skirt_width_um)) at distance
+    # d out from the body (light scattered further out: the skirt).
+    halo_width_um: float = 3.0
+    skirt: float = 0.1
+    skirt_width_um: float = 10.0
+    # Shape: one cell in elongated_fraction stretched (same area), the others round or oval.
+    elongated_fraction: float = 1 / 3
+    aspect_elongated: tuple[float, float] = (1.6, 2.6)
+    aspect_round: tuple[float, float] = (1.0, 1.3)
+    radius_um: tuple[float, float] = (4.5, 22.0)
+    wobble: tuple[tuple[float, float], ...] = ((0.03, 0.10), (0.0, 0.05), (0.0, 0.04))
+    # Arms: thin tapered rods, a dark core with bright edges, no halo of their own.
+    arm_half_width_um: tuple[float, float] = (1.4, 0.7)
+    arm_length_um: tuple[float, float] = (2.0, 22.0)
+    arm_core: float = -0.7
+    arm_edge_gain: float = 1.0
+    arm_edge_um: float = 0.3
+    max_arms: int = MAX_ARMS
+    # Background: mottling (static per movie), grain (per frame), debris (small bright specks).
+    mottle_um: float = 3.0
+    mottle_sd: float = 0.05
+    grain_um: float = 0.4
+    grain_sd: float = 0.04
+    debris_per_mm2: float = 400.0
+    debris_radius_um: tuple[float, float] = (0.3, 0.9)
+    debris_gain: tuple[float, float] = (0.3, 1.2)
+    # Optics and camera.
+    psf_sigma_um: float = 0.8
+    # Arms are thin and flat, in focus where the body's bulk is not: a sharper blur.
+    arm_psf_sigma_um: float = 0.35
+    read_noise: float = READ_NOISE
+    background_level: tuple[float, float] = (2000.0, 5000.0)
+    class_ranges: dict[str, dict[str, tuple[float, float]]] = field(
+        default_factory=_real_class_ranges
+    )
+    cell_spread: dict[str, float] = field(default_factory=_real_cell_spread)
+
+    def record(self) -> dict[str, Any]:
+        """Return the settings as plain values for truth.yaml."""
+        out = {}
+        for key, value in asdict(self).items():
+            if key in ("class_ranges", "cell_spread"):
+                continue
+            out[key] = _plain_nested(value)
+        return out
+
+
+REAL = Appearance()
+
+
+def _plain_nested(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain_nested(v) for v in value]
+    return _r(value) if isinstance(value, float) else value
+
+
+def sample_real_patient(
+    rng: np.random.Generator, patient: str, label: str, look: Appearance = REAL
+) -> PatientParams:
+    """Draw one patient's means from the real look's class ranges (lengths in µm)."""
+    ranges = look.class_ranges[label]
+    means = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in ranges.items()}
+    return PatientParams(patient=patient, label=label, darkness_mean=0.0, **means)
+
+
+def sample_real_cell(
+    rng: np.random.Generator, patient: PatientParams, label: int, look: Appearance = REAL
+) -> CellParams:
+    """Draw one real-look cell around its patient's means (lengths in µm)."""
+    spread = look.cell_spread
+    n_arms = min(int(rng.poisson(patient.arm_rate)), look.max_arms)
+    elongated = rng.uniform() < look.elongated_fraction
+    orientation = rng.uniform(0, math.pi)
+    # Spindle cells' extensions leave from their ends.
+    ends = [float((orientation + math.pi * k + rng.normal(0, 0.2)) % (2 * math.pi))
+            for k in range(2)] if elongated else []
+    angles = _spread_angles(rng, n_arms, ends)
+    lengths = patient.arm_length_mean * rng.lognormal(
+        0.0, spread["arm_length_log_sd"], len(angles)
+    )
+    lengths = np.clip(lengths, *look.arm_length_um)
+    halo = patient.halo_gain_mean * rng.lognormal(0.0, spread["halo_gain_log_sd"])
+    radius = np.clip(patient.radius_mean * rng.lognormal(0.0, spread["radius_log_sd"]),
+                     *look.radius_um)
+    brightness = np.clip(rng.normal(patient.brightness_mean, spread["brightness_sd"]), 0.8, 6.0)
+    aspect = rng.uniform(*(look.aspect_elongated if elongated else look.aspect_round))
+    wobble = tuple(rng.uniform(lo, hi) for lo, hi in look.wobble)
+    return CellParams(
+        label=label,
+        radius=_r(radius),
+        darkness=_r(rng.uniform(*look.interior_darkness)),
+        halo_gain=_r(halo),
+        wobble=tuple(_r(w) for w in wobble),
+        arm_angles=tuple(_r(a) for a in angles),
+        arm_lengths=tuple(_r(length) for length in lengths),
+        aspect=_r(aspect),
+        orientation=_r(orientation),
+        brightness=_r(brightness),
+        rim_gain=_r(rng.uniform(*look.rim_gain)),
+    )
+
+
+def _unit_texture(rng: np.random.Generator, size: tuple[int, int], sigma_px: float) -> np.ndarray:
+    """Gaussian-filtered white noise scaled to unit standard deviation."""
+    noise = rng.standard_normal(size).astype(np.float32)
+    if sigma_px > 0:
+        noise = ndimage.gaussian_filter(noise, sigma_px)
+    return noise / max(float(noise.std()), 1e-12)
+
+
+def _look_cell(
+    shape: CellShape, look: Appearance, px: float
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one real-look cell in a window around its centre.
+
+    Returns ``(y0, x0, mask, smooth, granular, arm)``: ``smooth`` is the body and halo,
+    ``granular`` the amplitude of the body's granules and ``arm`` the arms' signal.
+    """
+    halo_px = look.halo_width_um / px
+    skirt_px = look.skirt_width_um / px
+    reach = max(5 * halo_px, 3 * skirt_px if look.skirt > 0 else 0.0)
+    half = int(math.ceil(shape.extent + reach)) + 1
+    y0, x0 = int(round(shape.y)) - half, int(round(shape.x)) - half
+    offsets = np.arange(2 * half + 1, dtype=np.float64)
+    yy, xx = np.meshgrid(offsets + y0 - shape.y, offsets + x0 - shape.x, indexing="ij")
+    rho, theta = np.hypot(yy, xx), np.arctan2(yy, xx)
+    body = rho <= _body_radius(shape, theta)
+    arms = _arm_mask(shape, yy, xx) & ~body
+    inside = ndimage.distance_transform_edt(body)
+    outside = ndimage.distance_transform_edt(~body)
+    rim = shape.rim_gain * np.exp(-(inside - 0.5) / (look.rim_width_um / px))
+    smooth = np.where(body, shape.brightness * (1 - shape.darkness + rim), 0.0)
+    granular = shape.brightness * look.granule_sd * np.where(body, 1.0, 0.0)
+    halo = np.exp(-(outside - 0.5) / halo_px) + look.skirt * np.exp(-(outside - 0.5) / skirt_px)
+    smooth += np.where(body | arms, 0.0, shape.halo_gain * halo)
+    if arms.any():
+        edge_px = look.arm_edge_um / px
+        in_arm = ndimage.distance_transform_edt(arms)
+        out_arm = ndimage.distance_transform_edt(~arms)
+        depth = np.where(arms, in_arm, out_arm)
+        edge = np.exp(-(depth - 0.5) / edge_px)
+        bright = look.arm_edge_gain * shape.brightness * edge
+        inner = np.where(arms, look.arm_core * (1 - edge) + bright, bright)
+        arm_signal = np.where(body, 0.0, inner)
+    else:
+        arm_signal = np.zeros_like(smooth)
+    return (y0, x0, body | arms, smooth.astype(np.float32), granular.astype(np.float32),
+            arm_signal.astype(np.float32))
+
+
+def debris_field(
+    rng: np.random.Generator, size: tuple[int, int], look: Appearance, px: float
+) -> np.ndarray:
+    """Draw small bright specks (relative intensity), not cells: never in the truth labels."""
+    area_mm2 = size[0] * size[1] * (px / 1000) ** 2
+    n = int(rng.poisson(look.debris_per_mm2 * area_mm2))
+    out = np.zeros(size, dtype=np.float32)
+    ys, xs = rng.integers(0, size[0], n), rng.integers(0, size[1], n)
+    out[ys, xs] = rng.uniform(*look.debris_gain, n)
+    sigma = float(np.mean(look.debris_radius_um)) / px
+    # A unit speck's peak after the blur is 1 / (2 pi sigma^2): restore it.
+    return ndimage.gaussian_filter(out, sigma) * (2 * math.pi * sigma**2)
+
+
+def render_look_frame(
+    cells: Sequence[CellShape],
+    size: tuple[int, int],
+    look: Appearance,
+    pixel_size_um: float,
+    *,
+    background: np.ndarray | float,
+    static: np.ndarray | float = 0.0,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one real-look frame and its ground-truth labels (cells in px, ``look`` in µm).
+
+    ``background`` is the illumination in counts, ``static`` the movie's mottling and debris
+    (relative); granules, grain and noise are drawn from ``rng`` for this frame.
+    """
+    px = pixel_size_um
+    smooth = np.zeros(size, dtype=np.float32)
+    granular = np.zeros(size, dtype=np.float32)
+    arm = np.zeros(size, dtype=np.float32)
+    labels = np.zeros(size, dtype=np.uint16)
+    for cell in cells:
+        y0, x0, mask, s_patch, g_patch, a_patch = _look_cell(cell, look, px)
+        where = _overlap(size, y0, x0, mask.shape)
+        if where is None:
+            continue
+        frame_sl, patch_sl = where
+        smooth[frame_sl] += s_patch[patch_sl]
+        granular[frame_sl] += g_patch[patch_sl]
+        arm[frame_sl] += a_patch[patch_sl]
+        labels[frame_sl][mask[patch_sl]] = cell.label
+    signal = smooth + granular * _unit_texture(rng, size, look.granule_um / px / 2)
+    signal = ndimage.gaussian_filter(signal, look.psf_sigma_um / px)
+    signal += ndimage.gaussian_filter(arm, look.arm_psf_sigma_um / px)
+    grain = look.grain_sd * _unit_texture(rng, size, look.grain_um / px / 2)
+    expected = np.asarray(background, dtype=np.float32) * (1.0 + static + signal + grain)
+    expected = rng.poisson(np.maximum(expected, 0)).astype(np.float32)
+    expected += rng.normal(0.0, look.read_noise, size).astype(np.float32)
+    frame = np.clip(np.rint(expected), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+    return frame, labels
+
+
+def static_field(
+    rng: np.random.Generator, size: tuple[int, int], look: Appearance, px: float
+) -> np.ndarray:
+    """Draw a movie's fixed relative texture: background mottling plus debris."""
+    mottle = look.mottle_sd * _unit_texture(rng, size, look.mottle_um / px / 2)
+    return (mottle + debris_field(rng, size, look, px)).astype(np.float32)
+
+
+
 # ---------------------------------------------------------------- motion
 
 
 def _fits(
-    pos: np.ndarray, i: int, y: float, x: float, ext: np.ndarray, size: tuple[int, int]
+    pos: np.ndarray,
+    i: int,
+    y: float,
+    x: float,
+    ext: np.ndarray,
+    size: tuple[int, int],
+    gap: float = MIN_GAP,
 ) -> bool:
     """Inside the frame (whole extent) and clear of every other placed cell."""
     h, w = size
@@ -346,18 +661,22 @@ def _fits(
     others = np.arange(len(pos)) != i
     placed = others & ~np.isnan(pos[:, 0])
     dist = np.hypot(pos[placed, 0] - y, pos[placed, 1] - x)
-    return bool(np.all(dist >= ext[i] + ext[placed] + MIN_GAP))
+    return bool(np.all(dist >= ext[i] + ext[placed] + gap))
 
 
 def place_cells(
-    rng: np.random.Generator, extents: np.ndarray, size: tuple[int, int], tries: int = 300
+    rng: np.random.Generator,
+    extents: np.ndarray,
+    size: tuple[int, int],
+    tries: int = 300,
+    gap: float = MIN_GAP,
 ) -> np.ndarray:
     """Random sequential placement; returns ``(n, 2)`` centres, NaN where a cell did not fit."""
     pos = np.full((len(extents), 2), np.nan)
     for i in np.argsort(-extents, kind="stable"):
         for _ in range(tries):
             y, x = rng.uniform(0, size[0]), rng.uniform(0, size[1])
-            if _fits(pos, int(i), y, x, extents, size):
+            if _fits(pos, int(i), y, x, extents, size, gap):
                 pos[i] = (y, x)
                 break
     return pos
@@ -375,19 +694,25 @@ def _init_motion(rng: np.random.Generator, cell: CellParams, y: float, x: float)
 
 
 def _step_motion(
-    rng: np.random.Generator, motions: list[_Motion], ext: np.ndarray, size: tuple[int, int]
+    rng: np.random.Generator,
+    motions: list[_Motion],
+    ext: np.ndarray,
+    size: tuple[int, int],
+    scale: float = 1.0,
+    gap: float = MIN_GAP,
 ) -> None:
     """Move the cells one frame by a persistent random walk of a few px.
 
-    A blocked move reverses the velocity.
+    Steps are times ``scale`` (px at :data:`PLAIN_PIXEL_SIZE_UM` per px of the movie); a blocked
+    move reverses the velocity.
     """
     pos = np.array([[m.y, m.x] for m in motions], dtype=np.float64).reshape(-1, 2)
     for i, m in enumerate(motions):
-        v = 0.8 * np.array([m.vy, m.vx]) + rng.normal(0.0, 0.9, 2)
+        v = 0.8 * np.array([m.vy, m.vx]) + rng.normal(0.0, 0.9 * scale, 2)
         speed = float(np.hypot(*v))
-        if speed > 3.0:
-            v *= 3.0 / speed
-        if _fits(pos, i, m.y + v[0], m.x + v[1], ext, size):
+        if speed > 3.0 * scale:
+            v *= 3.0 * scale / speed
+        if _fits(pos, i, m.y + v[0], m.x + v[1], ext, size, gap):
             m.y, m.x = m.y + float(v[0]), m.x + float(v[1])
             pos[i] = (m.y, m.x)
             m.vy, m.vx = float(v[0]), float(v[1])
@@ -398,19 +723,38 @@ def _step_motion(
         m.wobble_phase = m.wobble_phase + rng.normal(0.0, 0.05, 3)
 
 
-def _shape_at(cell: CellParams, m: _Motion, t: int) -> CellShape:
+def _mean_offset(m: _Motion) -> float:
+    return 0.5 * float(m.angle_offsets.mean()) if m.angle_offsets.size else 0.0
+
+
+def _shape_at(
+    cell: CellParams, m: _Motion, t: int, look: Appearance | None = None, px: float = 1.0
+) -> CellShape:
+    """Return the cell's shape at frame ``t``; a real-look cell's µm become px of ``px`` µm."""
     swing = 1 + ARM_LENGTH_SWING * np.sin(2 * np.pi * t / m.length_period + m.length_phase)
+    extra: dict[str, Any] = {}
+    scale = 1.0
+    if look is not None:
+        scale = 1.0 / px
+        extra = {
+            "aspect": cell.aspect,
+            "orientation": cell.orientation + _mean_offset(m),
+            "arm_half_width": tuple(w / px for w in look.arm_half_width_um),
+            "brightness": cell.brightness,
+            "rim_gain": cell.rim_gain,
+        }
     return CellShape(
         label=cell.label,
         y=m.y,
         x=m.x,
-        radius=cell.radius,
+        radius=cell.radius * scale,
         darkness=cell.darkness,
         halo_gain=cell.halo_gain,
         wobble=cell.wobble,
         wobble_phase=tuple(float(p) for p in m.wobble_phase),
         arm_angles=tuple(float(a) for a in np.asarray(cell.arm_angles) + m.angle_offsets),
-        arm_lengths=tuple(float(v) for v in np.asarray(cell.arm_lengths) * swing),
+        arm_lengths=tuple(float(v) * scale for v in np.asarray(cell.arm_lengths) * swing),
+        **extra,
     )
 
 
@@ -419,13 +763,34 @@ def _shape_at(cell: CellParams, m: _Motion, t: int) -> CellShape:
 
 @dataclass
 class MovieSpec:
-    """Everything needed to render one movie, frame by frame."""
+    """Everything needed to render one movie, frame by frame.
+
+    ``look`` None is the plain look (px units); otherwise cells are in µm, drawn at
+    ``pixel_size_um``.
+    """
 
     movie_id: str
     patient: PatientParams
     cells: list[CellParams]
     background_level: float
     seed: tuple[int, ...]
+    look: Appearance | None = None
+    pixel_size_um: float = PLAIN_PIXEL_SIZE_UM
+
+    def extents_px(self) -> np.ndarray:
+        """Each cell's largest reach from its centre, in px of the movie."""
+        scale = 1.0 if self.look is None else 1.0 / self.pixel_size_um
+        return np.array([c.extent * scale for c in self.cells])
+
+    @property
+    def gap_px(self) -> float:
+        """Least gap between two cells' extents, in px of the movie."""
+        return MIN_GAP if self.look is None else self.look.min_gap_um / self.pixel_size_um
+
+    @property
+    def motion_scale(self) -> float:
+        """Steps in px of the movie for the plain look's px at 0.65 µm (the same µm/min)."""
+        return 1.0 if self.look is None else PLAIN_PIXEL_SIZE_UM / self.pixel_size_um
 
 
 def plan_movie(
@@ -435,17 +800,27 @@ def plan_movie(
     patient: PatientParams,
     movie_id: str,
     size: tuple[int, int],
+    look: Appearance | None = None,
+    pixel_size_um: float = PLAIN_PIXEL_SIZE_UM,
 ) -> tuple[MovieSpec, np.ndarray, np.random.Generator]:
     """Draw a movie's cells and place them; returns the spec, centres and the movie's rng."""
     movie_seed = (seed, 1, p_index, m_index)
     rng = np.random.default_rng(movie_seed)
-    n_target = max(1, int(round(CELLS_PER_PIXEL * size[0] * size[1])))
-    candidates = [sample_cell(rng, patient, 0) for _ in range(n_target)]
-    pos = place_cells(rng, np.array([c.extent for c in candidates]), size)
+    if look is None:
+        n_target = max(1, int(round(CELLS_PER_PIXEL * size[0] * size[1])))
+        candidates = [sample_cell(rng, patient, 0) for _ in range(n_target)]
+        scale, gap, levels = 1.0, MIN_GAP, (600.0, 1400.0)
+    else:
+        area_mm2 = size[0] * size[1] * (pixel_size_um / 1000) ** 2
+        n_target = max(1, int(round(look.cells_per_mm2 * area_mm2)))
+        candidates = [sample_real_cell(rng, patient, 0, look) for _ in range(n_target)]
+        scale, gap = 1.0 / pixel_size_um, look.min_gap_um / pixel_size_um
+        levels = look.background_level
+    pos = place_cells(rng, np.array([c.extent * scale for c in candidates]), size, gap=gap)
     placed = [i for i in range(n_target) if not np.isnan(pos[i, 0])]
     cells = [_relabel(candidates[i], k + 1) for k, i in enumerate(placed)]
-    level = _r(rng.uniform(600.0, 1400.0))
-    spec = MovieSpec(movie_id, patient, cells, level, movie_seed)
+    level = _r(rng.uniform(*levels))
+    spec = MovieSpec(movie_id, patient, cells, level, movie_seed, look, pixel_size_um)
     return spec, pos[placed], rng
 
 
@@ -462,17 +837,23 @@ def iter_movie(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(frame, labels)`` one time point at a time (never the whole movie)."""
     background = background_field(rng, size, spec.background_level)
+    look, px = spec.look, spec.pixel_size_um
+    static = 0.0 if look is None else static_field(rng, size, look, px)
     motions = [
         _init_motion(rng, c, float(y), float(x))
         for c, (y, x) in zip(spec.cells, centres, strict=True)
     ]
-    ext = np.array([c.extent for c in spec.cells])
+    ext = spec.extents_px()
     for t in range(frames):
         if t > 0:
-            _step_motion(rng, motions, ext, size)
-        shapes = [_shape_at(c, m, t) for c, m in zip(spec.cells, motions, strict=True)]
+            _step_motion(rng, motions, ext, size, spec.motion_scale, spec.gap_px)
+        shapes = [_shape_at(c, m, t, look, px) for c, m in zip(spec.cells, motions, strict=True)]
         flicker = 1.0 + rng.normal(0.0, 0.01)
-        yield render_frame(shapes, size, background=background * flicker, rng=rng)
+        if look is None:
+            yield render_frame(shapes, size, background=background * flicker, rng=rng)
+        else:
+            yield render_look_frame(shapes, size, look, px, background=background * flicker,
+                                    static=static, rng=rng)
 
 
 def _write_movie(
@@ -498,7 +879,7 @@ def _manifest_entry(spec: MovieSpec) -> dict[str, Any]:
         "patient": spec.patient.patient,
         "cell_line": spec.patient.patient,
         "label": spec.patient.label,
-        "pixel_size_um": PIXEL_SIZE_UM,
+        "pixel_size_um": spec.pixel_size_um,
         "frame_interval_s": FRAME_INTERVAL_S,
     }
 
@@ -507,6 +888,9 @@ def _truth_entry(spec: MovieSpec) -> dict[str, Any]:
     cells = []
     for c in spec.cells:
         entry = asdict(c)
+        if spec.look is None:
+            for key in ("aspect", "orientation", "brightness", "rim_gain"):
+                entry.pop(key)
         entry = {k: list(v) if isinstance(v, tuple) else v for k, v in entry.items()}
         entry["n_arms"] = c.n_arms
         entry["mean_arm_length"] = _r(np.mean(c.arm_lengths)) if c.n_arms else 0.0
@@ -537,8 +921,10 @@ def make_cohort(
     patients: int = 6,
     movies_per_patient: int = 2,
     frames: int = 20,
-    size: tuple[int, int] = (256, 256),
+    size: tuple[int, int] = (512, 512),
     seed: int = 0,
+    pixel_size_um: float | None = None,
+    look: str = "real",
 ) -> Path:
     """Generate a synthetic cohort on disk and return the path of its ``cohort.yaml``.
 
@@ -555,9 +941,17 @@ def make_cohort(
     frames
         Time points per movie.
     size
-        ``(height, width)`` of each frame; cells per frame scale with the area.
+        ``(height, width)`` of each frame in px; cells per frame scale with the area (the
+        default, 512 px at 0.325 µm, is a 166 µm square holding about six cells).
     seed
         Everything is a deterministic function of this seed.
+    pixel_size_um
+        The movies' pixel size; None: :data:`PIXEL_SIZE_UM` (0.325 µm) for the real look,
+        :data:`PLAIN_PIXEL_SIZE_UM` for the plain one (which is drawn at that scale only). The
+        real look draws the same cells in µm at any pixel size.
+    look
+        ``"real"`` (:class:`Appearance`, made to look like the paper's phase-contrast cells) or
+        ``"plain"`` (the first image model: dark discs on a light background).
 
     Returns
     -------
@@ -565,6 +959,7 @@ def make_cohort(
         ``out_dir / "cohort.yaml"``.
     """
     _check_args(name, patients, movies_per_patient, frames, size)
+    appearance, px = _look_and_scale(look, pixel_size_um)
     size = (int(size[0]), int(size[1]))
     out = Path(out_dir)
     (out / "raw").mkdir(parents=True, exist_ok=True)
@@ -573,15 +968,19 @@ def make_cohort(
     patient_params, specs = [], []
     for p in range(patients):
         pid = f"p{p:0{width}d}"
-        params = sample_patient(np.random.default_rng((seed, 0, p)), pid, class_of_patient(p))
+        patient_rng = np.random.default_rng((seed, 0, p))
+        if appearance is None:
+            params = sample_patient(patient_rng, pid, class_of_patient(p))
+        else:
+            params = sample_real_patient(patient_rng, pid, class_of_patient(p), appearance)
         patient_params.append(params)
         for m in range(movies_per_patient):
             movie_id = f"{pid}-m{m:0{width}d}"
-            spec, centres, rng = plan_movie(seed, p, m, params, movie_id, size)
+            spec, centres, rng = plan_movie(seed, p, m, params, movie_id, size, appearance, px)
             _write_movie(spec, centres, rng, out, frames, size)
             specs.append(spec)
     _dump_yaml({"cohort": name, "movies": [_manifest_entry(s) for s in specs]}, out / "cohort.yaml")
-    truth = _truth_document(name, seed, frames, size, patient_params, specs)
+    truth = _truth_document(name, seed, frames, size, patient_params, specs, appearance, px)
     # Short lists stay on one line: truth.yaml can list thousands of cells.
     _dump_yaml(truth, out / "truth.yaml", flow_leaves=True)
     return out / "cohort.yaml"
@@ -594,7 +993,26 @@ def _truth_document(
     size: tuple[int, int],
     patient_params: list[PatientParams],
     specs: list[MovieSpec],
+    appearance: Appearance | None,
+    pixel_size_um: float,
 ) -> dict[str, Any]:
+    if appearance is None:
+        image_model: dict[str, Any] = {
+            "look": "plain",
+            "halo_width_px": HALO_WIDTH,
+            "psf_sigma_px": PSF_SIGMA,
+            "read_noise": READ_NOISE,
+            "arm_half_width_px": [ARM_HALF_WIDTH_BASE, ARM_HALF_WIDTH_TIP],
+            "arm_length_swing": ARM_LENGTH_SWING,
+        }
+        ranges, spread, units = CLASS_RANGES, CELL_SPREAD, f"px at {PLAIN_PIXEL_SIZE_UM} µm"
+        patients = [{k: _plain(v) for k, v in asdict(p).items() if k != "brightness_mean"}
+                    for p in patient_params]
+    else:
+        image_model = {"look": "real", **appearance.record(), "arm_length_swing": ARM_LENGTH_SWING}
+        ranges, spread, units = appearance.class_ranges, appearance.cell_spread, "µm"
+        patients = [{k: _plain(v) for k, v in asdict(p).items() if k != "darkness_mean"}
+                    for p in patient_params]
     return {
         "generator": "lch.synth",
         "version": GENERATOR_VERSION,
@@ -602,20 +1020,30 @@ def _truth_document(
         "seed": seed,
         "frames": frames,
         "size": list(size),
-        "pixel_size_um": PIXEL_SIZE_UM,
+        "pixel_size_um": pixel_size_um,
         "frame_interval_s": FRAME_INTERVAL_S,
-        "image_model": {
-            "halo_width_px": HALO_WIDTH,
-            "psf_sigma_px": PSF_SIGMA,
-            "read_noise": READ_NOISE,
-            "arm_half_width_px": [ARM_HALF_WIDTH_BASE, ARM_HALF_WIDTH_TIP],
-            "arm_length_swing": ARM_LENGTH_SWING,
-        },
-        "class_ranges": {k: {n: list(r) for n, r in v.items()} for k, v in CLASS_RANGES.items()},
-        "cell_spread": dict(CELL_SPREAD),
-        "patients": [{k: _plain(v) for k, v in asdict(p).items()} for p in patient_params],
+        "length_units": units,
+        "image_model": image_model,
+        "class_ranges": {k: {n: list(r) for n, r in v.items()} for k, v in ranges.items()},
+        "cell_spread": dict(spread),
+        "patients": patients,
         "movies": [_truth_entry(s) for s in specs],
     }
+
+
+def _look_and_scale(look: str, pixel_size_um: float | None) -> tuple[Appearance | None, float]:
+    """Return the look's :class:`Appearance` (None: plain) and the movies' pixel size."""
+    if look not in LOOKS:
+        raise ValueError(f"look must be one of {', '.join(LOOKS)}, got {look!r}")
+    if look == "plain":
+        if pixel_size_um not in (None, PLAIN_PIXEL_SIZE_UM):
+            raise ValueError(f"the plain look is drawn at {PLAIN_PIXEL_SIZE_UM} µm/px only, "
+                             f"got pixel_size_um={pixel_size_um!r}")
+        return None, PLAIN_PIXEL_SIZE_UM
+    px = PIXEL_SIZE_UM if pixel_size_um is None else float(pixel_size_um)
+    if not (math.isfinite(px) and 0.05 <= px <= 2.0):
+        raise ValueError(f"pixel_size_um must be between 0.05 and 2 µm, got {pixel_size_um!r}")
+    return REAL, px
 
 
 def _plain(value: Any) -> Any:

@@ -182,7 +182,7 @@ def main(work: Path) -> None:
 
     manifest = make_cohort(
         work / "source", name=COHORT, patients=PATIENTS, movies_per_patient=MOVIES_PER_PATIENT,
-        frames=FRAMES, size=SIZE, seed=11,
+        frames=FRAMES, size=SIZE, seed=11, look="plain",
     )
     report: dict = {"seconds": seconds}
     lap("synthetic cohort")

@@ -142,7 +142,7 @@ def _build_tiny_cohort(home, source):
     from helpers import TINY_COHORT, TINY_CROP
 
     manifest = make_cohort(source, name=TINY_COHORT, patients=4, movies_per_patient=1, frames=4,
-                           seed=5)
+                           seed=5, look="plain", size=(256, 256))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LCH_HOME", str(home))
         assert convert_cohort(manifest, progress=False).count("ok") == 4

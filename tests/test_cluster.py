@@ -29,7 +29,7 @@ from lch.manifest import load_manifest
 from lch.movie_io import file_sha256
 from lch.omezarr import open_movie, read_provenance
 from lch.registry import REGISTERED_MODEL, load_lch_model
-from lch.synth import PIXEL_SIZE_UM
+from lch.synth import PLAIN_PIXEL_SIZE_UM as PIXEL_SIZE_UM
 
 SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 COHORT = "multi"

@@ -25,10 +25,23 @@ def real():
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
+    """Windows of the plain look (solid dark discs on a light background)."""
     folder = tmp_path_factory.mktemp("domain")
     make_cohort(folder, name="dom", patients=2, movies_per_patient=1, frames=2,
-                size=(384, 384), seed=4)
+                size=(384, 384), seed=4, look="plain")
     return cohort_windows(folder)
+
+
+@pytest.fixture(scope="module")
+def real_look(tmp_path_factory, real):
+    """62 windows of the default look, as bench/synth_realism.py draws them (seed 0, two frames
+    a movie instead of five)."""
+    folder = tmp_path_factory.mktemp("real-look")
+    make_cohort(folder, name="dom", patients=6, movies_per_patient=2, frames=2,
+                size=(768, 768), seed=0)
+    windows = cohort_windows(folder, 0)
+    pick = np.random.default_rng(0).choice(len(windows), len(real), replace=False)
+    return [windows[i] for i in pick]
 
 
 def test_radial_profile_of_a_centred_disc():
@@ -44,12 +57,14 @@ def test_features_ignore_exposure_and_gain(real):
     np.testing.assert_allclose(appearance_features(3.0 * real[0] + 200.0), features, atol=1e-9)
 
 
-def test_windows_are_centred_on_their_cells(synthetic):
+def test_windows_are_centred_on_their_cells(synthetic, real_look):
     assert len(synthetic) >= 20
-    assert {w.shape for w in synthetic} == {(WINDOW_PX, WINDOW_PX)}
+    assert {w.shape for w in [*synthetic, *real_look]} == {(WINDOW_PX, WINDOW_PX)}
     centre = WINDOW_PX // 2
-    # Cells are darker than the background in the synthetic movies at their centre.
+    # The plain look's cells are darker than the background at their centre, the real look's
+    # bodies brighter.
     assert np.median([w[centre, centre] < np.median(w) for w in synthetic]) == 1
+    assert np.median([w[centre, centre] > np.median(w) for w in real_look]) == 1
 
 
 def test_real_cells_are_not_told_from_real_cells(real):
@@ -59,9 +74,16 @@ def test_real_cells_are_not_told_from_real_cells(real):
     assert auc < 0.75
 
 
-def test_the_synthetic_cells_are_told_from_real_ones(real, synthetic):
-    """Today's generator: solid dark discs on a light background (issue 15 asks for <= 0.85)."""
+def test_the_plain_look_is_told_from_real_cells(real, synthetic):
+    """The first image model: solid dark discs on a light background."""
     assert domain_auc(real, synthetic) > 0.95
+
+
+def test_the_real_look_is_hard_to_tell_from_real_cells(real, real_look):
+    """Issue 15 asks for <= 0.85; bench/synth_realism.py prints it for more seeds."""
+    auc = domain_auc(real, real_look)
+    print(f"\ndomain ROC AUC, real look: {auc:.3f}")
+    assert auc <= 0.85
 
 
 def test_too_few_windows_are_refused(real):

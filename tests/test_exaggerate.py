@@ -53,7 +53,7 @@ CELLS_PER_PATIENT = 50
 # 8 latent dimensions rather than 16 leave less room for per-cell detail along the direction,
 # so cells agree more at the same shift.
 CONFIG = {"latent_dim": 8, "channels": (8, 16, 32, 64), "disc_hidden": (64, 64, 32), "lr": 2e-3,
-          "field_of_view_um": CROP * synth.PIXEL_SIZE_UM}
+          "field_of_view_um": CROP * synth.PLAIN_PIXEL_SIZE_UM}
 STEPS = 2400
 BATCH = 32
 SEED = 0
@@ -86,7 +86,7 @@ def _cell_crop(rng: np.random.Generator, patient: synth.PatientParams) -> np.nda
     # The flat background is known here: background at 0.5, and lch.crops' orientation
     # (longest extension along +x).
     crop = np.clip(0.5 * frame / BACKGROUND, 0.0, 1.0).astype(np.float32)
-    return align_crop(crop, pixel_size_um=synth.PIXEL_SIZE_UM)
+    return align_crop(crop, pixel_size_um=synth.PLAIN_PIXEL_SIZE_UM)
 
 
 def synthetic_crops(seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:

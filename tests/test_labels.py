@@ -22,7 +22,7 @@ from lch.omezarr import (
     open_movie,
 )
 from lch.pipelines.cli import main as lch_main
-from lch.synth import PIXEL_SIZE_UM, make_cohort
+from lch.synth import PLAIN_PIXEL_SIZE_UM, make_cohort
 
 from movies import entry, random_movie, write_manifest, write_tiff
 from real_cells import PIXEL_SIZE_UM as REAL_PIXEL_SIZE_UM
@@ -291,9 +291,9 @@ def test_cellpose_segments_a_frame_from_weights_on_disk(tmp_path):
     from lch.labels import make_segmenter
 
     manifest = make_cohort(tmp_path, name="c", patients=1, movies_per_patient=1, frames=1,
-                           size=(128, 128), seed=2)
+                           size=(128, 128), seed=2, look="plain")
     frame = tifffile.imread(manifest.parent / "raw" / "p00-m00.tif")
-    labels = make_segmenter("cellpose", {"weights": weights})(frame, PIXEL_SIZE_UM)
+    labels = make_segmenter("cellpose", {"weights": weights})(frame, PLAIN_PIXEL_SIZE_UM)
     truth = tifffile.imread(manifest.parent / "truth" / "p00-m00_labels.tif")
     assert labels.shape == frame.shape and labels.min() == 0
     assert 0 < labels.max() <= 3 * truth.max()  # found cells, not one per pixel

@@ -78,6 +78,8 @@ def source(tmp_path_factory):
         movies_per_patient=1,
         frames=4,
         seed=7,
+        look="plain",
+        size=(256, 256),
     )
 
 

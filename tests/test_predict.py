@@ -141,7 +141,7 @@ def labelled(ray_session, single_thread, tmp_path_factory):
     AAE on their crops, the LDA on their tracked cells) registered as the champion."""
     folder = tmp_path_factory.mktemp("labelled")
     manifest = make_cohort(folder / "source", name="ward", patients=10, movies_per_patient=2,
-                           frames=4, seed=21)
+                           frames=4, seed=21, look="plain", size=(256, 256))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LCH_HOME", str(folder / "home"))
         env.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -207,7 +207,7 @@ def test_segmentation_commits_a_label_pyramid(ray_session, lch_home, tmp_path):
     from lch.synth import make_cohort
 
     manifest = make_cohort(tmp_path / "synth", name="pyr", patients=1, movies_per_patient=1,
-                           frames=2, seed=4, size=(640, 576))
+                           frames=2, seed=4, size=(640, 576), look="plain")
     assert convert_cohort(manifest, progress=False).count("ok") == 1
     summary = segment_cohort("pyr", progress=False)
     assert summary.cells_kept > 0 and not summary.movies_failed

@@ -26,7 +26,8 @@ from lch.segmentation import segment_frame
 from lch.serving.client import LCHClient, LCHClientError
 from lch.serving.contract import MAX_BODY_BYTES, MAX_CELLS, MAX_SIGMAS
 from lch.single_cell import centre_cell
-from lch.synth import FRAME_INTERVAL_S, PIXEL_SIZE_UM, CellShape, make_cohort, render_frame
+from lch.synth import FRAME_INTERVAL_S, CellShape, make_cohort, render_frame
+from lch.synth import PLAIN_PIXEL_SIZE_UM as PIXEL_SIZE_UM
 
 from bombs import npy_bomb, npz_crops, png_bomb, tiff_bomb
 from helpers import tiny_model
@@ -64,7 +65,8 @@ def stored(ray_session, registry, tmp_path_factory):
     from lch.pipelines.segment import segment_cohort
 
     manifest = make_cohort(tmp_path_factory.mktemp("ward"), name="ward", patients=1,
-                           movies_per_patient=1, frames=5, seed=11)
+                           movies_per_patient=1, frames=5, seed=11, look="plain",
+                           size=(256, 256))
     assert convert_cohort(manifest, progress=False).count("ok") == 1
     segment_cohort("ward", crop_size=CROP, progress=False)
     return next((manifest.parent / "raw").glob("*.tif"))

@@ -9,15 +9,32 @@ import pytest
 import tifffile
 import yaml
 
-from lch.synth import CellShape, make_cohort, read_truth, render_frame
+from lch.synth import (
+    PIXEL_SIZE_UM,
+    PLAIN_PIXEL_SIZE_UM,
+    REAL,
+    CellShape,
+    make_cohort,
+    read_truth,
+    render_frame,
+)
 
 SMALL = dict(patients=2, movies_per_patient=1, frames=3, size=(128, 128))
+# The default look at the plain look's pixel size: the same cells in a quarter of the pixels.
+COARSE = dict(pixel_size_um=PLAIN_PIXEL_SIZE_UM, size=(256, 256))
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    return make_cohort(out, patients=4, movies_per_patient=2, frames=5, seed=3)
+    return make_cohort(out, patients=4, movies_per_patient=2, frames=5, seed=3, **COARSE)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("plain")
+    return make_cohort(out, patients=4, movies_per_patient=2, frames=5, seed=3, look="plain",
+                       size=(256, 256))
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -26,9 +43,10 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
-def test_same_seed_gives_same_bytes(tmp_path):
-    make_cohort(tmp_path / "a", seed=7, **SMALL)
-    make_cohort(tmp_path / "b", seed=7, **SMALL)
+@pytest.mark.parametrize("look", ["real", "plain"])
+def test_same_seed_gives_same_bytes(tmp_path, look):
+    make_cohort(tmp_path / "a", seed=7, look=look, **SMALL)
+    make_cohort(tmp_path / "b", seed=7, look=look, **SMALL)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert set(a) == {
         "cohort.yaml",
@@ -51,6 +69,7 @@ def test_different_seeds_differ(tmp_path):
 
 def test_manifest_fields(cohort):
     manifest = yaml.safe_load(cohort.read_text())
+    assert {m["pixel_size_um"] for m in manifest["movies"]} == {PLAIN_PIXEL_SIZE_UM}
     assert manifest["cohort"] == "synth"
     assert len(manifest["movies"]) == 8
     for movie in manifest["movies"]:
@@ -80,30 +99,57 @@ def test_movies_shapes_and_dtypes(cohort):
         assert labels.shape == (5, 256, 256) and labels.dtype == np.uint16
 
 
+def test_default_movies_use_the_papers_pixel_size(tmp_path):
+    manifest = make_cohort(tmp_path, patients=1, movies_per_patient=1, frames=1)
+    truth = read_truth(tmp_path)
+    assert PIXEL_SIZE_UM == 0.325 and truth["pixel_size_um"] == PIXEL_SIZE_UM
+    assert yaml.safe_load(manifest.read_text())["movies"][0]["pixel_size_um"] == PIXEL_SIZE_UM
+    assert truth["size"] == [512, 512] and truth["image_model"]["look"] == "real"
+    assert truth["length_units"] == "µm"
+    # Every setting of the look is recorded.
+    assert truth["image_model"]["halo_width_um"] == REAL.halo_width_um
+    assert truth["image_model"]["arm_half_width_um"] == list(REAL.arm_half_width_um)
+
+
 def test_cells_per_frame_scale_with_area(tmp_path):
-    make_cohort(tmp_path, patients=1, movies_per_patient=1, frames=1, size=(512, 512))
+    make_cohort(tmp_path / "a", patients=1, movies_per_patient=1, frames=1, **COARSE)
+    make_cohort(tmp_path / "b", patients=1, movies_per_patient=1, frames=1,
+                pixel_size_um=PLAIN_PIXEL_SIZE_UM, size=(768, 768))
+    small = read_truth(tmp_path / "a")["movies"][0]["n_cells"]
+    large = read_truth(tmp_path / "b")["movies"][0]["n_cells"]
+    assert 4 <= small <= 7 and 40 <= large <= 60
+
+
+def test_plain_look_cells_per_frame(tmp_path):
+    make_cohort(tmp_path, patients=1, movies_per_patient=1, frames=1, size=(512, 512),
+                look="plain")
     n_cells = read_truth(tmp_path)["movies"][0]["n_cells"]
     assert 32 <= n_cells <= 56
 
 
-def test_truth_matches_rendered_labels(cohort):
-    truth = read_truth(cohort)
+@pytest.mark.parametrize(("look", "n_cells"), [("real", (4, 7)), ("plain", (8, 14))])
+def test_truth_matches_rendered_labels(cohort, plain, look, n_cells):
+    root = cohort if look == "real" else plain
+    truth = read_truth(root)
     for movie in truth["movies"]:
-        labels = tifffile.imread(cohort.parent / movie["labels_path"])
+        labels = tifffile.imread(root.parent / movie["labels_path"])
         expected = set(range(1, movie["n_cells"] + 1))
         assert [c["label"] for c in movie["cells"]] == sorted(expected)
-        assert 8 <= movie["n_cells"] <= 14
+        assert n_cells[0] <= movie["n_cells"] <= n_cells[1]
         for frame in labels:
             assert set(np.unique(frame)) - {0} == expected
 
 
-def test_labels_follow_the_same_cell(cohort):
-    movie = read_truth(cohort)["movies"][0]
-    labels = tifffile.imread(cohort.parent / movie["labels_path"]).astype(int)
+@pytest.mark.parametrize("look", ["real", "plain"])
+def test_labels_follow_the_same_cell(cohort, plain, look):
+    root = cohort if look == "real" else plain
+    movie = read_truth(root)["movies"][0]
+    labels = tifffile.imread(root.parent / movie["labels_path"]).astype(int)
     for cell in movie["cells"]:
         centres = [np.argwhere(frame == cell["label"]).mean(axis=0) for frame in labels]
         steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
-        # Cells migrate at most ~3 px per frame; arms breathing moves the centroid a little more.
+        # Cells migrate at most ~2 µm (3 px at 0.65 µm) per frame; arms breathing moves the
+        # centroid a little more.
         assert steps.max() < 6
 
 
@@ -113,9 +159,11 @@ def test_classes_are_balanced_and_alternate(cohort):
     assert truth["seed"] == 3 and truth["version"]
 
 
-def test_truth_plants_more_longer_arms_and_brighter_halos(cohort):
+@pytest.mark.parametrize(("look", "longer"), [("real", 2.0), ("plain", 2.0)])
+def test_truth_plants_more_longer_arms_and_brighter_halos(cohort, plain, look, longer):
+    """Arm lengths and radii are µm in the real look, px at 0.65 µm in the plain one."""
     cells = {"high": [], "low": []}
-    for movie in read_truth(cohort)["movies"]:
+    for movie in read_truth(cohort if look == "real" else plain)["movies"]:
         cells[movie["label"]] += movie["cells"]
 
     def mean(label: str, key: str) -> float:
@@ -124,11 +172,21 @@ def test_truth_plants_more_longer_arms_and_brighter_halos(cohort):
     assert mean("high", "n_arms") > mean("low", "n_arms") + 0.7
     long_high = np.mean([x for c in cells["high"] for x in c["arm_lengths"]])
     long_low = np.mean([x for c in cells["low"] for x in c["arm_lengths"]])
-    assert long_high > long_low + 2.0
+    assert long_high > long_low + longer
     assert mean("high", "halo_gain") > 1.15 * mean("low", "halo_gain")
-    assert abs(mean("high", "radius") - mean("low", "radius")) < 1.0
+    # Size is a control: within 15 % (1 px of 6.5 in the plain look).
+    radius = (mean("high", "radius") + mean("low", "radius")) / 2
+    assert abs(mean("high", "radius") - mean("low", "radius")) < 0.15 * radius
     # Single cells overlap: some low cells have more arms than some high cells.
     assert max(c["n_arms"] for c in cells["low"]) >= min(c["n_arms"] for c in cells["high"]) + 2
+
+
+def test_real_look_draws_bright_cells_on_a_dark_background(cohort):
+    movie = read_truth(cohort)["movies"][0]
+    frame = tifffile.imread(cohort.parent / "raw" / f"{movie['id']}.tif")[0].astype(float)
+    labels = tifffile.imread(cohort.parent / movie["labels_path"])[0]
+    background = np.median(frame[labels == 0])
+    assert np.median(frame[labels > 0]) > 1.5 * background
 
 
 def test_render_frame_draws_dark_body_and_bright_halo():
@@ -163,5 +221,9 @@ def test_bad_arguments_are_refused(tmp_path):
         make_cohort(tmp_path, name="bad/name", **SMALL)
     with pytest.raises(ValueError, match="frames"):
         make_cohort(tmp_path, patients=1, frames=0)
+    with pytest.raises(ValueError, match="look"):
+        make_cohort(tmp_path, look="fancy", **SMALL)
+    with pytest.raises(ValueError, match="plain look"):
+        make_cohort(tmp_path, look="plain", pixel_size_um=0.325, **SMALL)
     with pytest.raises(FileNotFoundError):
         read_truth(tmp_path / "nowhere")

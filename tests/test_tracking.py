@@ -35,7 +35,7 @@ def _matched_cells(frame: np.ndarray, truth: np.ndarray, px: float) -> pd.DataFr
 def default_cohort(tmp_path_factory):
     """LCH's cells of every frame of the default synthetic cohort, with their true identities."""
     root = tmp_path_factory.mktemp("cohort")
-    make_cohort(root, seed=3)
+    make_cohort(root, seed=3, look="plain", size=(256, 256))
     truth = read_truth(root)
     px, interval = truth["pixel_size_um"], truth["frame_interval_s"]
     movies = []
