@@ -644,12 +644,27 @@ def test_public_docs_flag_opens_only_the_description():
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
+def _title(process) -> str:
+    """A process's name; a Ray worker's title without the method it runs at the moment.
+
+    Ray retitles an actor's process ``ray::Class.method`` while a method runs, and the kernel's
+    name of a process is cut at 15 characters.
+    """
+    import psutil
+
+    try:
+        title = (process.cmdline() or [""])[0].split(" ")[0]
+    except psutil.Error:
+        title = ""
+    return title.split(".", 1)[0] if title.startswith("ray::") else process.name()
+
+
 def _listeners() -> list[tuple[str, str, int]]:
     """(process name, address, port) of every TCP socket listening in this process tree."""
     import psutil
 
     me = psutil.Process()
-    names = {p.pid: p.name() for p in [me, *me.children(recursive=True)]}
+    names = {p.pid: _title(p) for p in [me, *me.children(recursive=True)]}
     return sorted({
         (names[c.pid], c.laddr.ip, c.laddr.port)
         for c in psutil.net_connections("tcp")
