@@ -31,6 +31,26 @@ from real_cells import PIXEL_SIZE_UM as REAL_PX
 from real_cells import real_images
 
 
+def _segment_cohort(root, px: float, outlines: str) -> tuple[dict[str, int], pd.DataFrame]:
+    """Segment every frame of a synthetic cohort: F1 counts against the truth, and the cells
+    measured within LCH's outlines (``outlines="lch"``) or the true masks (``"truth"``)."""
+    counts = {"matched": 0, "n_pred": 0, "n_true": 0}
+    tables = []
+    for movie in read_truth(root)["movies"]:
+        raw = tifffile.imread(root / "raw" / f"{movie['id']}.tif")
+        truth = tifffile.imread(root / movie["labels_path"])
+        for t, (frame, true_labels) in enumerate(zip(raw, truth, strict=True)):
+            labels = segment_frame(frame, pixel_size_um=px)
+            score = object_f1(labels, true_labels)
+            for key in counts:
+                counts[key] += score[key]
+            table = measure_cells(frame, labels if outlines == "lch" else true_labels,
+                                  pixel_size_um=px)
+            table["patient"], table["cls"], table["t"] = movie["patient"], movie["label"], t
+            tables.append(table)
+    return counts, pd.concat(tables, ignore_index=True)
+
+
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     """Segment and measure every frame of a 4-patient cohort in the plain look (the primitives'
@@ -38,20 +58,7 @@ def measured(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     make_cohort(root, patients=4, movies_per_patient=1, frames=6, seed=11, look="plain",
                 size=(256, 256))
-    counts = {"matched": 0, "n_pred": 0, "n_true": 0}
-    tables = []
-    for movie in read_truth(root)["movies"]:
-        raw = tifffile.imread(root / "raw" / f"{movie['id']}.tif")
-        truth = tifffile.imread(root / movie["labels_path"])
-        for t, (frame, true_labels) in enumerate(zip(raw, truth, strict=True)):
-            labels = segment_frame(frame, pixel_size_um=PX)
-            score = object_f1(labels, true_labels)
-            for key in counts:
-                counts[key] += score[key]
-            table = measure_cells(frame, labels, pixel_size_um=PX)
-            table["patient"], table["cls"], table["t"] = movie["patient"], movie["label"], t
-            tables.append(table)
-    return counts, pd.concat(tables, ignore_index=True), root
+    return (*_segment_cohort(root, PX, "lch"), root)
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +67,7 @@ def real_look(tmp_path_factory):
     the cells measured with their true masks."""
     root = tmp_path_factory.mktemp("real-look")
     make_cohort(root, patients=4, movies_per_patient=1, frames=6, seed=11)
-    counts = {"matched": 0, "n_pred": 0, "n_true": 0}
-    tables = []
-    for movie in read_truth(root)["movies"]:
-        raw = tifffile.imread(root / "raw" / f"{movie['id']}.tif")
-        truth = tifffile.imread(root / movie["labels_path"])
-        for t, (frame, true_labels) in enumerate(zip(raw, truth, strict=True)):
-            score = object_f1(segment_frame(frame, pixel_size_um=PIXEL_SIZE_UM), true_labels)
-            for key in counts:
-                counts[key] += score[key]
-            table = measure_cells(frame, true_labels, pixel_size_um=PIXEL_SIZE_UM)
-            table["patient"], table["cls"], table["t"] = movie["patient"], movie["label"], t
-            tables.append(table)
-    return counts, pd.concat(tables, ignore_index=True)
+    return _segment_cohort(root, PIXEL_SIZE_UM, "truth")
 
 
 def _f1(counts: dict[str, int]) -> float:
