@@ -475,7 +475,7 @@ def exaggerate(
     from lch.cellstore import CellStoreError, open_cells
     from lch.classify import HIGH, LOW, binary_labels
     from lch.exaggerate import exaggerate as exaggerate_crops
-    from lch.exaggerate import exaggerate_stored_cells
+    from lch.exaggerate import exaggerate_stored_cells, measure_real_cells
     from lch.exaggeration_report import (
         REAL_CELLS,
         REPORT_CELLS,
@@ -506,8 +506,9 @@ def exaggerate(
             if {HIGH, LOW} <= set(binary_labels(table["label"].to_numpy())):
                 real = np.sort(pick_cells(table, REAL_CELLS, seed))
                 rows = table.set_index("crop_index").loc[real].reset_index()
-                real_crops = crops.get_orthogonal_selection((real, slice(None), slice(None)))
-                hypotheses = real_cell_hypotheses(lch_model, result, rows, real_crops, seed)
+                features, _ = measure_real_cells(
+                    lch_model, crops.get_orthogonal_selection((real, slice(None), slice(None))))
+                hypotheses = real_cell_hypotheses(result, rows, features, seed)
         else:
             result = exaggerate_crops(lch_model, [str(c) for c in crop],
                                       cells=[c.name for c in crop], **options)

@@ -343,11 +343,9 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed
     ids = [f"{cells.table['patient'].iloc[r]} cell {r}" for r in rows]
     result = exaggerate(evaluation.model, read_rows(cells, rows), cells=ids)
     real = pick_cells(held_out, REAL_CELLS, seed, column="position")
-    real_crops = read_rows(cells, real)
-    features, scores = measure_real_cells(evaluation.model, real_crops)
+    features, scores = measure_real_cells(evaluation.model, read_rows(cells, real))
     bounds = trend_report(result.table, features, scores, result.sigmas)
-    hypotheses = real_cell_hypotheses(evaluation.model, result, cells.table.iloc[real],
-                                      real_crops, seed)
+    hypotheses = real_cell_hypotheses(result, cells.table.iloc[real], features, seed)
     with tempfile.TemporaryDirectory() as tmp:
         write_report(result, tmp, hypotheses)
         bounds.to_csv(Path(tmp) / "exaggeration_bounds.csv", index=False)

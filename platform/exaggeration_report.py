@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lch.classify import HIGH, LOW, binary_labels
 from lch.evaluation import cell_index, first_of_each
-from lch.exaggerate import METHOD_TITLES, Exaggeration, measure_real_cells
+from lch.exaggerate import METHOD_TITLES, Exaggeration
 from lch.trends import plot_trends, real_cell_check, spearman_table
 
 # Cells in a cohort report (half high, half low): with 32, the pooled rho of a trend varies
@@ -161,25 +161,23 @@ def write_report(result: Exaggeration, out_dir: str | Path,
     return paths
 
 
-def real_cell_hypotheses(model, result: Exaggeration, cells: pd.DataFrame, crops: np.ndarray,
+def real_cell_hypotheses(result: Exaggeration, cells: pd.DataFrame, features: pd.DataFrame,
                          seed: int = 0) -> pd.DataFrame:
     """Test ``result``'s strongest trends on real cells (:func:`lch.trends.real_cell_check`).
 
     Parameters
     ----------
-    model : lch.model.LCHModel
-        The model that drew ``result``; the real crops are measured at its crop pixel size.
     result : lch.exaggerate.Exaggeration
         The exaggeration.
     cells : pandas.DataFrame
         Cell-table rows of the real crops (``label``, ``track_id`` and ``store`` or
         ``movie``): frames of one tracked cell are averaged into one cell.
-    crops : numpy.ndarray
-        Their crops, (N, S, S), in the rows' order.
+    features : pandas.DataFrame
+        Those crops measured as the decoded images are, one row per crop in the rows' order
+        (:func:`lch.exaggerate.measure_real_cells`).
     seed : int
         Seed of the resampling.
     """
-    features, _ = measure_real_cells(model, crops)
     cell = cell_index(cells, by=("store" if "store" in cells else "movie", "track_id"))
     per_cell = features.groupby(cell, sort=True).mean(numeric_only=True)
     labels = first_of_each(cells["label"].to_numpy(), cell)
