@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from lch.paths import is_valid_name
 
-GENERATOR_VERSION = "2.0"  # 2.0: the "real" look (Appearance), µm, 0.325 µm pixels
+GENERATOR_VERSION = "2.1"  # 2.1: the real look's arms long and wide enough to show in crops
 # make_cohort's default pixel size (the paper's microscope).
 PIXEL_SIZE_UM = 0.325
 # The scale of the plain primitives' px values (CellShape, render_frame, sample_cell,
@@ -386,15 +386,15 @@ def _real_class_ranges() -> dict[str, dict[str, tuple[float, float]]]:
     return {
         "high": {
             "arm_rate": (1.9, 2.6),
-            "arm_length_mean": (10.5, 13.5),
+            "arm_length_mean": (16.0, 22.0),
             "halo_gain_mean": (1.5, 1.8),
             "radius_mean": (8.5, 9.5),
             "brightness_mean": (2.4, 3.2),
         },
         "low": {
             "arm_rate": (0.6, 1.1),
-            "arm_length_mean": (6.0, 8.0),
-            "halo_gain_mean": (0.75, 0.95),
+            "arm_length_mean": (5.0, 7.0),
+            "halo_gain_mean": (0.6, 0.8),
             "radius_mean": (8.5, 9.5),
             "brightness_mean": (2.4, 3.2),
         },
@@ -431,7 +431,7 @@ class Appearance:
     # Halo: halo_gain * (exp(-d / halo_width_um) + skirt * exp(-d / skirt_width_um)) at distance
     # d out from the body (light scattered further out: the skirt).
     halo_width_um: float = 3.0
-    skirt: float = 0.1
+    skirt: float = 0.25
     skirt_width_um: float = 10.0
     # Shape: one cell in elongated_fraction stretched (same area), the others round or oval.
     elongated_fraction: float = 1 / 3
@@ -439,10 +439,11 @@ class Appearance:
     aspect_round: tuple[float, float] = (1.0, 1.3)
     radius_um: tuple[float, float] = (4.5, 22.0)
     wobble: tuple[tuple[float, float], ...] = ((0.03, 0.10), (0.0, 0.05), (0.0, 0.04))
-    # Arms: thin tapered rods, a dark core with bright edges, no halo of their own.
-    arm_half_width_um: tuple[float, float] = (1.4, 0.7)
+    # Arms: tapered processes, a dim core with bright edges, no halo of their own; wide enough at
+    # the base to show at the crops' 1.3 µm pixels.
+    arm_half_width_um: tuple[float, float] = (2.0, 0.6)
     arm_length_um: tuple[float, float] = (2.0, 22.0)
-    arm_core: float = -0.7
+    arm_core: float = -0.55
     arm_edge_gain: float = 1.0
     arm_edge_um: float = 0.3
     max_arms: int = MAX_ARMS

@@ -34,10 +34,9 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_look(tmp_path_factory, real):
-    """62 windows of the default look, as bench/synth_realism.py draws them (seed 0, two frames
-    a movie instead of five)."""
+    """62 windows of the default look, as bench/synth_realism.py draws them (seed 0)."""
     folder = tmp_path_factory.mktemp("real-look")
-    make_cohort(folder, name="dom", patients=6, movies_per_patient=2, frames=2,
+    make_cohort(folder, name="dom", patients=6, movies_per_patient=2, frames=5,
                 size=(768, 768), seed=0)
     windows = cohort_windows(folder, 0)
     pick = np.random.default_rng(0).choice(len(windows), len(real), replace=False)

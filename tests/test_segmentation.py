@@ -85,7 +85,7 @@ def test_object_f1_in_the_real_look(real_look):
 @pytest.mark.parametrize("feature", ["protrusion_count", "protrusion_length", "halo_intensity"])
 def test_real_look_shows_the_planted_features(real_look, feature):
     """Measured in the image within the true masks: the planted phenotype is drawn visibly (LCH's
-    own outlines of the real look do not carry it yet: see the README's synthetic section)."""
+    own outlines of the real look do not carry it yet: see the README's segmentation section)."""
     _, table = real_look
     by_patient = table.groupby(["cls", "patient"])[feature].mean()
     print(f"\n{feature}: {by_patient.to_dict()} cell AUC {_auc(table, feature):.3f}")
