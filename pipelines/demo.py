@@ -86,9 +86,10 @@ def run_demo(seed: int = 0) -> int:
     home = lch_home()
     source = home / "demo" / "synth-cohort"
     _step(1, f"generating a synthetic cohort in {source}")
-    # Eight short movies per patient: about 40 tracked cells per line, so a population of 20
-    # is a draw; tracks need only 5 frames.
-    manifest = make_cohort(source, name=COHORT, movies_per_patient=8, frames=10, seed=seed)
+    # Eight lines, so that each line's call comes from a classifier fit on seven; six short
+    # movies each give about 28 tracked cells per line (tracks need only 5 frames).
+    manifest = make_cohort(source, name=COHORT, patients=8, movies_per_patient=6, frames=10,
+                           seed=seed)
     _step(2, "ingesting it: movies → OME-Zarr (Ray tasks)")
     ingest = convert_cohort(manifest, home=home)
     print(ingest.format(), flush=True)
