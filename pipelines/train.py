@@ -32,7 +32,8 @@ import ray
 import ray.train
 from mlflow import MlflowClient
 from mlflow.entities import Param
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from tqdm.auto import tqdm
 
@@ -305,7 +306,19 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=settings.max_failures),
         ),
         datasets={"train": dataset},
+        dataset_config=DataConfig(execution_options=_ordered_ingest()),
     )
+
+
+def _ordered_ingest() -> ExecutionOptions:
+    """Return Ray Train's ingest options with the blocks kept in order.
+
+    The split hands out blocks in arrival order, so each worker then gets the same crops in the
+    same order on every run with the same seed.
+    """
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def _start_run(settings: TrainSettings, cells: CellSet, split: Split) -> str:

@@ -133,7 +133,9 @@ def train_loop_per_worker(config: dict) -> None:
     # each epoch's checkpoint and logging, not only its steps.
     started = time.perf_counter()
     for epoch in range(first_epoch + 1, epochs + 1):
-        sums, steps, preview = _train_epoch(model, optimizers, shard, config, device)
+        # Each worker's local shuffle is seeded too: a run is repeatable for its seed.
+        shuffle_seed = config["seed"] + rank + world_size * epoch
+        sums, steps, preview = _train_epoch(model, optimizers, shard, config, device, shuffle_seed)
         seconds = time.perf_counter() - started
         means = _global_mean(sums, steps, device)
         samples = steps * config["worker_batch"] * world_size
@@ -154,7 +156,7 @@ def train_loop_per_worker(config: dict) -> None:
         started = time.perf_counter()
 
 
-def _train_epoch(model, optimizers, shard, config: dict, device) -> tuple:
+def _train_epoch(model, optimizers, shard, config: dict, device, shuffle_seed: int) -> tuple:
     """One pass over this worker's shard: (loss sums, steps, first crops for the preview)."""
     unwrap(model).train()
     sums, steps, preview = torch.zeros(len(LOSSES)), 0, None
@@ -164,6 +166,7 @@ def _train_epoch(model, optimizers, shard, config: dict, device) -> tuple:
         device=device,
         drop_last=True,  # every worker takes the same number of steps (DDP)
         local_shuffle_buffer_size=max(SHUFFLE_CROPS, 8 * config["worker_batch"]),
+        local_shuffle_seed=shuffle_seed,
     )
     for batch in batches:
         x = batch["crop"].unsqueeze(1)

@@ -322,6 +322,21 @@ def test_lch_exaggerate_reports_a_stored_cohort_and_tests_its_trends_on_its_cell
     assert "the strongest trends on tiny's real cells" in printed
 
 
+@pytest.mark.slow
+def test_a_second_run_with_the_same_seed_trains_the_same_weights(trained_run):
+    """Both DDP workers get the same crops in the same order on every run (Ray Data keeps the
+    blocks' order, the local shuffles are seeded): without that two runs differed by up to 0.96
+    in a weight and in their held-out AUC."""
+    settings, first = trained_run
+    second = train(settings)
+    weights = [load_lch_model(f"models:/{REGISTERED_MODEL}/{run.model_version}").state_dict()
+               for run in (first, second)]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=0, atol=0, msg=name)
+    assert second.evaluation.heldout_cell_auc == first.evaluation.heldout_cell_auc
+
+
 def fail_once_after_first_checkpoint(config: dict, marker: str, log: str) -> None:
     """The production loop, except that world rank 0 dies right after its first report."""
     import ray.train
