@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,22 +22,12 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
 from lch.domain_gap import (  # noqa: E402
     appearance_features,
-    cohort_windows,
+    default_look_windows,
     domain_auc,
     feature_names,
 )
-from lch.synth import make_cohort  # noqa: E402
 
 from real_cells import real_images  # noqa: E402
-
-
-def synthetic_windows(seed: int, n: int) -> list[np.ndarray]:
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        make_cohort(folder, patients=6, movies_per_patient=2, frames=5, size=(768, 768), seed=seed)
-        windows = cohort_windows(folder, seed)
-    pick = np.random.default_rng(seed).choice(len(windows), min(n, len(windows)), replace=False)
-    return [windows[i] for i in pick]
 
 
 def _display(window: np.ndarray) -> np.ndarray:
@@ -55,7 +44,7 @@ def main() -> None:
     real_features = np.stack([appearance_features(w) for w in real])
     aucs = []
     for seed in args.seeds:
-        synthetic = synthetic_windows(seed, len(real))
+        synthetic = default_look_windows(len(real), seed)
         auc = domain_auc(real, synthetic)
         aucs.append(auc)
         features = np.stack([appearance_features(w) for w in synthetic])

@@ -17,6 +17,7 @@ features, 1.0 that every window is recognised.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from sklearn.preprocessing import StandardScaler
 
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM
 from lch.segmentation import local_sd
-from lch.synth import read_truth
+from lch.synth import make_cohort, read_truth
 
 WINDOW_PX = 256
 RING_PX = 8
@@ -146,3 +147,17 @@ def cohort_windows(cohort_dir: str | Path, seed: int = 0) -> list[np.ndarray]:
         labels = tifffile.imread(folder / movie["labels_path"])
         windows += cell_windows(frames, labels, pixel_size_um=truth["pixel_size_um"], seed=seed)
     return windows
+
+
+def default_look_windows(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Draw ``n`` windows of :func:`lch.synth.make_cohort`'s default look, one cell each.
+
+    The cohort (6 patients x 2 movies x 5 frames of 768 px, ``seed``) is drawn in a temporary
+    folder; ``n`` of its cells are picked at random (fewer if it has fewer). This is the synthetic
+    side of the domain check that the issue's <= 0.85 is about.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        make_cohort(tmp, patients=6, movies_per_patient=2, frames=5, size=(768, 768), seed=seed)
+        windows = cohort_windows(tmp, seed)
+    pick = np.random.default_rng(seed).choice(len(windows), min(n, len(windows)), replace=False)
+    return [windows[i] for i in pick]

@@ -9,6 +9,7 @@ from lch.domain_gap import (
     WINDOW_PX,
     appearance_features,
     cohort_windows,
+    default_look_windows,
     domain_auc,
     feature_names,
     radial_profile,
@@ -33,14 +34,11 @@ def synthetic(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def real_look(tmp_path_factory, real):
-    """62 windows of the default look, as bench/synth_realism.py draws them (seed 0)."""
-    folder = tmp_path_factory.mktemp("real-look")
-    make_cohort(folder, name="dom", patients=6, movies_per_patient=2, frames=5,
-                size=(768, 768), seed=0)
-    windows = cohort_windows(folder, 0)
-    pick = np.random.default_rng(0).choice(len(windows), len(real), replace=False)
-    return [windows[i] for i in pick]
+def real_look(real):
+    """62 windows of the default look, the ones bench/synth_realism.py measures for seed 0."""
+    windows = default_look_windows(len(real), seed=0)
+    assert len(windows) == len(real)
+    return windows
 
 
 def test_radial_profile_of_a_centred_disc():
