@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from lch.paths import is_valid_name
 
-GENERATOR_VERSION = "2.1"  # 2.1: the real look's arms long and wide enough to show in crops
+GENERATOR_VERSION = "2.2"  # 2.2: the arms' bright edges inside the arm (its truth mask)
 # make_cohort's default pixel size (the paper's microscope).
 PIXEL_SIZE_UM = 0.325
 # The scale of the plain primitives' px values (CellShape, render_frame, sample_cell,
@@ -439,8 +439,8 @@ class Appearance:
     aspect_round: tuple[float, float] = (1.0, 1.3)
     radius_um: tuple[float, float] = (4.5, 22.0)
     wobble: tuple[tuple[float, float], ...] = ((0.03, 0.10), (0.0, 0.05), (0.0, 0.04))
-    # Arms: tapered processes, a dim core with bright edges, no halo of their own; wide enough at
-    # the base to show at the crops' 1.3 µm pixels.
+    # Arms: tapered processes, a dim core within bright edges, no halo of their own; wide enough
+    # at the base to show at the crops' 1.3 µm pixels.
     arm_half_width_um: tuple[float, float] = (2.0, 0.6)
     arm_length_um: tuple[float, float] = (2.0, 22.0)
     arm_core: float = -0.55
@@ -565,14 +565,11 @@ def _look_cell(
     halo = np.exp(-(outside - 0.5) / halo_px) + look.skirt * np.exp(-(outside - 0.5) / skirt_px)
     smooth += np.where(body | arms, 0.0, shape.halo_gain * halo)
     if arms.any():
-        edge_px = look.arm_edge_um / px
-        in_arm = ndimage.distance_transform_edt(arms)
-        out_arm = ndimage.distance_transform_edt(~arms)
-        depth = np.where(arms, in_arm, out_arm)
-        edge = np.exp(-(depth - 0.5) / edge_px)
+        # The bright edges lie inside the arm, as a real process's bright border lies inside
+        # the outline a person draws around it.
+        edge = np.exp(-(ndimage.distance_transform_edt(arms) - 0.5) / (look.arm_edge_um / px))
         bright = look.arm_edge_gain * shape.brightness * edge
-        inner = np.where(arms, look.arm_core * (1 - edge) + bright, bright)
-        arm_signal = np.where(body, 0.0, inner)
+        arm_signal = np.where(arms, look.arm_core * (1 - edge) + bright, 0.0)
     else:
         arm_signal = np.zeros_like(smooth)
     return (y0, x0, body | arms, smooth.astype(np.float32), granular.astype(np.float32),

@@ -64,10 +64,10 @@ def measured(tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_look(tmp_path_factory):
     """The same cohort in the default (real) look at 0.325 µm: F1 counts of LCH's segmenter, and
-    the cells measured with their true masks."""
+    the cells measured within its outlines."""
     root = tmp_path_factory.mktemp("real-look")
     make_cohort(root, patients=4, movies_per_patient=1, frames=6, seed=11)
-    return _segment_cohort(root, PIXEL_SIZE_UM, "truth")
+    return _segment_cohort(root, PIXEL_SIZE_UM, "lch")
 
 
 def _f1(counts: dict[str, int]) -> float:
@@ -84,8 +84,8 @@ def test_object_f1_in_the_real_look(real_look):
 
 @pytest.mark.parametrize("feature", ["protrusion_count", "protrusion_length", "halo_intensity"])
 def test_real_look_shows_the_planted_features(real_look, feature):
-    """Measured in the image within the true masks: the planted phenotype is drawn visibly (LCH's
-    own outlines of the real look do not carry it yet: see the README's segmentation section)."""
+    """Measured within LCH's own outlines: the planted phenotype is drawn visibly and the
+    outlines keep it."""
     _, table = real_look
     by_patient = table.groupby(["cls", "patient"])[feature].mean()
     print(f"\n{feature}: {by_patient.to_dict()} cell AUC {_auc(table, feature):.3f}")
