@@ -484,7 +484,7 @@ def exaggerate(
         write_report,
     )
     from lch.paths import cohort_dir
-    from lch.registry import load_lch_model
+    from lch.registry import ModelNotFound, load_lch_model
     from lch.trends import spearman_table
 
     if not cohort and not crop:
@@ -512,7 +512,7 @@ def exaggerate(
         else:
             result = exaggerate_crops(lch_model, [str(c) for c in crop],
                                       cells=[c.name for c in crop], **options)
-    except (CellStoreError, ValueError) as exc:
+    except (CellStoreError, ModelNotFound, ValueError) as exc:
         raise UsageProblem(exc) from exc
     paths = write_report(result, out_dir, hypotheses)
     out.print(spearman_table(result.table).to_string(index=False, float_format="%.3f"))

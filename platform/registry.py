@@ -133,6 +133,10 @@ def _weights_path(mlmodel: Path) -> str:
         raise ValueError(message) from None
 
 
+class ModelNotFound(LookupError):
+    """A model reference that names no registered version."""
+
+
 def _model_location(uri: str, tracking_uri: str) -> str:
     """Where the artifacts of ``models:/name/version`` or ``models:/name@alias`` are stored.
 
@@ -146,14 +150,19 @@ def _model_location(uri: str, tracking_uri: str) -> str:
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if not sep and "@" in name:
         name, alias = name.split("@", 1)
-        ref = client.get_model_version_by_alias(name, alias).version
+        try:
+            ref = client.get_model_version_by_alias(name, alias).version
+        except mlflow.exceptions.MlflowException:
+            raise ModelNotFound(
+                f"{uri}: no version of {name} holds the alias {alias!r} (point it at one with "
+                f"`lch promote VERSION --alias {alias}`, or name a version)") from None
     elif not sep or not ref:
         raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    return client.get_model_version_download_uri(name, ref).rstrip("/")
-
-
-class ModelNotFound(LookupError):
-    """A model reference that names no registered version."""
+    try:
+        return client.get_model_version_download_uri(name, ref).rstrip("/")
+    except mlflow.exceptions.MlflowException:
+        message = f"{uri}: {name} has no version {ref} (`lch models` lists them)"
+        raise ModelNotFound(message) from None
 
 
 def resolve_version(

@@ -72,3 +72,15 @@ def test_models_as_json_on_an_empty_registry(tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out) == []
     assert (tmp_path / "given" / "mlflow.db").exists()  # the option's store
     assert not (tmp_path / "env").exists() and not (tmp_path / "home").exists()
+
+
+def test_exaggerate_before_any_promotion_says_how_to_promote(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    crop = tmp_path / "cell.png"
+    crop.write_bytes(b"not read: the model is looked up first")
+    assert main(["exaggerate", "--out", str(tmp_path / "out"), "--crop", str(crop)]) == 2
+    err = capsys.readouterr().err
+    assert "no version of lch-aae holds the alias 'champion'" in err
+    assert "lch promote VERSION" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

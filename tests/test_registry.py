@@ -12,7 +12,13 @@ from mlflow import MlflowClient
 
 from lch.mlflow_store import use_tracking
 from lch.model import LCHModel
-from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model, log_lch_model
+from lch.registry import (
+    POPULATION_METRIC_TAG,
+    REGISTERED_MODEL,
+    ModelNotFound,
+    load_lch_model,
+    log_lch_model,
+)
 
 from helpers import tiny_model
 
@@ -115,3 +121,12 @@ def test_loads_from_the_store_it_is_given_whatever_mlflow_points_at(
         )
     with pytest.raises(ValueError, match="expected models:/NAME/VERSION"):
         load_lch_model(f"runs:/{REGISTERED_MODEL}", tracking_uri=ours)
+
+
+def test_an_alias_or_version_nobody_holds_is_named_in_the_error(store):
+    log_lch_model(tiny_model(5, CROP), cohorts=["a"], population_accuracy=0.9)
+    with pytest.raises(ModelNotFound, match=r"no version of lch-aae holds the alias 'champion'"
+                                            r".*lch promote VERSION"):
+        load_lch_model(f"models:/{REGISTERED_MODEL}@champion")
+    with pytest.raises(ModelNotFound, match=r"lch-aae has no version 7"):
+        load_lch_model(f"models:/{REGISTERED_MODEL}/7")
