@@ -5,8 +5,12 @@ Features (one row per label; lengths in px, intensities as noted). The scales th
 
 - ``area``, ``perimeter``, ``eccentricity``, ``solidity``, centroid and bounding box
   (scikit-image ``regionprops``; ``bbox_max_*`` are exclusive).
-- ``body_area``: area of the body without its arms (the opened mask, see below): the size
-  control that arms do not inflate.
+- ``body_area``: area of the body without its arms: the size control that arms and halos do
+  not inflate. The body is the cell's bright core where it has one (the part brighter than the
+  cell's Otsu threshold, holes filled, when that is compact and at least
+  :data:`CORE_FRACTION` of the opened mask: a phase-bright body, or a rim around a darker
+  interior), else the opened mask (see below). An outline drawn from texture takes in some of a
+  bright halo, the more the brighter the halo; the bright core does not.
 - ``protrusion_count`` / ``protrusion_length``: thin arm-like extensions found by a
   morphological top-hat of the mask. The mask is opened with a disk of radius
   ``opening_radius_um`` (removing every part narrower than about twice that: the arms)
@@ -24,8 +28,9 @@ Features (one row per label; lengths in px, intensities as noted). The scales th
   excluded).
 - ``body_contrast``: ``(mean_intensity - background) / background``.
 - ``halo_intensity`` (light scattering): ``(mean of a ring ring_width_um wide, from halo_gap_um
-  out from the body, outside the mask - background) / background``. The ring follows the body,
-  so that a cell's arms do not dilute its halo. Dividing by the local background makes it
+  out from the body, outside the body and the arms - background) / background``. The ring
+  follows the body, so that a cell's arms do not dilute its halo, and may lie within an outline
+  that took in the halo. Dividing by the local background makes it
   independent of exposure and uneven illumination, so it is comparable across frames, movies and
   patients; it assumes intensities proportional to light (no camera offset). On crops
   (:mod:`lch.crops`, a compressed contrast) it keeps its sign and order, not its frame value.
@@ -54,6 +59,10 @@ HALO_GAP_UM = 0.65
 RING_WIDTH_UM = 1.95
 BACKGROUND_GAP_UM = 5.2
 BACKGROUND_WIDTH_UM = 6.5
+# A bright core is the body when it is this solid and covers this share of the opened mask
+# (less: a few bright granules or a rim broken by arms).
+CORE_SOLIDITY = 0.85
+CORE_FRACTION = 0.3
 
 POSITION_COLUMNS = [
     "label",
@@ -110,40 +119,61 @@ def extension_reaches(
     return body[pad:-pad, pad:-pad], reaches
 
 
-def _rings(
-    cell: np.ndarray, body: np.ndarray, others: np.ndarray, params: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the halo ring around the cell's ``body`` and the background annulus around it.
+def bright_core(
+    image: np.ndarray, cell: np.ndarray, opened: np.ndarray, background: float
+) -> np.ndarray | None:
+    """Return the cell's bright core, or None where it has none that could be its body.
 
-    The halo lies outside the cell, its arms left out; the annulus goes around the whole cell;
-    both stay away from other cells.
+    The core is the largest part of ``cell`` brighter than halfway from ``background`` to the
+    cell's brightest (99th percentile), closed and with its holes filled: a phase-bright body,
+    or a bright rim with its darker interior, without the dimmer halo beyond the rim, however
+    far the outline reaches into it. It counts when its solidity exceeds :data:`CORE_SOLIDITY`
+    and it covers at least :data:`CORE_FRACTION` of ``opened`` (the cell without its arms).
     """
-    gap = params["gap"]
-    if others.any():
-        near_others = ndimage.distance_transform_edt(~others) <= gap
-    else:
-        near_others = np.zeros_like(cell)
-    from_body = ndimage.distance_transform_edt(~(body if body.any() else cell))
-    inner = params["halo_gap"]
-    ring = ~cell & (from_body > inner) & (from_body <= inner + params["ring_width"]) & ~near_others
+    peak = float(np.percentile(image[cell], 99))
+    if not peak > background:
+        return None
+    bright = cell & (image > (peak + background) / 2)
+    labels = measure.label(ndimage.binary_fill_holes(ndimage.binary_closing(bright)))
+    if labels.max() == 0:
+        return None
+    core = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    solid = measure.regionprops(core.astype(np.uint8))[0].solidity > CORE_SOLIDITY
+    return core if solid and core.sum() >= CORE_FRACTION * opened.sum() else None
+
+
+def _near_others(others: np.ndarray, gap: int) -> np.ndarray:
+    if not others.any():
+        return np.zeros_like(others)
+    return ndimage.distance_transform_edt(~others) <= gap
+
+
+def _annulus(cell: np.ndarray, near_others: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """Return the local background: an annulus around the whole cell, away from others."""
     outside = ndimage.distance_transform_edt(~cell)
-    annulus = (outside > gap) & (outside <= gap + params["width"]) & ~near_others
-    return ring, annulus
+    return (outside > params["gap"]) & (outside <= params["gap"] + params["width"]) & ~near_others
 
 
-def _halo_features(
-    image: np.ndarray, cell: np.ndarray, body: np.ndarray, others: np.ndarray,
-    params: dict[str, Any],
+def _halo_ring(
+    body: np.ndarray, arms: np.ndarray, near_others: np.ndarray, params: dict[str, Any]
+) -> np.ndarray:
+    """Return the halo ring around ``body``, outside it and the arms, away from others."""
+    from_body = ndimage.distance_transform_edt(~body)
+    inner = params["halo_gap"]
+    return (~(body | arms) & (from_body > inner) & (from_body <= inner + params["ring_width"])
+            & ~near_others)
+
+
+def _intensity_features(
+    image: np.ndarray, cell: np.ndarray, ring: np.ndarray, background: float
 ) -> dict[str, float]:
-    ring, annulus = _rings(cell, body, others, params)
     mean_in = float(image[cell].mean())
-    bg = float(np.median(image[annulus])) if annulus.any() else math.nan
-    ok = bg > 0 and ring.any()
+    ok = background > 0 and ring.any()
     return {
         "mean_intensity": mean_in,
-        "background": bg,
-        "body_contrast": (mean_in - bg) / bg if bg > 0 else math.nan,
-        "halo_intensity": (float(image[ring].mean()) - bg) / bg if ok else math.nan,
+        "background": background,
+        "body_contrast": (mean_in - background) / background if background > 0 else math.nan,
+        "halo_intensity": (float(image[ring].mean()) - background) / background if ok else math.nan,
     }
 
 
@@ -163,9 +193,16 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
     body, reaches = extension_reaches(region.image, opening_radius=params["opening_radius"])
     arms = [r for r in reaches if r >= params["min_length"]]
     r0, c0, r1, c1 = region.bbox
-    body_in_window = np.zeros_like(cell)
+    opened = np.zeros_like(cell)
     y0, x0 = r0 - win[0].start, c0 - win[1].start
-    body_in_window[y0 : y0 + body.shape[0], x0 : x0 + body.shape[1]] = body
+    opened[y0 : y0 + body.shape[0], x0 : x0 + body.shape[1]] = body
+    near_others = _near_others((lab > 0) & ~cell, params["gap"])
+    annulus = _annulus(cell, near_others, params)
+    background = float(np.median(image[win][annulus])) if annulus.any() else math.nan
+    core = bright_core(image[win], cell, opened, background)
+    body_in_window = opened if core is None else core
+    ring = _halo_ring(body_in_window if body_in_window.any() else cell, cell & ~opened,
+                      near_others, params)
     row = {
         "label": int(region.label),
         "centroid_y": float(region.centroid[0]),
@@ -175,7 +212,7 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
         "bbox_max_row": r1,
         "bbox_max_col": c1,
         "area": int(region.area),
-        "body_area": int(body.sum()),
+        "body_area": int(body_in_window.sum()),
         "perimeter": float(region.perimeter),
         "eccentricity": float(region.eccentricity),
         "solidity": float(region.solidity),
@@ -183,9 +220,7 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
         "protrusion_length": float(np.mean(arms)) if arms else 0.0,
         "protrusion_reach": max(reaches, default=0.0),
     }
-    row.update(
-        _halo_features(image[win], cell, body_in_window, (lab > 0) & ~cell, params)
-    )
+    row.update(_intensity_features(image[win], cell, ring, background))
     row["touches_border"] = bool(
         r0 == 0 or c0 == 0 or r1 == labels.shape[0] or c1 == labels.shape[1]
     )

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from scipy import ndimage
 from scipy.stats import mannwhitneyu
 
 from lch.crops import (
@@ -24,7 +25,15 @@ from lch.crops import (
 from lch.morphology import FEATURE_COLUMNS, measure_cells, measure_crop
 from lch.segmentation import segment_frame
 from lch.segmentation_scores import object_f1
-from lch.synth import PIXEL_SIZE_UM, CellShape, make_cohort, read_truth, render_frame
+from lch.synth import (
+    PIXEL_SIZE_UM,
+    REAL,
+    CellShape,
+    make_cohort,
+    read_truth,
+    render_frame,
+    render_look_frame,
+)
 from lch.synth import PLAIN_PIXEL_SIZE_UM as PX
 
 from real_cells import PIXEL_SIZE_UM as REAL_PX
@@ -222,6 +231,31 @@ def test_halo_ring_follows_the_body_not_the_arms():
     halo = {"bare": _halo(frame, bare), "armed": _halo(painted, armed)}
     print(f"\nhalo without arms {halo['bare']:.3f}, with three 30-px arms {halo['armed']:.3f}")
     assert halo["armed"] == pytest.approx(halo["bare"], rel=0.1)
+
+
+def test_body_and_halo_do_not_grow_with_an_outline_that_took_in_the_halo():
+    # A texture outline takes in ~1 µm of a bright halo, more the brighter it is: measured from
+    # the outline, the brighter-halo class had the larger bodies and the weaker halos.
+    measured = {}
+    for gain in (0.7, 1.7):
+        shape = CellShape(label=1, y=99.5, x=99.5, radius=28.0, darkness=0.6, halo_gain=gain,
+                          brightness=2.8, rim_gain=1.7)
+        frame, truth = render_look_frame([shape], (200, 200), REAL, PIXEL_SIZE_UM,
+                                         background=3000.0, rng=np.random.default_rng(0))
+        for um in (1, 2):  # outlines 1 and 2 µm beyond the body
+            wide = ndimage.binary_dilation(truth > 0, iterations=3 * um).astype(np.int32)
+            measured[gain, um] = measure_cells(frame, wide, pixel_size_um=PIXEL_SIZE_UM).iloc[0]
+    true_area = int((truth > 0).sum())
+    areas = {k: int(row.body_area) for k, row in measured.items()}
+    halos = {k: round(float(row.halo_intensity), 3) for k, row in measured.items()}
+    print(f"\nbody areas {areas} (true {true_area}), halos {halos}")
+    for gain in (0.7, 1.7):
+        assert areas[gain, 2] == pytest.approx(areas[gain, 1], rel=0.03)
+        assert halos[gain, 2] == pytest.approx(halos[gain, 1], rel=0.05)
+    # The optics blur a brighter halo into the rim: the brighter halo's body is a little larger.
+    assert areas[1.7, 1] == pytest.approx(areas[0.7, 1], rel=0.12)
+    assert areas[0.7, 1] == pytest.approx(true_area, rel=0.1)
+    assert halos[1.7, 1] > 1.5 * halos[0.7, 1]
 
 
 def test_measure_table_has_documented_columns(measured):
