@@ -18,7 +18,7 @@ from lch.exaggeration_report import REPORT_CELLS, pick_cells, write_report
 from lch.mlflow_store import tracking_uri
 from lch.model_names import version_uri
 from lch.paths import cohort_dir, lch_home
-from lch.pipelines.runtime import free_port
+from lch.pipelines.runtime import free_port, keep_serve_logs_in_files
 from lch.promotion import PromotionRefused, promote
 from lch.registry import load_lch_model
 from lch.synth import make_cohort
@@ -54,6 +54,7 @@ def _query_serve(manifest: Path) -> None:
     from lch.serving.app import build_app
     from lch.serving.client import LCHClient
 
+    keep_serve_logs_in_files()
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(), name="lch", route_prefix="/")

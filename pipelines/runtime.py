@@ -123,6 +123,15 @@ def keep_ray_logs_in_files(keep: bool = True) -> None:
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
 
 
+def keep_serve_logs_in_files() -> None:
+    """Keep Serve's INFO lines in this process off the terminal while Ray's logs stay in files.
+
+    ``import ray.serve`` sets its logger to INFO, so call this after that import.
+    """
+    if _LOGS["to_files_only"]:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
 def _check_loopback() -> None:
     """Refuse to go on with a local instance that advertises (and so binds) a network address."""
     ip = ray.util.get_node_ip_address()

@@ -84,3 +84,18 @@ def test_exaggerate_before_any_promotion_says_how_to_promote(tmp_path, monkeypat
     assert "no version of lch-aae holds the alias 'champion'" in err
     assert "lch promote VERSION" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_info_lines_stay_off_the_terminal_unless_verbose(monkeypatch):
+    import logging
+
+    from ray import serve  # noqa: F401  (importing it sets its logger to INFO)
+
+    from lch.pipelines import runtime
+
+    logger = logging.getLogger("ray.serve")
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    for to_files_only, level in ((False, logging.INFO), (True, logging.WARNING)):
+        monkeypatch.setitem(runtime._LOGS, "to_files_only", to_files_only)
+        runtime.keep_serve_logs_in_files()
+        assert logger.level == level
