@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from scipy import special
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
@@ -123,7 +124,7 @@ def leave_one_patient_out(
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Turn logits into probabilities, ``1 / (1 + exp(-logit))``, in float64."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    return special.expit(np.asarray(logits, dtype=np.float64))
 
 
 def fit_calibration(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
