@@ -6,11 +6,12 @@ Features (one row per label; lengths in px, intensities as noted). The scales th
 - ``area``, ``perimeter``, ``eccentricity``, ``solidity``, centroid and bounding box
   (scikit-image ``regionprops``; ``bbox_max_*`` are exclusive).
 - ``body_area``: area of the body without its arms: the size control that arms and halos do
-  not inflate. The body is the cell's bright core where it has one (the part brighter than the
-  cell's Otsu threshold, holes filled, when that is compact and at least
-  :data:`CORE_FRACTION` of the opened mask: a phase-bright body, or a rim around a darker
-  interior), else the opened mask (see below). An outline drawn from texture takes in some of a
-  bright halo, the more the brighter the halo; the bright core does not.
+  not inflate. The body is the cell's bright core where it has one (:func:`bright_core`: the
+  part brighter than halfway from the background to the cell's brightest, holes filled, when
+  that is compact and at least :data:`CORE_FRACTION` of the opened mask: a phase-bright body,
+  or a rim around a darker interior), else the opened mask (see below). An outline drawn from
+  texture takes in some of a bright halo, the more the brighter the halo; the bright core does
+  not.
 - ``protrusion_count`` / ``protrusion_length``: thin arm-like extensions found by a
   morphological top-hat of the mask. The mask is opened with a disk of radius
   ``opening_radius_um`` (removing every part narrower than about twice that: the arms)
@@ -49,7 +50,13 @@ from scipy import ndimage
 from skimage import measure, morphology
 
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size, um_to_px
-from lch.segmentation import check_frame, segment_frame
+from lch.segmentation import (
+    COMPACT_SOLIDITY,
+    check_frame,
+    largest_object,
+    mask_solidity,
+    segment_frame,
+)
 
 OPENING_RADIUS_UM = 1.95
 MIN_PROTRUSION_LENGTH_UM = 2.6
@@ -59,9 +66,8 @@ HALO_GAP_UM = 0.65
 RING_WIDTH_UM = 1.95
 BACKGROUND_GAP_UM = 5.2
 BACKGROUND_WIDTH_UM = 6.5
-# A bright core is the body when it is this solid and covers this share of the opened mask
-# (less: a few bright granules or a rim broken by arms).
-CORE_SOLIDITY = 0.85
+# A compact bright core is the body when it covers this share of the opened mask (less: a few
+# bright granules).
 CORE_FRACTION = 0.3
 
 POSITION_COLUMNS = [
@@ -127,19 +133,17 @@ def bright_core(
     The core is the largest part of ``cell`` brighter than halfway from ``background`` to the
     cell's brightest (99th percentile), closed and with its holes filled: a phase-bright body,
     or a bright rim with its darker interior, without the dimmer halo beyond the rim, however
-    far the outline reaches into it. It counts when its solidity exceeds :data:`CORE_SOLIDITY`
-    and it covers at least :data:`CORE_FRACTION` of ``opened`` (the cell without its arms).
+    far the outline reaches into it. It counts when it is compact (solidity above
+    :data:`lch.segmentation.COMPACT_SOLIDITY`, as the segmenter's bright bodies) and covers at
+    least :data:`CORE_FRACTION` of ``opened`` (the cell without its arms).
     """
     peak = float(np.percentile(image[cell], 99))
     if not peak > background:
         return None
     bright = cell & (image > (peak + background) / 2)
-    labels = measure.label(ndimage.binary_fill_holes(ndimage.binary_closing(bright)))
-    if labels.max() == 0:
-        return None
-    core = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    solid = measure.regionprops(core.astype(np.uint8))[0].solidity > CORE_SOLIDITY
-    return core if solid and core.sum() >= CORE_FRACTION * opened.sum() else None
+    core = largest_object(ndimage.binary_fill_holes(ndimage.binary_closing(bright)))
+    compact = mask_solidity(core) > COMPACT_SOLIDITY
+    return core if compact and core.sum() >= CORE_FRACTION * opened.sum() else None
 
 
 def _near_others(others: np.ndarray, gap: int) -> np.ndarray:

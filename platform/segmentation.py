@@ -170,14 +170,16 @@ def _closed_filled(mask: np.ndarray, radius_px: float) -> np.ndarray:
     return ndimage.binary_fill_holes(closed[pad:-pad, pad:-pad])
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
+def largest_object(mask: np.ndarray) -> np.ndarray:
+    """Return the largest connected object of a boolean mask (the mask itself if empty)."""
     labels = measure.label(mask)
     if labels.max() == 0:
         return mask
     return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
 
 
-def _solidity(mask: np.ndarray) -> float:
+def mask_solidity(mask: np.ndarray) -> float:
+    """Return the solidity (area over convex hull area) of a one-object mask, 0 if empty."""
     return float(measure.regionprops(mask.astype(np.uint8))[0].solidity) if mask.any() else 0.0
 
 
@@ -253,18 +255,20 @@ def _outline(
     texture, smooth, flat = maps["texture"], maps["smooth"], maps["flat"]
     region = ndimage.binary_dilation(cell, _disk(OUTLINE_REACH_UM / px)) & ~others
     textured = texture > filters.threshold_otsu(texture[region])
-    mask = _largest(_closed_filled(textured & region, OUTLINE_CLOSING_UM / px))
+    mask = largest_object(_closed_filled(textured & region, OUTLINE_CLOSING_UM / px))
     mask = ndimage.binary_opening(mask, _disk(OPENING_UM / px))
-    dark = _largest(region & (flat < -maps["darkness"]))
+    dark = largest_object(region & (flat < -maps["darkness"]))
     if dark.sum() > DARK_FRACTION * max(mask.sum(), 1):  # a phase-dark body
         edge = steepest_edge_outline(maps["flattened"], dark, EDGE_SIGMA_UM / px,
                                      um_to_px(EDGE_BAND_UM, px))
-        return _largest(_closed_filled(edge & region, 1)), False
+        return largest_object(_closed_filled(edge & region, 1)), False
     bright_level = filters.threshold_otsu(smooth[region])
     if bright_level <= maps["background"]:
         return mask, True
-    bright = _largest(_closed_filled((smooth > bright_level) & region, DETECT_CLOSING_UM / px))
-    compact = _solidity(mask) > COMPACT_SOLIDITY and _solidity(bright) > COMPACT_SOLIDITY
+    bright = largest_object(
+        _closed_filled((smooth > bright_level) & region, DETECT_CLOSING_UM / px)
+    )
+    compact = mask_solidity(mask) > COMPACT_SOLIDITY and mask_solidity(bright) > COMPACT_SOLIDITY
     if compact and bright.sum() > BRIGHT_FRACTION * max(mask.sum(), 1):
         return bright, False
     return mask, True
