@@ -144,25 +144,13 @@ def _model_location(uri: str, tracking_uri: str) -> str:
     repository asks the process-wide registry URI instead (``./mlflow.db`` when nothing set it),
     whatever ``registry_uri`` ``download_artifacts`` is given.
     """
-    name, sep, ref = uri.removeprefix("models:/").rstrip("/").partition("/")
     if not uri.startswith("models:/"):
         raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    uri = uri.rstrip("/")
+    version = resolve_version(uri, tracking_uri)
+    name = uri.removeprefix("models:/").partition("/")[0].split("@", 1)[0]
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if not sep and "@" in name:
-        name, alias = name.split("@", 1)
-        try:
-            ref = client.get_model_version_by_alias(name, alias).version
-        except mlflow.exceptions.MlflowException:
-            raise ModelNotFound(
-                f"{uri}: no version of {name} holds the alias {alias!r} (point it at one with "
-                f"`lch promote VERSION --alias {alias}`, or name a version)") from None
-    elif not sep or not ref:
-        raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    try:
-        return client.get_model_version_download_uri(name, ref).rstrip("/")
-    except mlflow.exceptions.MlflowException:
-        message = f"{uri}: {name} has no version {ref} (`lch models` lists them)"
-        raise ModelNotFound(message) from None
+    return client.get_model_version_download_uri(name, version).rstrip("/")
 
 
 def resolve_version(
@@ -203,9 +191,13 @@ def resolve_version(
         if ref.isdigit():
             return str(client.get_model_version(name, ref).version)
         return str(client.get_model_version_by_alias(name, ref).version)
-    except mlflow.exceptions.MlflowException as exc:
-        raise ModelNotFound(f"{reference!r}: {name} has no such version or alias "
-                            f"({exc.message})") from None
+    except mlflow.exceptions.MlflowException:
+        if ref.isdigit():
+            why = f"{name} has no version {ref} (`lch models` lists them)"
+        else:
+            why = (f"no version of {name} holds the alias {ref!r} (point it at one with "
+                   f"`lch promote VERSION --alias {ref}`, or name a version)")
+        raise ModelNotFound(f"{reference!r}: no such version or alias: {why}") from None
 
 
 def load_lch_model(uri: str, tracking_uri: str | None = None) -> LCHModel:
