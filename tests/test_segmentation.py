@@ -23,7 +23,7 @@ from lch.crops import (
     relative_contrast,
 )
 from lch.morphology import FEATURE_COLUMNS, measure_cells, measure_crop
-from lch.segmentation import segment_frame
+from lch.segmentation import _h_maxima_by_region, segment_frame
 from lch.segmentation_scores import object_f1
 from lch.synth import (
     PIXEL_SIZE_UM,
@@ -264,6 +264,28 @@ def test_measure_table_has_documented_columns(measured):
     assert (table.area >= table.body_area).all()
     assert (table.body_contrast < 0).all()  # dark bodies
     assert (table.halo_intensity > 0).all()  # bright halos
+
+
+def test_split_markers_are_skimages_h_maxima():
+    """Markers found region by region are exactly skimage's h-maxima of the whole frame."""
+    from skimage import filters, morphology
+
+    rng = np.random.default_rng(3)
+    found = np.zeros((120, 160), bool)
+    yy, xx = np.ogrid[:120, :160]
+    # Touching pairs (two maxima in one region), lone discs, and cells cut by the frame edge.
+    for y, x, r in [(30, 30, 12), (30, 52, 10), (90, 40, 14), (60, 110, 9), (5, 150, 11),
+                    (115, 80, 8), (60, 133, 9)]:
+        found |= (yy - y) ** 2 + (xx - x) ** 2 <= r**2
+    # A diagonal cell whose bounding box takes in part of the disc at (68, 78) but not its peak.
+    found |= (np.abs(yy - xx) <= 4) & (yy > 55) & (yy < 110) & (xx < 70)
+    found |= (yy - 68) ** 2 + (xx - 78) ** 2 <= 7**2
+    distance = filters.gaussian(ndimage.distance_transform_edt(found), 1, preserve_range=True)
+    distance += rng.uniform(0, 0.05, distance.shape) * (distance > 0)
+    for h in (0.5, 1.5, 3.0):
+        expected = morphology.h_maxima(distance, h)
+        assert expected.sum() > 0
+        np.testing.assert_array_equal(_h_maxima_by_region(distance, h), expected)
 
 
 def test_constant_and_nan_frames_raise():
