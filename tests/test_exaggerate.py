@@ -1,10 +1,11 @@
 """Exaggeration along the discriminant direction: planted phenotype, controls, inputs, montage.
 
-A tiny AAE is trained once per module on single-cell crops rendered with :mod:`lch.synth`
-(high patients: more/longer arms and brighter halos; body size not planted), an LDA is fit on
-its codes with the true labels and, as the control, with shuffled labels, and one cell of every
-patient is exaggerated from s = -4 to +4. The trends are measured on the decoded images with
-:func:`lch.morphology.measure_crop`, the function used on real segmented cells.
+A small AAE trained on single-cell crops rendered with :mod:`lch.synth` (high patients:
+more/longer arms and brighter halos; body size not planted; tests/exaggeration_model.py keeps
+its weights), an LDA is fit on its codes with the true labels and, as the control, with
+shuffled labels, and one cell of every patient is exaggerated from s = -4 to +4. The trends
+are measured on the decoded images with :func:`lch.morphology.measure_crop`, the function used
+on real segmented cells.
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ import pytest
 import tifffile
 import torch
 import zarr
+from exaggeration_model import (
+    CELLS_PER_PATIENT,
+    CROP,
+    N_PATIENTS,
+    SEED,
+    load_model,
+    model_config,
+    synthetic_crops,
+)
 from PIL import Image, ImageFont
 
-from lch import synth
 from lch.classify import fit_linear_classifier
 from lch.crop_files import load_crop
-from lch.crops import DEFAULT_FIELD_OF_VIEW_UM, align_crop
+from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.exaggerate import (
     DEFAULT_SIGMAS,
     METHOD_TITLES,
@@ -37,93 +46,31 @@ from lch.exaggerate import (
     measure_real_cells,
 )
 from lch.exaggeration_report import montage, save_montage, write_report
-from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers, refresh_batch_norm
+from lch.model import AAE, AAEConfig, LCHModel
 from lch.single_cell import centre_cell
 from lch.trends import judge_trends, spearman_table, trend_report
 
 from real_cells import PIXEL_SIZE_UM, real_images
 
-CROP = 64  # a cell with its arms and the halo's background annulus needs ~60 px
-BACKGROUND = 1000.0
-# Alternating high, low; enough patients that the LDA does not read one patient's quirks (its
-# mean radius) into the direction.
-N_PATIENTS = 16
-CELLS_PER_PATIENT = 50
-# Tiny model, 10x the paper's learning rate: the phenotype must show after ~a minute on CPU.
-# 8 latent dimensions rather than 16 leave less room for per-cell detail along the direction,
-# so cells agree more at the same shift.
-CONFIG = {"latent_dim": 8, "channels": (8, 16, 32, 64), "disc_hidden": (64, 64, 32), "lr": 2e-3,
-          "field_of_view_um": CROP * synth.PLAIN_PIXEL_SIZE_UM}
-STEPS = 2400
-BATCH = 32
-SEED = 0
-
-
-# ---------------------------------------------------------------- data and model
-
-
-def _cell_crop(rng: np.random.Generator, patient: synth.PatientParams) -> np.ndarray:
-    """One synthetic cell near the centre of a 64x64 frame, as a flat-field ratio crop.
-
-    The exaggeration trends are measured on this known, flat background; the crops of
-    :mod:`lch.crops` (background-relative contrast, tanh-compressed) are not used here yet.
-    """
-    cell = synth.sample_cell(rng, patient, 1)
-    cy, cx = (CROP - 1) / 2 + rng.uniform(-1.0, 1.0, 2)
-    shape = synth.CellShape(
-        label=1,
-        y=float(cy),
-        x=float(cx),
-        radius=cell.radius,
-        darkness=cell.darkness,
-        halo_gain=cell.halo_gain,
-        wobble=cell.wobble,
-        wobble_phase=tuple(float(p) for p in rng.uniform(0, 2 * np.pi, len(cell.wobble))),
-        arm_angles=cell.arm_angles,
-        arm_lengths=cell.arm_lengths,
-    )
-    frame, _ = synth.render_frame([shape], (CROP, CROP), background=BACKGROUND, rng=rng)
-    # The flat background is known here: background at 0.5, and lch.crops' orientation
-    # (longest extension along +x).
-    crop = np.clip(0.5 * frame / BACKGROUND, 0.0, 1.0).astype(np.float32)
-    return align_crop(crop, pixel_size_um=synth.PLAIN_PIXEL_SIZE_UM)
-
-
-def synthetic_crops(seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 64, 64) crops and their patients' labels ("high"/"low")."""
-    crops, labels = [], []
-    for p in range(N_PATIENTS):
-        label = synth.class_of_patient(p)
-        rng = np.random.default_rng((seed, p))
-        patient = synth.sample_patient(rng, f"p{p}", label)
-        crops += [_cell_crop(rng, patient) for _ in range(CELLS_PER_PATIENT)]
-        labels += [label] * CELLS_PER_PATIENT
-    return np.stack(crops), np.array(labels)
-
-
 
 @pytest.fixture(scope="module")
 def trained(single_thread):
-    """The AAE trained on the synthetic crops, its codes, and the crops and labels."""
+    """The stored small AAE (tests/exaggeration_model.py), its codes of the synthetic crops it
+    was trained on, and those crops and labels."""
     crops, labels = synthetic_crops()
-    x = torch.from_numpy(crops[:, None])
-    torch.manual_seed(SEED)
-    config = AAEConfig(crop_size=CROP, **CONFIG)
-    aae = AAE(config)
-    optimizers = make_optimizers(aae, config)
-    draws = torch.Generator().manual_seed(SEED)
-    for step in range(STEPS):
-        # Linear decay to 5 %: training ends on a settled model, not on a snapshot of the
-        # adversarial game's oscillation (the direction swings with it).
-        for optimizer in optimizers.values():
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * max(0.05, 1.0 - step / STEPS)
-        aae_train_step(aae, optimizers, x[torch.randint(0, len(x), (BATCH,), generator=draws)])
-    refresh_batch_norm(aae, x.split(100))
-    aae.eval()
+    try:
+        aae = load_model(crops)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     with torch.no_grad():
-        codes = aae.encode(x).numpy()
+        codes = aae.encode(torch.from_numpy(crops[:, None])).numpy()
     return {"aae": aae, "codes": codes, "crops": crops, "labels": labels}
+
+
+def test_stored_model_is_refused_for_other_crops(trained):
+    # Weights made from other cells (a changed generator) must be made again, not used.
+    with pytest.raises(RuntimeError, match="crops_sha256.*exaggeration_model.py"):
+        load_model(trained["crops"][::-1])
 
 
 def _lch_model(trained: dict, labels: np.ndarray) -> LCHModel:
@@ -231,7 +178,7 @@ def test_shuffled_labels_fail_the_criterion(shuffled_model, shuffled_result, tra
 def test_untrained_model_fails_the_criterion(trained, real_features):
     # Same pipeline, same true labels, but an AAE that was never trained.
     torch.manual_seed(SEED)
-    aae = AAE(AAEConfig(crop_size=CROP, **CONFIG)).eval()
+    aae = AAE(model_config()).eval()
     with torch.no_grad():
         codes = aae.encode(torch.from_numpy(trained["crops"][:, None])).numpy()
     weight, bias, _ = fit_linear_classifier(codes, trained["labels"])

@@ -18,7 +18,7 @@ from lch.classify import fit_linear_classifier
 from lch.evaluation import cell_index, cell_means, first_of_each
 from lch.manifest import load_manifest
 from lch.mlflow_store import use_tracking
-from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers, refresh_batch_norm
+from lch.model import LCHModel
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
 from lch.pipelines.ingest import convert_cohort
@@ -30,7 +30,7 @@ from lch.registry import log_lch_model
 from lch.synth import make_cohort
 from lch.training import load_cells
 
-from helpers import tiny_model
+from helpers import tiny_model, train_small_aae
 from real_cells import PIXEL_SIZE_UM, REAL
 
 pytestmark = pytest.mark.slow
@@ -116,25 +116,6 @@ HELD_OUT = ["p06", "p07", "p08", "p09"]
 STEPS = 800
 
 
-def _train_aae(crops: np.ndarray, field_of_view_um: float) -> AAE:
-    """The AAE trained in this process, seeded on one thread (deterministic), as
-    tests/test_exaggerate.py trains its model."""
-    x = torch.from_numpy(crops[:, None])
-    torch.manual_seed(0)
-    config = AAEConfig(crop_size=crops.shape[-1], latent_dim=8, channels=(8, 16, 32, 64),
-                       disc_hidden=(64, 64, 32), lr=2e-3, field_of_view_um=field_of_view_um)
-    aae = AAE(config)
-    optimizers = make_optimizers(aae, config)
-    draws = torch.Generator().manual_seed(0)
-    for step in range(STEPS):
-        for optimizer in optimizers.values():
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * max(0.05, 1.0 - step / STEPS)
-        aae_train_step(aae, optimizers, x[torch.randint(0, len(x), (32,), generator=draws)])
-    refresh_batch_norm(aae, x.split(100))
-    return aae.eval()
-
-
 @pytest.fixture(scope="module")
 def labelled(ray_session, single_thread, tmp_path_factory):
     """Ten synthetic patients ingested and segmented; a model trained on the first six (the
@@ -151,7 +132,7 @@ def labelled(ray_session, single_thread, tmp_path_factory):
         table, crops = open_cells(cohort_dir("ward"))
         train_rows = table["patient"].isin(TRAIN_PATIENTS).to_numpy()
         x = np.asarray(crops[:])[train_rows]
-        aae = _train_aae(x, cells.field_of_view_um)
+        aae = train_small_aae(x, STEPS, cells.field_of_view_um)
         with torch.no_grad():
             codes = aae.encode(torch.from_numpy(x[:, None])).numpy()
         cell = cell_index(table[train_rows], by=("track_id",))
