@@ -148,9 +148,22 @@ def _model_location(uri: str, tracking_uri: str) -> str:
         raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
     uri = uri.rstrip("/")
     version = resolve_version(uri, tracking_uri)
-    name = uri.removeprefix("models:/").partition("/")[0].split("@", 1)[0]
+    name, _ = _split_reference(uri, REGISTERED_MODEL)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     return client.get_model_version_download_uri(name, version).rstrip("/")
+
+
+def _split_reference(reference: str, name: str) -> tuple[str, str]:
+    """Return (registered model, version or alias) of a reference (see :func:`resolve_version`).
+
+    A bare version or alias belongs to ``name``.
+    """
+    if not reference.startswith("models:/"):
+        return name, reference
+    model, sep, ref = reference.removeprefix("models:/").partition("/")
+    if not sep and "@" in model:
+        model, ref = model.split("@", 1)
+    return model, ref
 
 
 def resolve_version(
@@ -176,12 +189,7 @@ def resolve_version(
         ``reference`` is none of the forms above.
     """
     reference = str(reference).strip()
-    if reference.startswith("models:/"):
-        name, sep, ref = reference.removeprefix("models:/").partition("/")
-        if not sep and "@" in name:
-            name, ref = name.split("@", 1)
-    else:
-        ref = reference
+    name, ref = _split_reference(reference, name)
     if not ref or not ALIAS_PATTERN.match(ref):
         raise ValueError(f"{reference!r}: expected a version number, an alias, "
                          "models:/NAME/VERSION or models:/NAME@ALIAS")
