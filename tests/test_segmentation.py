@@ -277,7 +277,8 @@ def test_split_markers_are_skimages_h_maxima():
     for y, x, r in [(30, 30, 12), (30, 52, 10), (90, 40, 14), (60, 110, 9), (5, 150, 11),
                     (115, 80, 8), (60, 133, 9)]:
         found |= (yy - y) ** 2 + (xx - x) ** 2 <= r**2
-    # A diagonal cell whose bounding box takes in part of the disc at (68, 78) but not its peak.
+    # A diagonal cell joined to the disc at (68, 78): their bounding box takes in part of the
+    # disc at (90, 40), but not that disc's peak.
     found |= (np.abs(yy - xx) <= 4) & (yy > 55) & (yy < 110) & (xx < 70)
     found |= (yy - 68) ** 2 + (xx - 78) ** 2 <= 7**2
     distance = filters.gaussian(ndimage.distance_transform_edt(found), 1, preserve_range=True)
