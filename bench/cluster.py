@@ -36,7 +36,7 @@ from lch.cellstore import CELLS_FILE, CROP_CHUNK_ROWS, CROPS_STORE  # noqa: E402
 from lch.model import AAEConfig, LCHModel  # noqa: E402
 from lch.pipelines.ingest import convert_cohort  # noqa: E402
 from lch.pipelines.runtime import init_ray, local_cluster  # noqa: E402
-from lch.pipelines.segment import FRAMES_PER_BATCH, segment_cohort  # noqa: E402
+from lch.pipelines.segment import batch_frames, segment_cohort  # noqa: E402
 from lch.pipelines.train import DEFAULT_WIDTH  # noqa: E402
 from lch.pipelines.train_data import CACHE_FRACTION  # noqa: E402
 from lch.registry import log_lch_model  # noqa: E402
@@ -104,7 +104,7 @@ def weights_bytes(config: AAEConfig) -> int:
     return buffer.tell()
 
 
-def costs(result: dict, home: Path, movies: int) -> dict:
+def costs(result: dict, home: Path, movies: int, size: int) -> dict:
     """Per-movie, per-frame and per-cell costs measured on one run's outputs."""
     ingest, segment = result["ingest"], result["segment"]
     cohort = home / "cohorts" / COHORT
@@ -124,6 +124,7 @@ def costs(result: dict, home: Path, movies: int) -> dict:
         "crops_bytes": crops_bytes, "crops_files": crops_files,
         "crop_raw_bytes": 4 * 64 * 64,
         "cells_per_frame": cells / segment.frames,
+        "batch_frames": batch_frames(size * size),
     }
 
 
@@ -140,7 +141,7 @@ def print_costs(c: dict) -> None:
           f"{(c['parquet_bytes'] + c['crops_bytes']) / c['cells'] / 1e3:.1f} kB")
     print(f"  cells.parquet: {c['parquet_row_groups']} row groups for {c['cells']} rows "
           f"({c['cells'] / c['parquet_row_groups']:.0f} rows each: one per Ray Data block of "
-          f"{FRAMES_PER_BATCH} frames); crops.zarr: {c['crops_files']} files "
+          f"{c['batch_frames']} frames); crops.zarr: {c['crops_files']} files "
           f"({CROP_CHUNK_ROWS} crops per chunk)")
 
 
@@ -221,7 +222,7 @@ def main() -> None:
               f"peak RSS of this process and its Ray workers {r['rss'] / 2**20:.0f} MiB)")
     print(f"ratio 2 nodes / 1 node:    {one['seconds'] / two['seconds']:6.2f}   (goal >= 0.9)")
 
-    c = costs(one, one["home"], movies)
+    c = costs(one, one["home"], movies, args.size)
     print_costs(c)
     model_bytes = model_artifact_bytes(work)
     paper_bytes = weights_bytes(AAEConfig(crop_size=256, latent_dim=56, width=1.0))

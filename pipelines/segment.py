@@ -52,7 +52,10 @@ from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size
 from lch.storage import check_root, filesystem, storage_options_from_env
 from lch.tracking import MIN_TRACK_FRAMES, check_min_track_frames, count_tracks, track_cohort
 
+# A batch is at most FRAMES_PER_BATCH frames of about BATCH_PIXELS in all: small frames travel
+# together, a large one alone, so the actors' last batches end within a frame of each other.
 FRAMES_PER_BATCH = 4
+BATCH_PIXELS = FRAMES_PER_BATCH * 512 * 512
 # Cellpose-SAM is a large transformer: fewer actors with more threads each, not one per core.
 CELLPOSE_CPUS = 4
 META_COLUMNS = ["cohort", "movie", "patient", "cell_line", "label", "pixel_size_um"]
@@ -118,6 +121,11 @@ class SegmentSummary:
         lines += [f"  NO CELLS {m}: {why}" for m, why in empty.items()]
         lines += [f"  FAILED {m}: {why}" for m, why in sorted(self.movies_failed.items())]
         return "\n".join(lines)
+
+
+def batch_frames(frame_pixels: int) -> int:
+    """Frames per Ray Data batch for frames of ``frame_pixels`` px each (see BATCH_PIXELS)."""
+    return max(1, min(FRAMES_PER_BATCH, BATCH_PIXELS // frame_pixels))
 
 
 def _marker(movie: str, frame: int, reason: str, crop_size: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -241,7 +249,7 @@ def _movie_items(
         try:
             if provenance is None:
                 raise ValueError("missing or unreadable OME-Zarr metadata")
-            frames = open_movie(store, options).shape[0]
+            frames, _, height, width = open_movie(store, options).shape
         except Exception as exc:
             summary.movies_failed[movie] = f"{store}: cannot open store ({exc})"
             continue
@@ -257,6 +265,7 @@ def _movie_items(
         meta[movie] = {c: provenance.get(c) for c in META_COLUMNS} | {
             "movie": movie, "pixel_size_um": px, "given_labels": given,
             "frame_interval_s": provenance.get("frame_interval_s"),
+            "frame_pixels": height * width,
         }
         stores[movie] = store
         items += [{"store": str(store), "movie": movie, "frame": t, "pixel_size_um": px,
@@ -365,7 +374,7 @@ def segment_cohort(
     *,
     home: Location | None = None,
     crop_size: int = DEFAULT_CROP_SIZE,
-    frames_per_batch: int = FRAMES_PER_BATCH,
+    frames_per_batch: int | None = None,
     progress: bool = True,
     segmenter: str = DEFAULT_SEGMENTER,
     field_of_view_um: float = DEFAULT_FIELD_OF_VIEW_UM,
@@ -375,7 +384,8 @@ def segment_cohort(
 
     Tracking is :func:`lch.tracking.track_cohort`; tracks in fewer than ``min_track_frames``
     frames are flagged. The outputs replaced are ``cells.parquet``/``crops.zarr`` and each
-    movie's ``labels`` group (every pyramid level).
+    movie's ``labels`` group (every pyramid level). Each actor call segments
+    ``frames_per_batch`` frames (default: :func:`batch_frames` of the largest frame).
 
     A movie ingested with its own label movie (the manifest's ``labels``) is measured and
     cropped from those labels; the others are segmented by ``segmenter`` (see
@@ -422,6 +432,8 @@ def segment_cohort(
         try:
             asides = _start_labels(items, meta, stores, segmenter, options)
             if items:
+                largest = max(m["frame_pixels"] for m in meta.values())
+                frames_per_batch = frames_per_batch or batch_frames(largest)
                 _stream_cells(items, meta, writer, summary, crop_size, frames_per_batch,
                               options, progress, segmenter, segmenter_options, field_of_view_um)
             # Every frame is written: make the overviews.

@@ -16,7 +16,7 @@ from lch.cellstore import CELLS_FILE, CROPS_STORE, CellStoreError, open_cells
 from lch.omezarr import label_attributes, open_labels, open_movie
 from lch.paths import cohort_dir, movie_store
 from lch.pipelines.ingest import convert_cohort
-from lch.pipelines.segment import segment_cohort
+from lch.pipelines.segment import batch_frames, segment_cohort
 from lch.segmentation import segment_frame
 from lch.synth import PIXEL_SIZE_UM, make_cohort
 
@@ -192,6 +192,12 @@ def test_a_table_and_crops_from_different_runs_are_refused(segmented, tmp_path):
     (ingested / CELLS_FILE).unlink()
     with pytest.raises(CellStoreError, match="no segmentation outputs"):
         open_cells(ingested)
+
+
+def test_batches_hold_several_small_frames_or_one_large_one():
+    # The synthetic cohorts' 256-512 px frames go four to a batch, as before the rule.
+    sizes = [256, 512, 700, 1024, 2048, 4096]
+    assert [batch_frames(n * n) for n in sizes] == [4, 4, 2, 1, 1, 1]
 
 
 def test_missing_cohort_is_a_clear_error(lch_home):
