@@ -262,6 +262,8 @@ def train(
     seed: Annotated[int | None, typer.Option(
         help="Split, weights and population draws.")] = None,
     gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per worker.")] = False,
+    report_cells: Annotated[int | None, typer.Option(
+        min=1, help="Held-out cells exaggerated in the run's report.")] = None,
     address: Address = None,
     tracking_uri: TrackingUri = None,
     quiet: Quiet = False,
@@ -277,7 +279,8 @@ def train(
     from lch.training import TrainingInputError
 
     given = {"workers": workers, "epochs": epochs, "batch_size": batch_size,
-             "latent_dim": latent_dim, "width": width, "lr": lr, "seed": seed}
+             "latent_dim": latent_dim, "width": width, "lr": lr, "seed": seed,
+             "report_cells": report_cells}
     settings = TrainSettings(cohorts=tuple(cohort), gpu=gpu,
                              **{k: v for k, v in given.items() if v is not None})
     try:

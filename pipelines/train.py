@@ -114,6 +114,8 @@ class TrainSettings:
     placement_strategy : str
         How Ray places the workers: "PACK" (fewest nodes: GPUs of one machine talk fastest)
         or "SPREAD" (one per node while nodes last: CPU workers each get a node's cores).
+    report_cells : int
+        Held-out cells exaggerated in the run's report (half high, half low).
     """
 
     cohorts: tuple[str, ...]
@@ -129,6 +131,7 @@ class TrainSettings:
     max_failures: int = 2
     n_test_per_class: int = 1
     placement_strategy: str = "PACK"
+    report_cells: int = REPORT_CELLS
 
     def aae_config(self, crop_size: int, field_of_view_um: float) -> AAEConfig:
         """Build the model's configuration: these settings, for the cohorts' crops."""
@@ -159,6 +162,8 @@ class TrainSettings:
             raise TrainingInputError(
                 f"--batch-size must be >= 2 (batch norm needs 2 crops), got {self.batch_size}"
             )
+        if self.report_cells < 1:
+            raise TrainingInputError(f"--report-cells must be >= 1, got {self.report_cells}")
 
 
 @dataclass
@@ -342,8 +347,9 @@ def _start_run(settings: TrainSettings, cells: CellSet, split: Split) -> str:
     return run.info.run_id
 
 
-def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed: int) -> None:
-    """Exaggerate held-out cells (half high, half low) with the new model; log the report.
+def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
+                      settings: TrainSettings) -> None:
+    """Exaggerate ``settings.report_cells`` held-out cells (half high, half low); log the report.
 
     The montage, the morphology table, the Spearman trends, each feature's trend beside the
     data's bound (:func:`lch.trends.trend_report`, from ``REAL_CELLS`` held-out cells) and
@@ -352,13 +358,13 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split, seed
     """
     held_out = cells.table.iloc[np.flatnonzero(split.test)]
     held_out = held_out.assign(position=np.flatnonzero(split.test))
-    rows = pick_cells(held_out, REPORT_CELLS, seed, column="position")
+    rows = pick_cells(held_out, settings.report_cells, settings.seed, column="position")
     ids = [f"{cells.table['patient'].iloc[r]} cell {r}" for r in rows]
     result = exaggerate(evaluation.model, read_rows(cells, rows), cells=ids)
-    real = pick_cells(held_out, REAL_CELLS, seed, column="position")
+    real = pick_cells(held_out, REAL_CELLS, settings.seed, column="position")
     features, scores = measure_real_cells(evaluation.model, read_rows(cells, real))
     bounds = trend_report(result.table, features, scores, result.sigmas)
-    hypotheses = real_cell_hypotheses(result, cells.table.iloc[real], features, seed)
+    hypotheses = real_cell_hypotheses(result, cells.table.iloc[real], features, settings.seed)
     with tempfile.TemporaryDirectory() as tmp:
         write_report(result, tmp, hypotheses)
         bounds.to_csv(Path(tmp) / "exaggeration_bounds.csv", index=False)
@@ -396,7 +402,7 @@ def _finish(
     y = np.where(labelled["label"] == "high", HIGH, LOW)
     raw = {"uncalibrated": sigmoid(labelled["logit"]), "calibrated": labelled["p_high"]}
     mlflow.log_figure(plot_reliability(raw, y), "reliability.png")
-    _log_exaggeration(evaluation, cells, split, settings.seed)
+    _log_exaggeration(evaluation, cells, split, settings)
     return log_lch_model(
         evaluation.model,
         cohorts=list(settings.cohorts),

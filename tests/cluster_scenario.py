@@ -39,9 +39,10 @@ from lch.pipelines.segment import segment_cohort  # noqa: E402
 from lch.pipelines.train import TrainSettings, train  # noqa: E402
 from lch.synth import make_cohort  # noqa: E402
 
+from helpers import TINY_TRAINING  # noqa: E402
+
 COHORT = "multi"
 PATIENTS, MOVIES_PER_PATIENT, FRAMES, SIZE = 4, 4, 8, (256, 256)
-TINY_TRAINING = {"latent_dim": 8, "width": 1 / 16, "batch_size": 8, "epochs": 2, "workers": 2}
 WAIT_S = 300
 
 

@@ -49,6 +49,8 @@ def test_bad_options_exit_2_and_name_the_option(tmp_path, capsys):
     assert "--patients" in capsys.readouterr().err
     assert main(["train", "--cohort", "c", "--epochs", "many"]) == 2
     assert "--epochs" in capsys.readouterr().err
+    assert main(["train", "--cohort", "c", "--report-cells", "0"]) == 2
+    assert "--report-cells" in capsys.readouterr().err
     assert main(["no-such-command"]) == 2
     assert not any(tmp_path.iterdir())  # nothing written
 

@@ -23,6 +23,7 @@ from lch.pipelines.train import TrainSettings, train
 from lch.registry import REGISTERED_MODEL, load_lch_model
 from lch.single_cell import centre_cell
 
+from helpers import TINY_TRAINING
 from real_cells import PIXEL_SIZE_UM, REAL
 
 # The study's labelled PDX lines present among the crops (tests/data/real/README.md).
@@ -121,8 +122,7 @@ def test_the_loop_runs_on_real_cells(ray_session, lch_home, tmp_path):
     decoded images are measured (nothing is asserted about what the model learned)."""
     summary = ingest_crops(load_manifest(_crop_cohort(tmp_path)), crop_size=32, progress=False)
     assert summary.cells >= 55
-    trained = train(TrainSettings(cohorts=("openlch",), latent_dim=8, width=1 / 16,
-                                  batch_size=8, epochs=2, workers=2))
+    trained = train(TrainSettings(cohorts=("openlch",), **TINY_TRAINING))
     model = load_lch_model(f"models:/{REGISTERED_MODEL}/{trained.model_version}")
     table, crops = open_cells(cohort_dir("openlch", lch_home))
     with torch.no_grad():

@@ -22,7 +22,6 @@ from lch.classify import cell_auc
 from lch.crops import DEFAULT_FIELD_OF_VIEW_UM
 from lch.evaluation import cell_index, cell_means, evaluate, first_of_each
 from lch.exaggerate import DEFAULT_SIGMAS
-from lch.exaggeration_report import REPORT_CELLS
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
 from lch.pipelines.train import TrainSettings, build_trainer, cpus_per_worker, prepare, train
@@ -290,7 +289,7 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
         assert run.data.metrics[f"real_cell_auc_{row.feature}"] == pytest.approx(row.auc)
     morphology = pd.read_csv(client.download_artifacts(
         summary.run_id, "exaggeration/exaggeration_morphology.csv", str(trained_home)))
-    assert len(morphology) == REPORT_CELLS * len(DEFAULT_SIGMAS)
+    assert len(morphology) == settings.report_cells * len(DEFAULT_SIGMAS)
     assert set(morphology.sigma) == set(DEFAULT_SIGMAS)
     held_out = set(summary.test_patients)
     assert {cell.split(" ")[0] for cell in morphology.cell} <= held_out
