@@ -113,7 +113,7 @@ def test_bad_input_is_a_clear_error(stored, capsys, args, words):
 
 TRAIN_PATIENTS = ["p00", "p01", "p02", "p03", "p04", "p05"]  # classes alternate: 3 high, 3 low
 HELD_OUT = ["p06", "p07", "p08", "p09"]
-STEPS = 800
+STEPS = 400
 
 
 @pytest.fixture(scope="module")
