@@ -22,8 +22,7 @@ demo: $(STAMP)
 
 # Two workers, one test file each at a time: a file's module fixtures (a trained model, a
 # cluster) are built once, and one file's waits on Ray leave the other core to the other file.
-# Files go out in tests/conftest.py's order (long end-to-end files first), not by test count.
-PARALLEL := -n 2 --dist loadfile --no-loadscope-reorder
+PARALLEL := -n 2 --dist loadfile
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PARALLEL) -ra --durations=15

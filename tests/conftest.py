@@ -24,23 +24,6 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 ensure_local_token()
 
 
-def pytest_collection_modifyitems(config, items):
-    """Put the end-to-end files first, those of one or two long scenarios first of all.
-
-    ``make test`` hands whole files to two xdist workers in this order
-    (``--no-loadscope-reorder``), so both end on short, fast files instead of one waiting on
-    the other's last long scenario.
-    """
-    files: dict[str, list] = {}
-    for item in items:
-        files.setdefault(item.nodeid.split("::")[0], []).append(item)
-
-    def cost_rank(tests: list) -> tuple[bool, int]:
-        return (not any(t.get_closest_marker("slow") for t in tests), len(tests))
-
-    items[:] = [t for tests in sorted(files.values(), key=cost_rank) for t in tests]
-
-
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray instance shared by the whole session (start-up costs seconds)."""
