@@ -88,7 +88,10 @@ def mlflow_server(tmp_path_factory):
         # never the folder itself: the usual setup with an object store behind it.
         "--artifacts-destination", str(root / "artifacts"),
     ]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # As infra/ runs it: no server-side job runner (LCH submits no MLflow jobs), whose queue
+    # consumers would poll the database, about half a core, for as long as the server lives.
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = (root / "server.log").open("w")
     # A session of its own: the server's worker processes stop with it.

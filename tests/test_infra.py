@@ -433,6 +433,10 @@ def test_manifests_use_built_images(layer):
 
 # --- MLflow, secrets, compose ------------------------------------------------------------------
 
+# The team server runs without MLflow's job runner (LCH submits no server-side jobs): its queue
+# consumers poll the database, about half a core around the clock.
+JOBS_OFF = ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
 def test_mlflow_server_reachable_by_the_tracking_uri(layer):
     name, docs = layer
     (config,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == "lch-config"]
@@ -448,6 +452,7 @@ def test_mlflow_server_reachable_by_the_tracking_uri(layer):
     assert uri.port in [p["port"] for p in services[uri.hostname]["spec"]["ports"]]
     db = urlsplit(flags["--backend-store-uri"])
     assert db.port in [p["port"] for p in services[db.hostname]["spec"]["ports"]]
+    assert {"name": JOBS_OFF[0], "value": JOBS_OFF[1]} in container["env"]
 
 
 def test_no_secrets_committed(layer):
@@ -485,6 +490,7 @@ def test_compose_publishes_on_loopback_only():
     assert mlflow["build"]["target"] == "mlflow"
     assert (INFRA / "mlflow" / mlflow["build"]["context"] / mlflow["build"]["dockerfile"]).is_file()
     assert "--host=0.0.0.0" in mlflow["command"]
+    assert mlflow["environment"][JOBS_OFF[0]] == JOBS_OFF[1]
     text = (INFRA / "mlflow" / "compose.yaml").read_text()
     for variable in set(re.findall(r"(?<!\$)\$\{(\w+)", text)):
         assert re.search(rf"^{variable}=", example, re.M), f"{variable} not in .env.example"
