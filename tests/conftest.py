@@ -115,6 +115,25 @@ def mlflow_server(tmp_path_factory):
 
 
 
+@pytest.fixture
+def remote_tracking(mlflow_server, tmp_path, monkeypatch):
+    """This test's process (and the Ray workers it starts) tracks to the session's MLflow server.
+
+    Yields ``(url, root, home)``: the server's URI and folder (:func:`mlflow_server`) and a
+    fresh, empty ``LCH_HOME``. The working directory is ``tmp_path``, so that a stray
+    ``./mlruns`` or ``./mlflow.db`` would be seen.
+    """
+    import mlflow
+
+    url, root = mlflow_server
+    home = tmp_path / "lch-home"
+    monkeypatch.setenv("LCH_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.chdir(tmp_path)
+    yield url, root, home
+    mlflow.set_tracking_uri(None)  # later tests must not inherit the server as MLflow's default
+
+
 @pytest.fixture(scope="session")
 def tiny_cohort(ray_session, tmp_path_factory):
     """A data root holding cohort "tiny" (4 patients, one 4-frame movie each) ingested and

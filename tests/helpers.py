@@ -58,6 +58,13 @@ def stop_session(proc: subprocess.Popen, grace: float = 30) -> None:
         proc.wait()
 
 
+def assert_nothing_local(home, cwd) -> None:
+    """No embedded MLflow store: no SQLite file or artifact folder under LCH_HOME or the cwd."""
+    local = [p for p in (home, cwd) for q in ("mlflow.db", "mlartifacts", "mlruns")
+             if (p / q).exists()]
+    assert local == []
+
+
 def assert_same_crops(got: np.ndarray, expected: np.ndarray) -> None:
     """The same crops in any order (a Ray Dataset shuffles them): compare sorted fingerprints."""
     assert got.shape == expected.shape

@@ -1,92 +1,30 @@
-"""A team MLflow tracking server over HTTP (`mlflow server`, SQLite backend, proxied artifacts):
-training logs to it through ``MLFLOW_TRACKING_URI``, promotion and the Serve replicas' model
-loading go through it, and nothing lands in the embedded store under ``LCH_HOME``."""
+"""The promotion gate and a moving alias on a team MLflow tracking server over HTTP (`mlflow
+server`, SQLite backend, proxied artifacts): a Serve replica's model source follows the alias
+through the server, and nothing lands in the embedded store under ``LCH_HOME``.
+
+Training through the server is checked in test_train.py (the same-seed run).
+"""
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from lch.model import LCHModel
 from lch.paths import cohort_dir
-from lch.pipelines.train import TrainSettings, train
-from lch.promotion import PromotionRefused, list_versions, promote
-from lch.registry import REGISTERED_MODEL, load_lch_model, log_lch_model
+from lch.promotion import PromotionRefused, promote
+from lch.registry import REGISTERED_MODEL, log_lch_model
 from lch.serving.model_source import ModelSource
 
-from helpers import TINY_COHORT, TINY_CROP, TINY_TRAINING, copy_home, tiny_model
+from helpers import TINY_CROP, assert_nothing_local, tiny_model
 
 CROP = TINY_CROP
-TINY = TINY_TRAINING
 
 
-@pytest.fixture
-def remote_tracking(mlflow_server, tmp_path, monkeypatch):
-    """This test's process (and the Ray workers it starts) tracks to the server."""
-    url, root = mlflow_server
-    home = tmp_path / "lch-home"
-    monkeypatch.setenv("LCH_HOME", str(home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    monkeypatch.chdir(tmp_path)  # so that a stray ./mlruns or ./mlflow.db would be seen
-    yield url, root, home
-    mlflow.set_tracking_uri(None)  # later tests must not inherit the server as MLflow's default
-
-
-def p_high(model: LCHModel, crops: torch.Tensor) -> np.ndarray:
+def p_high(model, crops: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return model(crops).numpy()
-
-
-def assert_nothing_local(home, cwd) -> None:
-    """No embedded store: no SQLite file or artifact folder under LCH_HOME or the cwd."""
-    local = [p for p in (home, cwd) for q in ("mlflow.db", "mlartifacts", "mlruns")
-             if (p / q).exists()]
-    assert local == []
-
-
-@pytest.mark.slow
-def test_training_logs_registers_promotes_and_serves_through_the_server(
-    ray_session, remote_tracking, tiny_cohort, tmp_path
-):
-    url, root, home = remote_tracking
-    copy_home(tiny_cohort, home)
-
-    summary = train(TrainSettings(cohorts=(TINY_COHORT,), image_every=1, **TINY))
-
-    # The run and the version live on the server; rank 0 (a Ray worker) logged over HTTP.
-    client = MlflowClient(tracking_uri=url, registry_uri=url)
-    run = client.get_run(summary.run_id)
-    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
-    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
-    assert [m.step for m in client.get_metric_history(summary.run_id, "recon")] == [1, 2]
-    assert {"checkpoint", "images", "population_curve.png"} <= {
-        a.path for a in client.list_artifacts(summary.run_id)
-    }
-    version = client.get_model_version(REGISTERED_MODEL, summary.model_version)
-    assert version.run_id == summary.run_id and version.tags["cohorts"] == TINY_COHORT
-
-    # Promotion and loading by alias, both through the server.
-    assert "→ version" in promote(summary.model_version)
-    (row,) = [r for r in list_versions() if r.version == summary.model_version]
-    assert row.aliases == ("champion",)
-    crops = torch.from_numpy(
-        np.random.default_rng(0).uniform(0, 1, (6, CROP, CROP)).astype(np.float32)
-    ).unsqueeze(1)
-    champion = load_lch_model(f"models:/{REGISTERED_MODEL}@champion")
-    np.testing.assert_allclose(p_high(champion, crops), p_high(summary.evaluation.model.cpu(),
-                                                               crops), atol=1e-6)
-    # A Serve replica's model source, given the server's URI as the Serve config would.
-    served = ModelSource("champion", url)
-    assert served.current.version == summary.model_version
-    np.testing.assert_allclose(p_high(served.current.model, crops), p_high(champion, crops))
-
-    # The weights went through the server to its artifact folder, not to the data root.
-    assert any((root / "artifacts").rglob("lch_model.pt"))
-    assert (home / "cohorts" / TINY_COHORT).is_dir()
-    assert_nothing_local(home, tmp_path)
 
 
 def test_the_promotion_gate_and_a_moving_alias_over_http(remote_tracking, tmp_path):

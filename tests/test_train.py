@@ -1,5 +1,6 @@
 """`lch train` on a real local Ray (2 CPU workers) and a real MLflow SQLite store: bad input
-fails before training, a run registers a loadable version, a failed worker resumes."""
+fails before training, a run registers a loadable version, the same seed tracked on a team
+MLflow server trains the same weights, a failed worker resumes."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from lch.pipelines.cli import main
 from lch.pipelines.train import TrainSettings, build_trainer, cpus_per_worker, prepare, train
 from lch.pipelines.train_data import crop_dataset
 from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
+from lch.promotion import list_versions, promote
 from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model
+from lch.serving.model_source import ModelSource
 from lch.tracking import track_cohort
 from lch.training import (
     TrainingInputError,
@@ -39,7 +42,14 @@ from lch.training import (
     split_by_patient,
 )
 
-from helpers import TINY_COHORT, TINY_CROP, TINY_TRAINING, assert_same_crops, copy_home
+from helpers import (
+    TINY_COHORT,
+    TINY_CROP,
+    TINY_TRAINING,
+    assert_nothing_local,
+    assert_same_crops,
+    copy_home,
+)
 
 CROP = TINY_CROP
 TINY = TINY_TRAINING
@@ -322,18 +332,55 @@ def test_lch_exaggerate_reports_a_stored_cohort_and_tests_its_trends_on_its_cell
 
 
 @pytest.mark.slow
-def test_a_second_run_with_the_same_seed_trains_the_same_weights(trained_run):
-    """Both DDP workers get the same crops in the same order on every run (Ray Data keeps the
-    blocks' order, the local shuffles are seeded): without that two runs differed by up to 0.96
-    in a weight and in their held-out AUC."""
+def test_the_same_seed_on_a_team_server_trains_the_same_weights_and_serves_them(
+    trained_home, trained_run, tiny_cohort, remote_tracking, tmp_path
+):
+    """The first run's settings again, tracked on a team MLflow server (conftest's
+    ``mlflow_server``) through ``MLFLOW_TRACKING_URI``: the same weights, bit for bit (both DDP
+    workers get the same crops in the same order on every run: Ray Data keeps the blocks'
+    order, the local shuffles are seeded; without that two runs differed by up to 0.96 in a
+    weight and in their held-out AUC), and the run, its version, promotion and a Serve
+    replica's model source all go through the server, nothing to the data root."""
     settings, first = trained_run
+    url, root, home = remote_tracking
+    copy_home(tiny_cohort, home)
+
     second = train(settings)
-    weights = [load_lch_model(f"models:/{REGISTERED_MODEL}/{run.model_version}").state_dict()
-               for run in (first, second)]
-    assert weights[0].keys() == weights[1].keys()
-    for name, value in weights[0].items():
-        torch.testing.assert_close(weights[1][name], value, rtol=0, atol=0, msg=name)
+
+    # The run and the version live on the server; rank 0 (a Ray worker) logged over HTTP.
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    run = client.get_run(second.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    assert [m.step for m in client.get_metric_history(second.run_id, "recon")] == [1, 2]
+    assert {"checkpoint", "images", "population_curve.png"} <= {
+        a.path for a in client.list_artifacts(second.run_id)
+    }
+    version = client.get_model_version(REGISTERED_MODEL, second.model_version)
+    assert version.run_id == second.run_id and version.tags["cohorts"] == TINY_COHORT
+
+    # Promotion and loading by alias through the server: the first run's weights exactly.
+    assert "→ version" in promote(second.model_version)
+    (row,) = [r for r in list_versions() if r.version == second.model_version]
+    assert row.aliases == ("champion",)
+    champion = load_lch_model(f"models:/{REGISTERED_MODEL}@champion").state_dict()
+    embedded = f"sqlite:///{trained_home / 'mlflow.db'}"
+    weights = load_lch_model(f"models:/{REGISTERED_MODEL}/{first.model_version}",
+                             embedded).state_dict()
+    assert weights.keys() == champion.keys()
+    for name, value in weights.items():
+        torch.testing.assert_close(champion[name], value, rtol=0, atol=0, msg=name)
     assert second.evaluation.heldout_cell_auc == first.evaluation.heldout_cell_auc
+    # A Serve replica's model source, given the server's URI as the Serve config would.
+    served = ModelSource("champion", url)
+    assert served.current.version == second.model_version
+    for name, value in served.current.model.state_dict().items():
+        torch.testing.assert_close(value, champion[name], rtol=0, atol=0, msg=name)
+
+    # The weights went through the server to its artifact folder, not to the data root.
+    assert any((root / "artifacts").rglob("lch_model.pt"))
+    assert (home / "cohorts" / TINY_COHORT).is_dir()
+    assert_nothing_local(home, tmp_path)
 
 
 def fail_once_after_first_checkpoint(config: dict, marker: str, log: str) -> None:
