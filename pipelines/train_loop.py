@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -18,9 +19,9 @@ import torch
 import torch.distributed as dist
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from skimage.util import montage
 
 from lch.model import AAE, MODE_AUTOENCODE, AAEConfig, aae_train_step, make_optimizers, unwrap
-from lch.training import reconstruction_grid
 
 # Crops each worker mixes before batching (at least this, and at least 8 batches): well-mixed
 # batches matter for batch norm, whose statistics are per batch; one movie's cells in a batch
@@ -31,7 +32,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOSSES = ("recon", "disc", "gen")
 # DDP for the three-phase AAE step (lch.model.aae_train_step): each phase uses part of the
 # network (find_unused_parameters); batch-norm buffers are not re-broadcast, as their statistics
-# are recomputed after training (lch.training.evaluate); bucket-view gradients save a copy a step.
+# are recomputed after training (lch.evaluation.evaluate); bucket-view gradients save a copy a step.
 DDP_OPTIONS = {
     "find_unused_parameters": True,
     "skip_all_reduce_unused_params": True,
@@ -73,6 +74,14 @@ def _log_params(client: MlflowClient, config: dict, world_size: int) -> None:
     params |= {"epochs": config["epochs"], "world_size": world_size,
                "worker_batch": config["worker_batch"], "global_batch": config["global_batch"]}
     client.log_batch(config["run_id"], params=[Param(k, str(v)) for k, v in params.items()])
+
+
+def reconstruction_grid(crops: np.ndarray, recons: np.ndarray, pad: int = 2) -> np.ndarray:
+    """Crops over their reconstructions: a uint8 image (2 rows of n tiles, white gaps)."""
+    n, side = crops.shape[0], crops.shape[-1]
+    tiles = np.concatenate([np.reshape(images, (n, side, side)) for images in (crops, recons)])
+    grid = montage(np.clip(tiles, 0, 1), fill=1.0, grid_shape=(2, n), padding_width=pad)
+    return (grid * 255).round().astype(np.uint8)
 
 
 @torch.no_grad()

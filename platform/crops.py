@@ -38,10 +38,9 @@ import math
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from scipy.stats import median_abs_deviation
 
 from lch.pixel_size import DEFAULT_PIXEL_SIZE_UM, check_pixel_size, um_to_px
-from lch.segmentation import check_frame, estimate_background
+from lch.segmentation import check_frame, estimate_background, robust_spread
 
 BACKGROUND_VALUE = 0.5
 DEFAULT_CROP_SIZE = 64
@@ -92,7 +91,7 @@ def relative_contrast(
     if scale > 1:
         contrast = ndimage.gaussian_filter(contrast, sigma=(scale - 1) / 2, mode="nearest")
     outside = contrast[~cells] if np.any(~cells) else contrast.ravel()
-    spread = float(median_abs_deviation(outside, scale="normal"))
+    spread = robust_spread(outside)
     if not spread > 0:
         raise ValueError("the background does not vary at all (no noise): not a camera frame")
     return contrast, spread

@@ -42,14 +42,17 @@ import math
 from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
 from lch.paths import Location, is_url
 from lch.storage import filesystem, zarr_store
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 NGFF_VERSION = "0.5"
 ARRAY_PATH = "0"
@@ -298,12 +301,16 @@ def _downsample(level: da.Array, labels: bool) -> da.Array:
     mean = even.map_blocks(_mean_2x2, chunks=chunks,
                            dtype=np.float32 if level.dtype.itemsize <= 2 else np.float64)
     if np.issubdtype(level.dtype, np.integer):
-        mean = da.rint(mean)
+        mean = np.rint(mean)  # a NumPy ufunc on a dask array stays lazy
     return mean.astype(level.dtype)
 
 
 def _fill_image(image: zarr.Group) -> int:
     """Fill levels 1.. of one NGFF image group from the level above; return how many."""
+    # Imported here: dask takes ~0.4 s to import, and most processes reading movies never
+    # build a pyramid.
+    import dask.array as da
+
     multiscales = image.attrs["ome"]["multiscales"][0]
     paths = [dataset["path"] for dataset in multiscales["datasets"]]
     labels = "image-label" in image.attrs["ome"]

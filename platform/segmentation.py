@@ -23,7 +23,6 @@ import math
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import median_abs_deviation
 from skimage import filters, measure, morphology, segmentation
 from skimage.transform import resize
 
@@ -183,6 +182,15 @@ def mask_solidity(mask: np.ndarray) -> float:
     return float(measure.regionprops(mask.astype(np.uint8))[0].solidity) if mask.any() else 0.0
 
 
+def robust_spread(values: np.ndarray) -> float:
+    """Return the median absolute deviation of ``values``, scaled to a normal SD."""
+    # Imported on first use: scipy.stats takes ~0.5 s to import, paid by every Ray worker that
+    # loads lch, and most of them never measure a spread.
+    from scipy.stats import median_abs_deviation
+
+    return float(median_abs_deviation(values, scale="normal"))
+
+
 def _background_level(texture: np.ndarray, floor: float) -> tuple[float, float]:
     """Return the median and robust spread of the texture's lower half (the background's).
 
@@ -195,7 +203,7 @@ def _background_level(texture: np.ndarray, floor: float) -> tuple[float, float]:
     varied = varied if varied.size else texture.ravel()
     low = varied[varied <= np.quantile(varied, BACKGROUND_QUANTILE)]
     level = float(np.median(low))
-    return level, min(float(median_abs_deviation(low, scale="normal")), MAX_SPREAD)
+    return level, min(robust_spread(low), MAX_SPREAD)
 
 
 def _detect(texture: np.ndarray, px: float, level: float, spread: float) -> np.ndarray:
@@ -326,7 +334,7 @@ def segment_frame(
     away = ~ndimage.binary_dilation(found, _disk(OUTLINE_REACH_UM / px))
     flattened = img - estimate_background(img, mask=~away)
     flat = filters.gaussian(flattened, DARK_SMOOTHING_UM / px, preserve_range=True)
-    noise = median_abs_deviation(flat[away], scale="normal") if away.any() else 0.0
+    noise = robust_spread(flat[away]) if away.any() else 0.0
     darkest = float(-np.percentile(flat[found], 1)) if found.any() else 0.0
     maps = {
         "texture": texture, "smooth": smooth, "flat": flat, "flattened": flattened,

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 import zarr
-from skimage.util import montage
 from torch import nn
 
 from lch.cellstore import CROPS_STORE, FIELD_OF_VIEW_KEY, CellStoreError, open_cells
@@ -231,11 +230,3 @@ def encode(model: nn.Module, cells: CellSet, index: np.ndarray, batch_size: int)
     device = next(inner.parameters()).device
     codes = [inner.encode(x).cpu() for x in iter_crops(cells, index, batch_size, device)]
     return torch.cat(codes).numpy() if codes else np.zeros((0, inner.config.latent_dim), np.float32)
-
-
-def reconstruction_grid(crops: np.ndarray, recons: np.ndarray, pad: int = 2) -> np.ndarray:
-    """Crops over their reconstructions: a uint8 image (2 rows of n tiles, white gaps)."""
-    n, side = crops.shape[0], crops.shape[-1]
-    tiles = np.concatenate([np.reshape(images, (n, side, side)) for images in (crops, recons)])
-    grid = montage(np.clip(tiles, 0, 1), fill=1.0, grid_shape=(2, n), padding_width=pad)
-    return (grid * 255).round().astype(np.uint8)

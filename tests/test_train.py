@@ -27,7 +27,11 @@ from lch.paths import cohort_dir
 from lch.pipelines.cli import main
 from lch.pipelines.train import TrainSettings, build_trainer, cpus_per_worker, prepare, train
 from lch.pipelines.train_data import crop_dataset
-from lch.pipelines.train_loop import load_trained_aae, train_loop_per_worker
+from lch.pipelines.train_loop import (
+    load_trained_aae,
+    reconstruction_grid,
+    train_loop_per_worker,
+)
 from lch.promotion import list_versions, promote
 from lch.registry import POPULATION_METRIC_TAG, REGISTERED_MODEL, load_lch_model
 from lch.serving.model_source import ModelSource
@@ -37,7 +41,6 @@ from lch.training import (
     crop_items,
     load_cells,
     read_rows,
-    reconstruction_grid,
     row_ranges,
     split_by_patient,
 )
