@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
@@ -17,11 +18,12 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
 from skimage.util import montage
 
 from lch.model import AAE, MODE_AUTOENCODE, AAEConfig, aae_train_step, make_optimizers, unwrap
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 # Crops each worker mixes before batching (at least this, and at least 8 batches): well-mixed
 # batches matter for batch norm, whose statistics are per batch; one movie's cells in a batch
@@ -65,10 +67,16 @@ def _mlflow(config: dict) -> MlflowClient | None:
     """Return the tracking client on world rank 0 when the run is tracked, else None."""
     if config.get("run_id") is None or ray.train.get_context().get_world_rank() != 0:
         return None
+    # Imported by rank 0 alone: the other workers and Train's controller, which unpickles this
+    # loop, never log (MLflow takes ~0.8 s to import).
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=config["tracking_uri"])
 
 
 def _log_params(client: MlflowClient, config: dict, world_size: int) -> None:
+    from mlflow.entities import Param
+
     aae = config["aae"]
     params = {f"aae.{k}": v for k, v in aae.items()}
     params |= {"epochs": config["epochs"], "world_size": world_size,
@@ -198,6 +206,8 @@ def _report_with_checkpoint(client, config, model, optimizers, metrics: dict, to
 
 
 def _log_epoch(client, config, model, preview, metrics: dict, epoch: int) -> None:
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     logged = {k: metrics[k] for k in (*LOSSES, "samples_per_s")}
     client.log_batch(

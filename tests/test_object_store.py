@@ -1,9 +1,10 @@
 """``LCH_HOME=s3://bucket/prefix`` against a real S3-compatible server (moto's, on 127.0.0.1).
 
 Ingestion, segmentation, training reads and Ray Train checkpoints go through fsspec to the
-server; a local run of the same cohort is the reference. Ray starts before the S3 variables are
-set, so its workers never see them: everything they read or write reaches S3 through the storage
-options handed to them, as on a cluster whose nodes were started without them.
+server; the source movies and the segmentation function called here are the reference. Ray
+starts before the S3 variables are set, so its workers never see them: everything they read or
+write reaches S3 through the storage options handed to them, as on a cluster whose nodes were
+started without them.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import zarr
 
+from lch.cells import frame_cells
 from lch.cellstore import CELLS_FILE, CROPS_STORE, CellStoreError, open_cells
+from lch.manifest import load_manifest
 from lch.mlflow_store import TrackingConfigError, artifact_location, tracking_uri
+from lch.movie_io import file_sha256
 from lch.omezarr import open_movie, read_provenance
 from lch.paths import cohort_dir, join, lch_home, movie_store, movies_dir
 from lch.pipelines.ingest import convert_cohort
@@ -27,6 +32,7 @@ from lch.pipelines.train import TrainSettings, build_trainer, prepare
 from lch.pipelines.train_data import crop_dataset
 from lch.pipelines.train_loop import load_trained_aae
 from lch.storage import StorageError, filesystem, pyarrow_filesystem
+from lch.synth import PLAIN_PIXEL_SIZE_UM as PIXEL_SIZE_UM
 from lch.synth import make_cohort
 from lch.training import load_cells, read_rows
 
@@ -84,17 +90,6 @@ def source(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_home(ray_session, source, tmp_path_factory):
-    """The reference: the same cohort ingested and segmented under a local data root."""
-    home = tmp_path_factory.mktemp("obj-local")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("LCH_HOME", str(home))
-        assert convert_cohort(source, progress=False).count("ok") == len(MOVIES)
-        segment_cohort(COHORT, crop_size=CROP, progress=False)
-    return home
-
-
-@pytest.fixture(scope="module")
 def s3_home(s3_endpoint, source):
     """The cohort ingested and segmented with ``LCH_HOME=s3://<bucket>/<prefix>``."""
     home = f"s3://{BUCKET}/home-{uuid.uuid4().hex[:8]}"
@@ -114,7 +109,7 @@ def objects(location: str) -> list[str]:
     return sorted(p.removeprefix(path) for p in fs.find(path))
 
 
-def test_ingest_writes_ome_zarr_that_zarr_and_ome_zarr_read_from_s3(s3_home, local_home):
+def test_ingest_writes_ome_zarr_that_zarr_and_ome_zarr_read_from_s3(s3_home, source):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
@@ -122,15 +117,13 @@ def test_ingest_writes_ome_zarr_that_zarr_and_ome_zarr_read_from_s3(s3_home, loc
     listed = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(filesystem(movies_dir(COHORT))[1]))
     assert listed == [f"{m}.ome.zarr" for m in MOVIES]  # nothing hidden left behind
     assert fs.exists(filesystem(join(cohort_dir(COHORT), "manifest.yaml"))[1])
-    for movie in MOVIES:
-        url = movie_store(COHORT, movie)
-        assert url == f"{s3_home}/cohorts/{COHORT}/movies/{movie}.ome.zarr"
-        expected = open_movie(movie_store(COHORT, movie, local_home))[:]
-        np.testing.assert_array_equal(open_movie(url)[:], expected)
-        assert (
-            read_provenance(url)["source_sha256"]
-            == read_provenance(movie_store(COHORT, movie, local_home))["source_sha256"]
-        )
+    manifest = load_manifest(source)
+    for entry in manifest.movies:
+        url = movie_store(COHORT, entry.id)
+        assert url == f"{s3_home}/cohorts/{COHORT}/movies/{entry.id}.ome.zarr"
+        path = manifest.source_path(entry)
+        np.testing.assert_array_equal(open_movie(url)[:, 0], tifffile.imread(path))
+        assert read_provenance(url)["source_sha256"] == file_sha256(path)
     # Independent readers, configured by the standard variables alone.
     url = movie_store(COHORT, MOVIES[0])
     group = zarr.open_group(url, mode="r")
@@ -171,13 +164,26 @@ def test_a_half_written_store_is_never_taken_as_complete(s3_home, source):
     np.testing.assert_array_equal(open_movie(store)[:], expected)
 
 
-def test_segmentation_on_s3_matches_the_local_run(s3_home, local_home):
+def test_segmentation_on_s3_matches_the_bare_function(s3_home, source):
     table, crops = open_cells(cohort_dir(COHORT))
-    local_table, local_crops = open_cells(cohort_dir(COHORT, local_home))
-    assert len(table) == crops.shape[0] == len(local_table) > 16
-    columns = ["movie", "frame", "cell_id", "patient", "label", *FEATURES]
-    pd.testing.assert_frame_equal(table[columns], local_table[columns])
-    np.testing.assert_array_equal(crops[:], local_crops[:])
+    assert len(table) == crops.shape[0] > 16
+    for entry in load_manifest(source).movies:
+        movie = open_movie(movie_store(COHORT, entry.id))
+        rows = np.flatnonzero(table["movie"] == entry.id)
+        assert set(table["patient"].iloc[rows]) == {entry.patient}
+        assert set(table["label"].iloc[rows]) == {entry.label}
+        expected, cut = [], []
+        for t in range(movie.shape[0]):
+            cells, frame_crops = frame_cells(movie[t, 0], CROP, pixel_size_um=PIXEL_SIZE_UM)
+            expected.append(cells[cells["drop_reason"] == ""].assign(frame=t))
+            cut.append(frame_crops)
+        expected = pd.concat(expected)
+        got = table.iloc[rows]
+        np.testing.assert_array_equal(got[["frame", "cell_id"]].to_numpy(),
+                                      expected[["frame", "label"]].to_numpy())
+        np.testing.assert_allclose(got[FEATURES].to_numpy(float),
+                                   expected[FEATURES].to_numpy(float))
+        np.testing.assert_array_equal(crops[rows], np.concatenate(cut))
     fs, folder = filesystem(cohort_dir(COHORT))
     assert not [p for p in fs.ls(folder, detail=False) if ".tmp-" in p or ".old-" in p]
 
@@ -201,16 +207,15 @@ def test_cell_outputs_without_their_commit_are_refused(s3_home):
     assert fs.exists(f"{copy_path}/{CELLS_FILE}")
 
 
-def test_training_crops_are_read_from_s3_on_the_driver_and_in_ray(s3_home, local_home):
+def test_training_crops_are_read_from_s3_on_the_driver_and_in_ray(s3_home):
     cells = load_cells([COHORT])
     assert cells.stores == (f"{s3_home}/cohorts/{COHORT}/{CROPS_STORE}",)
-    local = load_cells([COHORT], home=local_home)
+    stored = np.asarray(open_cells(cohort_dir(COHORT))[1][:])
     index = np.array([5, 0, len(cells.table) - 1, 3])
-    np.testing.assert_array_equal(read_rows(cells, index), read_rows(local, index))
+    np.testing.assert_array_equal(read_rows(cells, index), stored[index])
     mask = np.ones(len(cells.table), bool)
     rows = crop_dataset(cells, mask, seed=0, in_memory=False).take_all()
-    got = np.stack([r["crop"] for r in rows])
-    assert_same_crops(got, read_rows(local, np.arange(len(local.table))))
+    assert_same_crops(np.stack([r["crop"] for r in rows]), stored)
 
 
 @pytest.mark.slow
