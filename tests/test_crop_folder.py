@@ -3,6 +3,8 @@ and the whole loop (ingest, train, classify, exaggerate) on the real cells of te
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 
 import numpy as np
@@ -18,7 +20,6 @@ from lch.exaggeration_report import save_montage
 from lch.manifest import ManifestError, load_manifest
 from lch.paths import cohort_dir
 from lch.pipelines.cli import main
-from lch.pipelines.ingest_crops import ingest_crops
 from lch.pipelines.train import TrainSettings, train
 from lch.registry import REGISTERED_MODEL, load_lch_model
 from lch.single_cell import centre_cell
@@ -82,19 +83,32 @@ def test_manifest_errors_name_the_field(tmp_path):
         load_manifest(path)
 
 
+@pytest.fixture(scope="module")
+def ingested(ray_session, tmp_path_factory):
+    """The real crops, and one file not named as IDR names them, through `lch ingest` once
+    (32-px crops, so the loop's tiny model trains fast): the data root, exit code and output."""
+    folder = tmp_path_factory.mktemp("crop-folder")
+    manifest = _crop_cohort(folder, extra_files=["not-an-idr-name.png"])
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LCH_HOME", str(folder / "home"))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main(["ingest", str(manifest), "--quiet", "--crop-size", "32"])
+        yield folder / "home", code, printed.getvalue()
+
+
 @pytest.mark.slow
-def test_the_real_crops_become_a_cohort_of_tracked_cells(ray_session, lch_home, tmp_path,
-                                                          capsys):
-    manifest = _crop_cohort(tmp_path, extra_files=["not-an-idr-name.png"])
-    assert main(["ingest", str(manifest), "--quiet"]) == 1  # one file not ingested
-    out = capsys.readouterr().out
+def test_the_real_crops_become_a_cohort_of_tracked_cells(ingested, tmp_path, capsys):
+    home, code, out = ingested
+    assert code == 1  # one file not ingested
     assert "NOT INGESTED 1 file(s)" in out and "not-an-idr-name.png: not named" in out
-    table, crops = open_cells(cohort_dir("openlch", lch_home))
-    parsed, _ = list_crops(tmp_path / "crops")
+    table, crops = open_cells(cohort_dir("openlch", home))
+    parsed, _ = list_crops(REAL)
     assert len(parsed) == 62
     # Nearly every image gives its centre cell (a spread cell reaching past its 83 µm crop
     # touches the edge and is a counted skip, as in tests/test_real_ingest.py).
-    assert 55 <= len(table) <= 62 and crops.shape[0] == len(table)
+    assert 55 <= len(table) <= 62 and crops.shape == (len(table), 32, 32)
     assert f"{len(table)} cells kept" in out
     # Two frames of one tracked cell: one track; every other image is a track of its own.
     two_frames = table[table["movie"] == "150312_m610_s19"]
@@ -117,14 +131,15 @@ def test_the_real_crops_become_a_cohort_of_tracked_cells(ray_session, lch_home, 
 
 
 @pytest.mark.slow
-def test_the_loop_runs_on_real_cells(ray_session, lch_home, tmp_path):
-    """Ingest, train a tiny model, classify and exaggerate real cells: the pipeline runs and the
-    decoded images are measured (nothing is asserted about what the model learned)."""
-    summary = ingest_crops(load_manifest(_crop_cohort(tmp_path)), crop_size=32, progress=False)
-    assert summary.cells >= 55
+def test_the_loop_runs_on_real_cells(ingested):
+    """Train a tiny model on the ingested real cells, classify and exaggerate them: the pipeline
+    runs and the decoded images are measured (nothing is asserted about what the model
+    learned)."""
+    home, _, _ = ingested
     trained = train(TrainSettings(cohorts=("openlch",), **TINY_TRAINING))
     model = load_lch_model(f"models:/{REGISTERED_MODEL}/{trained.model_version}")
-    table, crops = open_cells(cohort_dir("openlch", lch_home))
+    table, crops = open_cells(cohort_dir("openlch", home))
+    assert trained.evaluation.cells["heldout"].any()
     with torch.no_grad():
         p = model(torch.from_numpy(np.asarray(crops[:8]))[:, None]).numpy()
     assert p.shape == (8,) and np.isfinite(p).all()
@@ -133,5 +148,5 @@ def test_the_loop_runs_on_real_cells(ray_session, lch_home, tmp_path):
     # Every decoded image went through the morphology (a 2-epoch model may draw no cell: NaN).
     assert len(result.table) == 4 * len(DEFAULT_SIGMAS)
     assert {"area", "protrusion_reach", "halo_intensity"} <= set(result.table.columns)
-    save_montage(result, tmp_path / "real_exaggeration.png")
-    assert (tmp_path / "real_exaggeration.png").stat().st_size > 1000
+    save_montage(result, home / "real_exaggeration.png")
+    assert (home / "real_exaggeration.png").stat().st_size > 1000
