@@ -1,4 +1,5 @@
-"""Small helpers shared by test modules: throw-away models, the tiny cohort, subprocess clean-up."""
+"""Small helpers shared by test modules: throw-away models, the tiny cohort, the bare
+segmentation reference, subprocess clean-up."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import signal
 import subprocess
 
 import numpy as np
+import pandas as pd
 import torch
 
+from lch.cells import frame_cells
 from lch.model import AAE, AAEConfig, LCHModel, aae_train_step, make_optimizers, refresh_batch_norm
+from lch.omezarr import open_movie
 
 
 def tiny_model(seed: int, crop_size: int) -> LCHModel:
@@ -63,6 +67,24 @@ def assert_nothing_local(home, cwd) -> None:
     local = [p for p in (home, cwd) for q in ("mlflow.db", "mlartifacts", "mlruns")
              if (p / q).exists()]
     assert local == []
+
+
+def bare_cells(stores, crop_size: int, *, pixel_size_um: float) -> tuple[pd.DataFrame, np.ndarray]:
+    """The segmentation pipelines' reference: :func:`lch.cells.frame_cells` called here, frame
+    by frame, on stored movies (``stores``: movie id → store, in the pipeline's order).
+
+    Returns the kept cells (with ``movie`` and ``frame``; ``label`` is the region id) and their
+    crops, in that order.
+    """
+    tables, crops = [], []
+    for movie, store in stores.items():
+        array = open_movie(store)
+        for t in range(array.shape[0]):
+            table, cut = frame_cells(array[t, 0], crop_size, pixel_size_um=pixel_size_um)
+            kept = table["drop_reason"] == ""
+            tables.append(table[kept].assign(movie=movie, frame=t))
+            crops.append(cut)
+    return pd.concat(tables, ignore_index=True), np.concatenate(crops)
 
 
 def assert_same_crops(got: np.ndarray, expected: np.ndarray) -> None:

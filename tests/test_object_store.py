@@ -13,12 +13,10 @@ import logging
 import uuid
 
 import numpy as np
-import pandas as pd
 import pytest
 import tifffile
 import zarr
 
-from lch.cells import frame_cells
 from lch.cellstore import CELLS_FILE, CROPS_STORE, CellStoreError, open_cells
 from lch.manifest import load_manifest
 from lch.mlflow_store import TrackingConfigError, artifact_location, tracking_uri
@@ -36,7 +34,7 @@ from lch.synth import PLAIN_PIXEL_SIZE_UM as PIXEL_SIZE_UM
 from lch.synth import make_cohort
 from lch.training import load_cells, read_rows
 
-from helpers import assert_same_crops
+from helpers import assert_same_crops, bare_cells
 
 moto_server = pytest.importorskip("moto.server")
 
@@ -167,23 +165,17 @@ def test_a_half_written_store_is_never_taken_as_complete(s3_home, source):
 def test_segmentation_on_s3_matches_the_bare_function(s3_home, source):
     table, crops = open_cells(cohort_dir(COHORT))
     assert len(table) == crops.shape[0] > 16
-    for entry in load_manifest(source).movies:
-        movie = open_movie(movie_store(COHORT, entry.id))
-        rows = np.flatnonzero(table["movie"] == entry.id)
-        assert set(table["patient"].iloc[rows]) == {entry.patient}
-        assert set(table["label"].iloc[rows]) == {entry.label}
-        expected, cut = [], []
-        for t in range(movie.shape[0]):
-            cells, frame_crops = frame_cells(movie[t, 0], CROP, pixel_size_um=PIXEL_SIZE_UM)
-            expected.append(cells[cells["drop_reason"] == ""].assign(frame=t))
-            cut.append(frame_crops)
-        expected = pd.concat(expected)
-        got = table.iloc[rows]
-        np.testing.assert_array_equal(got[["frame", "cell_id"]].to_numpy(),
-                                      expected[["frame", "label"]].to_numpy())
-        np.testing.assert_allclose(got[FEATURES].to_numpy(float),
-                                   expected[FEATURES].to_numpy(float))
-        np.testing.assert_array_equal(crops[rows], np.concatenate(cut))
+    movies = sorted(load_manifest(source).movies, key=lambda m: m.id)  # the table's order
+    expected, cut = bare_cells({m.id: movie_store(COHORT, m.id) for m in movies}, CROP,
+                               pixel_size_um=PIXEL_SIZE_UM)
+    np.testing.assert_array_equal(table[["movie", "frame", "cell_id"]].to_numpy(),
+                                  expected[["movie", "frame", "label"]].to_numpy())
+    np.testing.assert_allclose(table[FEATURES].to_numpy(float), expected[FEATURES].to_numpy(float))
+    np.testing.assert_array_equal(crops[:], cut)
+    for entry in movies:
+        rows = table["movie"] == entry.id
+        assert set(table.loc[rows, "patient"]) == {entry.patient}
+        assert set(table.loc[rows, "label"]) == {entry.label}
     fs, folder = filesystem(cohort_dir(COHORT))
     assert not [p for p in fs.ls(folder, detail=False) if ".tmp-" in p or ".old-" in p]
 

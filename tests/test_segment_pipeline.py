@@ -20,6 +20,8 @@ from lch.pipelines.segment import batch_frames, segment_cohort
 from lch.segmentation import segment_frame
 from lch.synth import PIXEL_SIZE_UM, make_cohort
 
+from helpers import bare_cells
+
 FEATURES = ["area", "protrusion_count", "protrusion_length", "halo_intensity", "solidity"]
 
 pytestmark = pytest.mark.slow  # Ray Data pipelines end to end
@@ -76,15 +78,9 @@ def hidden(store) -> list[str]:
 
 def bare_loop(cohort_folder, crop_size=64):
     """The same function called frame by frame in this process, stores read with zarr."""
-    tables, crops = [], []
-    for store in sorted((cohort_folder / "movies").glob("*.ome.zarr")):
-        array = open_movie(store)
-        for t in range(array.shape[0]):
-            table, c = frame_cells(array[t, 0], crop_size, pixel_size_um=PIXEL_SIZE_UM)
-            kept = table["drop_reason"] == ""
-            tables.append(table[kept].assign(movie=store.name.split(".")[0], frame=t))
-            crops.append(c)
-    return pd.concat(tables, ignore_index=True), np.concatenate(crops)
+    found = sorted((cohort_folder / "movies").glob("*.ome.zarr"))
+    stores = {store.name.split(".")[0]: store for store in found}
+    return bare_cells(stores, crop_size, pixel_size_um=PIXEL_SIZE_UM)
 
 
 def test_pipeline_matches_the_bare_function_row_for_row(first_run):
