@@ -67,8 +67,9 @@ RING_WIDTH_UM = 1.95
 BACKGROUND_GAP_UM = 5.2
 BACKGROUND_WIDTH_UM = 6.5
 # A compact bright core is the body when it covers this share of the opened mask (less: a few
-# bright granules).
-CORE_FRACTION = 0.3
+# bright granules); low enough that processes wider than the opening, or a blurred halo taken
+# into the outline, do not hide a body that is there.
+CORE_FRACTION = 0.15
 
 POSITION_COLUMNS = [
     "label",
