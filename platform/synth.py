@@ -3,11 +3,8 @@
 Each patient (cell line) is "high" or "low" metastatic. Following Zaritsky et al. (Cell Systems
 2021), high lines get more and longer arm-like protrusions and a brighter halo ("light
 scattering"); body size is drawn from the same distribution for both classes so that it can serve
-as a negative control. In the real look each low line is the paired control of the high line
-before it (:func:`control_cell`): its movies hold that line's cells, the same bodies
-in the same numbers, with low arms and halo, so that which cells fit a frame beside long arms
-cannot make one class larger. Per-patient and per-cell variability make single cells overlap
-between the classes, while populations of about 20 cells separate cleanly.
+as a negative control. Per-patient and per-cell variability make single cells overlap between the
+classes, while populations of about 20 cells separate cleanly.
 
 Written layout (paths in the manifest are relative to it)::
 
@@ -38,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +46,7 @@ from scipy import ndimage
 
 from lch.paths import is_valid_name
 
-GENERATOR_VERSION = "2.3"  # 2.3: low lines are the paired controls of high lines
+GENERATOR_VERSION = "2.2"  # 2.2: the arms' bright edges inside the arm (its truth mask)
 # make_cohort's default pixel size (the paper's microscope).
 PIXEL_SIZE_UM = 0.325
 # The scale of the plain primitives' px values (CellShape, render_frame, sample_cell,
@@ -505,7 +502,15 @@ def sample_real_cell(
     n_arms = min(int(rng.poisson(patient.arm_rate)), look.max_arms)
     elongated = rng.uniform() < look.elongated_fraction
     orientation = rng.uniform(0, math.pi)
-    angles, lengths, halo = _real_phenotype(rng, patient, n_arms, elongated, orientation, look)
+    # Spindle cells' extensions leave from their ends.
+    ends = [float((orientation + math.pi * k + rng.normal(0, 0.2)) % (2 * math.pi))
+            for k in range(2)] if elongated else []
+    angles = _spread_angles(rng, n_arms, ends)
+    lengths = patient.arm_length_mean * rng.lognormal(
+        0.0, spread["arm_length_log_sd"], len(angles)
+    )
+    lengths = np.clip(lengths, *look.arm_length_um)
+    halo = patient.halo_gain_mean * rng.lognormal(0.0, spread["halo_gain_log_sd"])
     radius = np.clip(patient.radius_mean * rng.lognormal(0.0, spread["radius_log_sd"]),
                      *look.radius_um)
     brightness = np.clip(rng.normal(patient.brightness_mean, spread["brightness_sd"]), 0.8, 6.0)
@@ -524,45 +529,6 @@ def sample_real_cell(
         brightness=_r(brightness),
         rim_gain=_r(rng.uniform(*look.rim_gain)),
     )
-
-
-def control_cell(
-    rng: np.random.Generator, cell: CellParams, control: PatientParams, look: Appearance = REAL
-) -> CellParams:
-    """Return ``cell``'s body with arms and a halo drawn around ``control``'s means.
-
-    The paired control of a real-look cell: size, shape, brightness and orientation stay; only
-    the planted phenotype is drawn again.
-    """
-    n_arms = min(int(rng.poisson(control.arm_rate)), look.max_arms)
-    # The look's elongated and round aspect ranges do not overlap.
-    elongated = cell.aspect >= min(look.aspect_elongated)
-    angles, lengths, halo = _real_phenotype(rng, control, n_arms, elongated, cell.orientation,
-                                            look)
-    return replace(cell, halo_gain=_r(halo), arm_angles=tuple(_r(a) for a in angles),
-                   arm_lengths=tuple(_r(length) for length in lengths))
-
-
-def _real_phenotype(
-    rng: np.random.Generator,
-    patient: PatientParams,
-    n_arms: int,
-    elongated: bool,
-    orientation: float,
-    look: Appearance,
-) -> tuple[tuple[float, ...], np.ndarray, float]:
-    """Draw a real-look cell's arm angles, arm lengths and halo gain: the planted phenotype."""
-    spread = look.cell_spread
-    # Spindle cells' extensions leave from their ends.
-    ends = [float((orientation + math.pi * k + rng.normal(0, 0.2)) % (2 * math.pi))
-            for k in range(2)] if elongated else []
-    angles = _spread_angles(rng, n_arms, ends)
-    lengths = patient.arm_length_mean * rng.lognormal(
-        0.0, spread["arm_length_log_sd"], len(angles)
-    )
-    lengths = np.clip(lengths, *look.arm_length_um)
-    halo = float(patient.halo_gain_mean * rng.lognormal(0.0, spread["halo_gain_log_sd"]))
-    return angles, lengths, halo
 
 
 def _unit_texture(rng: np.random.Generator, size: tuple[int, int], sigma_px: float) -> np.ndarray:
@@ -834,21 +800,11 @@ def plan_movie(
     size: tuple[int, int],
     look: Appearance | None = None,
     pixel_size_um: float = PLAIN_PIXEL_SIZE_UM,
-    control_of: MovieSpec | None = None,
 ) -> tuple[MovieSpec, np.ndarray, np.random.Generator]:
-    """Draw a movie's cells and place them; returns the spec, centres and the movie's rng.
-
-    With ``control_of`` (a real-look movie of the paired line) the candidates are that movie's
-    cells with this patient's arms and halo (:func:`control_cell`).
-    """
+    """Draw a movie's cells and place them; returns the spec, centres and the movie's rng."""
     movie_seed = (seed, 1, p_index, m_index)
     rng = np.random.default_rng(movie_seed)
-    if control_of is not None and look is not None:
-        candidates = [control_cell(rng, c, patient, look) for c in control_of.cells]
-        n_target = len(candidates)
-        scale, gap = 1.0 / pixel_size_um, look.min_gap_um / pixel_size_um
-        levels = look.background_level
-    elif look is None:
+    if look is None:
         n_target = max(1, int(round(CELLS_PER_PIXEL * size[0] * size[1])))
         candidates = [sample_cell(rng, patient, 0) for _ in range(n_target)]
         scale, gap, levels = 1.0, MIN_GAP, (600.0, 1400.0)
@@ -864,13 +820,6 @@ def plan_movie(
     level = _r(rng.uniform(*levels))
     spec = MovieSpec(movie_id, patient, cells, level, movie_seed, look, pixel_size_um)
     return spec, pos[placed], rng
-
-
-def _paired_line(p: int, look: Appearance | None) -> int | None:
-    """Return the high line that line ``p`` is the paired control of (the one before), or None."""
-    if look is None or p % 2 == 0:
-        return None
-    return p - 1
 
 
 def _relabel(cell: CellParams, label: int) -> CellParams:
@@ -1018,20 +967,14 @@ def make_cohort(
     for p in range(patients):
         pid = f"p{p:0{width}d}"
         patient_rng = np.random.default_rng((seed, 0, p))
-        pair = _paired_line(p, appearance)
         if appearance is None:
             params = sample_patient(patient_rng, pid, class_of_patient(p))
         else:
             params = sample_real_patient(patient_rng, pid, class_of_patient(p), appearance)
-        if pair is not None:
-            params = replace(params, radius_mean=patient_params[pair].radius_mean,
-                             brightness_mean=patient_params[pair].brightness_mean)
         patient_params.append(params)
         for m in range(movies_per_patient):
             movie_id = f"{pid}-m{m:0{width}d}"
-            paired = None if pair is None else specs[pair * movies_per_patient + m]
-            spec, centres, rng = plan_movie(seed, p, m, params, movie_id, size, appearance, px,
-                                            control_of=paired)
+            spec, centres, rng = plan_movie(seed, p, m, params, movie_id, size, appearance, px)
             _write_movie(spec, centres, rng, out, frames, size)
             specs.append(spec)
     _dump_yaml({"cohort": name, "movies": [_manifest_entry(s) for s in specs]}, out / "cohort.yaml")
