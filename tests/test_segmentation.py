@@ -258,6 +258,26 @@ def test_body_and_halo_do_not_grow_with_an_outline_that_took_in_the_halo():
     assert halos[1.7, 1] > 1.5 * halos[0.7, 1]
 
 
+def test_body_stays_the_bright_core_when_the_outline_takes_in_a_wide_blur():
+    # A decoded cell pushed towards "high" is drawn with a blurred halo that the outline takes
+    # in as a wide lobe; when the core was under 30 % of the opened outline it was not taken as
+    # the body, so the body and the halo ring jumped outwards on the most exaggerated images.
+    shape = CellShape(label=1, y=99.5, x=79.5, radius=28.0, darkness=0.6, halo_gain=1.7,
+                      brightness=2.8, rim_gain=1.7)
+    frame, truth = render_look_frame([shape], (200, 240), REAL, PIXEL_SIZE_UM,
+                                     background=3000.0, rng=np.random.default_rng(0))
+    yy, xx = np.ogrid[:200, :240]
+    lobe = (yy - 99.5) ** 2 + (xx - 150) ** 2 <= 50**2
+    tight = ndimage.binary_dilation(truth > 0, iterations=3)
+    bodies = {}
+    for name, outline in (("tight", tight), ("with lobe", tight | lobe)):
+        row = measure_cells(frame, outline.astype(np.int32), pixel_size_um=PIXEL_SIZE_UM).iloc[0]
+        bodies[name] = (int(row.body_area), int(row.area))
+    print(f"\nbody and outline areas {bodies} (true body {int((truth > 0).sum())})")
+    assert bodies["with lobe"][0] < 0.3 * bodies["with lobe"][1]
+    assert bodies["with lobe"][0] == pytest.approx(bodies["tight"][0], rel=0.03)
+
+
 def test_measure_table_has_documented_columns(measured):
     _, table, _ = measured
     assert list(table.columns[: len(FEATURE_COLUMNS)]) == FEATURE_COLUMNS
