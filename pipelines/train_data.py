@@ -88,6 +88,8 @@ def crop_dataset(
     ds = ray.data.from_items(items)
     # The workers print the Train loop's own progress; per-operator bars would flood the log.
     ds.context.enable_progress_bars = False
+    # Blocks in the items' order, not in the order the reads finish: the same run run after run.
+    ds.context.execution_options.preserve_order = True
     if in_memory:
         ds = ds.map_batches(
             read_crop_items, batch_size=ITEMS_PER_READ, batch_format="numpy", **read

@@ -207,6 +207,9 @@ def test_dataset_holds_exactly_the_autoencoder_crops(trained_home, in_memory):
     expected = read_rows(cells, np.flatnonzero(split.autoencoder))
     assert expected.shape == (split.autoencoder.sum(), CROP, CROP)
     assert_same_crops(got, expected)
+    # The same seed, the same order: blocks follow the work items, not the reads' finishing order.
+    again = crop_dataset(cells, split.autoencoder, seed=0, in_memory=in_memory).take_all()
+    np.testing.assert_array_equal(np.stack([r["crop"] for r in again]), got)
 
 
 @pytest.fixture(scope="module")
