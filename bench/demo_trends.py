@@ -29,7 +29,7 @@ from mlflow import MlflowClient
 
 from lch.cellstore import open_cells
 from lch.exaggerate import encode_crops, exaggerate
-from lch.exaggeration_report import REPORT_CELLS, pick_cells
+from lch.exaggeration_report import REPORT_CELLS, pick_rows
 from lch.model_names import version_uri
 from lch.registry import load_lch_model
 from lch.trends import CONTROL_FEATURES, PLANTED_FEATURES, judge_trends, spearman_table
@@ -60,10 +60,7 @@ def _random_floor(home: Path, held_out: list[str], seed: int, n: int) -> pd.Data
     model = load_lch_model(version_uri("1"), tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     table, crops = open_cells(home / "cohorts" / "demo")
     test = table["patient"].isin(held_out).to_numpy()
-    positions = np.flatnonzero(test)
-    rows = np.sort(pick_cells(table.iloc[positions].assign(position=positions), REPORT_CELLS, seed,
-                              column="position"))
-    cells = np.asarray(crops.oindex[rows])
+    cells = np.asarray(crops.oindex[pick_rows(table, test, REPORT_CELLS, seed)])
     rng = np.random.default_rng(seed)
     train = np.sort(rng.choice(np.flatnonzero(~test), 600, replace=False))
     codes = encode_crops(model, np.asarray(crops.oindex[train]))

@@ -50,7 +50,7 @@ from lch.exaggerate import exaggerate, measure_real_cells
 from lch.exaggeration_report import (
     REAL_CELLS,
     REPORT_CELLS,
-    pick_cells,
+    pick_rows,
     real_cell_hypotheses,
     write_report,
 )
@@ -356,12 +356,10 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
     the strongest trends tested on those real cells (:func:`lch.trends.real_cell_check`) go to
     the active run, and the figures as metrics.
     """
-    held_out = cells.table.iloc[np.flatnonzero(split.test)]
-    held_out = held_out.assign(position=np.flatnonzero(split.test))
-    rows = pick_cells(held_out, settings.report_cells, settings.seed, column="position")
+    rows = pick_rows(cells.table, split.test, settings.report_cells, settings.seed)
     ids = [f"{cells.table['patient'].iloc[r]} cell {r}" for r in rows]
     result = exaggerate(evaluation.model, read_rows(cells, rows), cells=ids)
-    real = pick_cells(held_out, REAL_CELLS, settings.seed, column="position")
+    real = pick_rows(cells.table, split.test, REAL_CELLS, settings.seed)
     features, scores = measure_real_cells(evaluation.model, read_rows(cells, real))
     bounds = trend_report(result.table, features, scores, result.sigmas)
     hypotheses = real_cell_hypotheses(result, cells.table.iloc[real], features, settings.seed)

@@ -136,6 +136,16 @@ def pick_cells(
     return table[column].to_numpy()[rows]
 
 
+def pick_rows(table: pd.DataFrame, where: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Draw ``n`` of the rows where ``where`` holds, as :func:`pick_cells` does.
+
+    Returns their positions in ``table`` (sorted), e.g. a training run's held-out cells.
+    """
+    positions = np.flatnonzero(where)
+    return pick_cells(table.iloc[positions].assign(position=positions), n, seed,
+                      column="position")
+
+
 def write_report(result: Exaggeration, out_dir: str | Path,
                  hypotheses: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write the report to ``out_dir``; return the files' paths by kind.
