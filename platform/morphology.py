@@ -27,7 +27,9 @@ Features (one row per label; lengths in px, intensities as noted). The scales th
 - ``background``: local background, the median intensity in an annulus ``background_gap_um`` to
   ``background_gap_um + background_width_um`` outside the mask (other cells and their surroundings
   excluded).
-- ``body_contrast``: ``(mean_intensity - background) / background``.
+- ``body_contrast``: ``(mean intensity of the body - background) / background``, the body as
+  for ``body_area``: the brightness control, which arms (a dim core) and a halo the outline took
+  in do not change.
 - ``halo_intensity`` (light scattering): ``(mean of a ring ring_width_um wide, from halo_gap_um
   out from the body, outside the body and the arms - background) / background``. The ring
   follows the body, so that a cell's arms do not dilute its halo, and may lie within an outline
@@ -170,14 +172,14 @@ def _halo_ring(
 
 
 def _intensity_features(
-    image: np.ndarray, cell: np.ndarray, ring: np.ndarray, background: float
+    image: np.ndarray, cell: np.ndarray, body: np.ndarray, ring: np.ndarray, background: float
 ) -> dict[str, float]:
-    mean_in = float(image[cell].mean())
+    mean_body = float(image[body].mean())
     ok = background > 0 and ring.any()
     return {
-        "mean_intensity": mean_in,
+        "mean_intensity": float(image[cell].mean()),
         "background": background,
-        "body_contrast": (mean_in - background) / background if background > 0 else math.nan,
+        "body_contrast": (mean_body - background) / background if background > 0 else math.nan,
         "halo_intensity": (float(image[ring].mean()) - background) / background if ok else math.nan,
     }
 
@@ -206,8 +208,8 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
     background = float(np.median(image[win][annulus])) if annulus.any() else math.nan
     core = bright_core(image[win], cell, opened, background)
     body_in_window = opened if core is None else core
-    ring = _halo_ring(body_in_window if body_in_window.any() else cell, cell & ~opened,
-                      near_others, params)
+    body = body_in_window if body_in_window.any() else cell
+    ring = _halo_ring(body, cell & ~opened, near_others, params)
     row = {
         "label": int(region.label),
         "centroid_y": float(region.centroid[0]),
@@ -225,7 +227,7 @@ def _measure_region(region, image, labels, params: dict[str, Any]) -> dict[str, 
         "protrusion_length": float(np.mean(arms)) if arms else 0.0,
         "protrusion_reach": max(reaches, default=0.0),
     }
-    row.update(_intensity_features(image[win], cell, ring, background))
+    row.update(_intensity_features(image[win], cell, body, ring, background))
     row["touches_border"] = bool(
         r0 == 0 or c0 == 0 or r1 == labels.shape[0] or c1 == labels.shape[1]
     )

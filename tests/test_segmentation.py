@@ -278,6 +278,24 @@ def test_body_stays_the_bright_core_when_the_outline_takes_in_a_wide_blur():
     assert bodies["with lobe"][0] == pytest.approx(bodies["tight"][0], rel=0.03)
 
 
+def test_body_contrast_is_the_bodys_whatever_its_arms():
+    # Arms (a dim core within bright edges) inside the outline pulled the outline's mean down:
+    # measured over the outline, "body contrast" fell with the planted arms.
+    arms = {"angles": tuple(2 * math.pi * k / 3 for k in range(3)), "lengths": (60.0,) * 3}
+    means = {}
+    for name, (angles, lengths) in (("bare", ((), ())), ("armed", arms.values())):
+        shape = CellShape(label=1, y=99.5, x=99.5, radius=28.0, darkness=0.6, halo_gain=1.0,
+                          brightness=2.8, rim_gain=1.7, arm_angles=angles, arm_lengths=lengths,
+                          arm_half_width=tuple(w / PIXEL_SIZE_UM for w in REAL.arm_half_width_um))
+        frame, truth = render_look_frame([shape], (200, 200), REAL, PIXEL_SIZE_UM,
+                                         background=3000.0, rng=np.random.default_rng(0))
+        row = measure_cells(frame, truth.astype(np.int32), pixel_size_um=PIXEL_SIZE_UM).iloc[0]
+        means[name] = ((row.body_contrast + 1) * row.background, row.mean_intensity)
+    print(f"\nmean intensity of the body and of the outline {means}")
+    assert means["armed"][0] == pytest.approx(means["bare"][0], rel=0.01)
+    assert means["armed"][1] < 0.9 * means["bare"][1]
+
+
 def test_measure_table_has_documented_columns(measured):
     _, table, _ = measured
     assert list(table.columns[: len(FEATURE_COLUMNS)]) == FEATURE_COLUMNS
