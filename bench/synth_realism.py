@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/synth_realism.py [--seeds 0 1 2] [--montage out.png]``
 
-For each seed, draws a synthetic cohort (6 patients x 2 movies, 768 px frames at the generator's
+For each seed, draws a synthetic cohort (6 patients x 3 movies, 768 px frames at the generator's
 default pixel size), cuts one 83.2 µm window per cell (:func:`lch.domain_gap.cell_windows`),
 samples as many as there are real crops in tests/data/real (62), and prints the cross-validated
 ROC AUC of the domain classifier of :mod:`lch.domain_gap` (0.5: indistinguishable; the target is

@@ -152,12 +152,12 @@ def cohort_windows(cohort_dir: str | Path, seed: int = 0) -> list[np.ndarray]:
 def default_look_windows(n: int, seed: int = 0) -> list[np.ndarray]:
     """Draw ``n`` windows of :func:`lch.synth.make_cohort`'s default look, one cell each.
 
-    The cohort (6 patients x 2 movies x 5 frames of 768 px, ``seed``) is drawn in a temporary
+    The cohort (6 patients x 3 movies x 5 frames of 768 px, ``seed``) is drawn in a temporary
     folder; ``n`` of its cells are picked at random (fewer if it has fewer): the synthetic side
     of the domain check that ``bench/synth_realism.py`` prints and test_domain_gap asserts.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        make_cohort(tmp, patients=6, movies_per_patient=2, frames=5, size=(768, 768), seed=seed)
+        make_cohort(tmp, patients=6, movies_per_patient=3, frames=5, size=(768, 768), seed=seed)
         windows = cohort_windows(tmp, seed)
     pick = np.random.default_rng(seed).choice(len(windows), min(n, len(windows)), replace=False)
     return [windows[i] for i in pick]

@@ -6,6 +6,13 @@ scattering"); body size is drawn from the same distribution for both classes so 
 as a negative control. Per-patient and per-cell variability make single cells overlap between the
 classes, while populations of about 20 cells separate cleanly.
 
+In the real look the control is matched by design, not only in distribution: each low line has
+the size and brightness means of the high line before it (:func:`matched_controls`), and a frame's
+cells are placed first and given their sizes after (:func:`fit_sizes`), sizes spread evenly over
+that distribution with its mean (:func:`movie_radii`). Otherwise crowded frames (the high lines'
+long arms) keep their larger cells, and a cohort of eight lines differs in size by chance: a size
+difference the classifier learns and the exaggeration then shows.
+
 Written layout (paths in the manifest are relative to it)::
 
     out_dir/cohort.yaml                   manifest (the format in README.md)
@@ -35,18 +42,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tifffile
 import yaml
-from scipy import ndimage
+from scipy import ndimage, special
 
 from lch.paths import is_valid_name
 
-GENERATOR_VERSION = "2.2"  # 2.2: the arms' bright edges inside the arm (its truth mask)
+# 2.3 (real look): size matched between the classes by design (the module docstring).
+GENERATOR_VERSION = "2.3"
 # make_cohort's default pixel size (the paper's microscope).
 PIXEL_SIZE_UM = 0.325
 # The scale of the plain primitives' px values (CellShape, render_frame, sample_cell,
@@ -66,6 +74,8 @@ ARM_HALF_WIDTH_TIP = 1.0
 # Arm length breathes by +-10 % over time; extents must allow for the longest state.
 ARM_LENGTH_SWING = 0.10
 MIN_GAP = 6.0
+# Real-look frames placed afresh until every cell takes the size it was given (fit_sizes).
+PLACEMENT_TRIES = 5
 # Class-level ranges of each patient's means (uniform). The halo gap between the classes is
 # about twice the per-cell spread, so that a small AAE's direction carries the halo, not only arms.
 CLASS_RANGES: dict[str, dict[str, tuple[float, float]]] = {
@@ -133,11 +143,15 @@ class CellParams:
         """Number of arms the cell has."""
         return len(self.arm_lengths)
 
-    @property
-    def extent(self) -> float:
-        """Largest distance from the centre that the cell mask can reach, in its units."""
+    def body_reach(self, radius: float | None = None) -> float:
+        """Largest distance from the centre the body reaches, at ``radius`` (default its own)."""
+        radius = self.radius if radius is None else radius
+        return radius * math.sqrt(self.aspect) * (1 + sum(self.wobble)) + 1.0
+
+    def reach(self, radius: float | None = None) -> float:
+        """Largest distance from the centre the body and the longest arm reach, at ``radius``."""
         arm = max(self.arm_lengths, default=0.0) * (1 + ARM_LENGTH_SWING)
-        return self.radius * math.sqrt(self.aspect) * (1 + sum(self.wobble)) + arm + 1.0
+        return self.body_reach(radius) + arm
 
 
 @dataclass(frozen=True)
@@ -438,6 +452,8 @@ class Appearance:
     aspect_elongated: tuple[float, float] = (1.6, 2.6)
     aspect_round: tuple[float, float] = (1.0, 1.3)
     radius_um: tuple[float, float] = (4.5, 22.0)
+    # Cells are placed at this quantile of their line's sizes, then given sizes (fit_sizes).
+    placed_radius_quantile: float = 0.75
     wobble: tuple[tuple[float, float], ...] = ((0.03, 0.10), (0.0, 0.05), (0.0, 0.04))
     # Arms: tapered processes, a dim core within bright edges, no halo of their own; wide enough
     # at the base to show at the crops' 1.3 µm pixels.
@@ -495,9 +511,17 @@ def sample_real_patient(
 
 
 def sample_real_cell(
-    rng: np.random.Generator, patient: PatientParams, label: int, look: Appearance = REAL
+    rng: np.random.Generator,
+    patient: PatientParams,
+    label: int,
+    look: Appearance = REAL,
+    radius_quantile: float = 0.5,
 ) -> CellParams:
-    """Draw one real-look cell around its patient's means (lengths in µm)."""
+    """Draw one real-look cell around its patient's means (lengths in µm).
+
+    Its radius is at ``radius_quantile`` of the patient's size distribution (:func:`real_radius`):
+    :func:`plan_movie` gives the cells that fit a frame sizes spread over it.
+    """
     spread = look.cell_spread
     n_arms = min(int(rng.poisson(patient.arm_rate)), look.max_arms)
     elongated = rng.uniform() < look.elongated_fraction
@@ -511,8 +535,7 @@ def sample_real_cell(
     )
     lengths = np.clip(lengths, *look.arm_length_um)
     halo = patient.halo_gain_mean * rng.lognormal(0.0, spread["halo_gain_log_sd"])
-    radius = np.clip(patient.radius_mean * rng.lognormal(0.0, spread["radius_log_sd"]),
-                     *look.radius_um)
+    radius = real_radius(patient, look, radius_quantile)
     brightness = np.clip(rng.normal(patient.brightness_mean, spread["brightness_sd"]), 0.8, 6.0)
     aspect = rng.uniform(*(look.aspect_elongated if elongated else look.aspect_round))
     wobble = tuple(rng.uniform(lo, hi) for lo, hi in look.wobble)
@@ -529,6 +552,38 @@ def sample_real_cell(
         brightness=_r(brightness),
         rim_gain=_r(rng.uniform(*look.rim_gain)),
     )
+
+
+def real_radius(patient: PatientParams, look: Appearance, quantile: float) -> float:
+    """Return the radius at ``quantile`` of the patient's lognormal size distribution, in µm."""
+    z = float(special.ndtri(quantile))
+    radius = patient.radius_mean * math.exp(look.cell_spread["radius_log_sd"] * z)
+    return float(np.clip(radius, *look.radius_um))
+
+
+def movie_radii(
+    rng: np.random.Generator, patient: PatientParams, look: Appearance, n: int
+) -> list[float]:
+    """Return ``n`` radii spread evenly over the patient's sizes, with its mean size exactly.
+
+    One quantile from the middle half of each of ``n`` equal strata, shuffled, scaled to the
+    lognormal's mean: every movie's cells then have the same mean size whatever their number,
+    so the classes' sizes do not differ by the luck of the draw or by how many cells fit.
+    """
+    quantiles = (rng.permutation(n) + rng.uniform(0.25, 0.75, n)) / n
+    radii = np.array([real_radius(patient, look, q) for q in quantiles])
+    mean = patient.radius_mean * math.exp(look.cell_spread["radius_log_sd"] ** 2 / 2)
+    return [_r(r) for r in np.clip(radii * mean / radii.mean(), *look.radius_um)]
+
+
+def matched_controls(patient: PatientParams, partner: PatientParams) -> PatientParams:
+    """``patient`` with ``partner``'s means of the controls (size, brightness).
+
+    A low line takes the high line before it as its partner: the classes then differ in the
+    planted features only, not by which patients happened to be larger.
+    """
+    return replace(patient, radius_mean=partner.radius_mean,
+                   brightness_mean=partner.brightness_mean)
 
 
 def _unit_texture(rng: np.random.Generator, size: tuple[int, int], sigma_px: float) -> np.ndarray:
@@ -651,10 +706,15 @@ def _fits(
     ext: np.ndarray,
     size: tuple[int, int],
     gap: float = MIN_GAP,
+    inner: np.ndarray | None = None,
 ) -> bool:
-    """Inside the frame (whole extent) and clear of every other placed cell."""
+    """Inside the frame and clear of every other placed cell.
+
+    ``inner`` is how far from the edge a centre must stay (default: the whole extent).
+    """
     h, w = size
-    if not (ext[i] <= y <= h - 1 - ext[i] and ext[i] <= x <= w - 1 - ext[i]):
+    edge = ext[i] if inner is None else inner[i]
+    if not (edge <= y <= h - 1 - edge and edge <= x <= w - 1 - edge):
         return False
     others = np.arange(len(pos)) != i
     placed = others & ~np.isnan(pos[:, 0])
@@ -668,13 +728,18 @@ def place_cells(
     size: tuple[int, int],
     tries: int = 300,
     gap: float = MIN_GAP,
+    inner: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Random sequential placement; returns ``(n, 2)`` centres, NaN where a cell did not fit."""
+    """Random sequential placement; returns ``(n, 2)`` centres, NaN where a cell did not fit.
+
+    Cells stay ``extents`` (plus ``gap``) apart and ``inner`` (default ``extents``) inside the
+    frame; the largest extents are placed first.
+    """
     pos = np.full((len(extents), 2), np.nan)
     for i in np.argsort(-extents, kind="stable"):
         for _ in range(tries):
             y, x = rng.uniform(0, size[0]), rng.uniform(0, size[1])
-            if _fits(pos, int(i), y, x, extents, size, gap):
+            if _fits(pos, int(i), y, x, extents, size, gap, inner):
                 pos[i] = (y, x)
                 break
     return pos
@@ -698,6 +763,7 @@ def _step_motion(
     size: tuple[int, int],
     scale: float = 1.0,
     gap: float = MIN_GAP,
+    inner: np.ndarray | None = None,
 ) -> None:
     """Move the cells one frame by a persistent random walk of a few px.
 
@@ -710,7 +776,7 @@ def _step_motion(
         speed = float(np.hypot(*v))
         if speed > 3.0 * scale:
             v *= 3.0 * scale / speed
-        if _fits(pos, i, m.y + v[0], m.x + v[1], ext, size, gap):
+        if _fits(pos, i, m.y + v[0], m.x + v[1], ext, size, gap, inner):
             m.y, m.x = m.y + float(v[0]), m.x + float(v[1])
             pos[i] = (m.y, m.x)
             m.vy, m.vx = float(v[0]), float(v[1])
@@ -775,10 +841,12 @@ class MovieSpec:
     look: Appearance | None = None
     pixel_size_um: float = PLAIN_PIXEL_SIZE_UM
 
-    def extents_px(self) -> np.ndarray:
-        """Each cell's largest reach from its centre, in px of the movie."""
-        scale = 1.0 if self.look is None else 1.0 / self.pixel_size_um
-        return np.array([c.extent * scale for c in self.cells])
+    def reaches_px(self) -> tuple[np.ndarray, np.ndarray]:
+        """How far apart the cells stay and how far inside the frame, in px of the movie.
+
+        See :func:`placement_reaches`.
+        """
+        return placement_reaches(self.cells, self.look, self.pixel_size_um)
 
     @property
     def gap_px(self) -> float:
@@ -789,6 +857,61 @@ class MovieSpec:
     def motion_scale(self) -> float:
         """Steps in px of the movie for the plain look's px at 0.65 µm (the same µm/min)."""
         return 1.0 if self.look is None else PLAIN_PIXEL_SIZE_UM / self.pixel_size_um
+
+
+def placement_reaches(
+    cells: Sequence[CellParams], look: Appearance | None, pixel_size_um: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's reach with its arms (kept apart) and the reach kept inside the frame, in px.
+
+    The plain look keeps whole cells inside the frame; the real look keeps the body inside and
+    lets arms leave it, as in a microscope's field.
+    """
+    if look is None:
+        ext = np.array([c.reach() for c in cells])
+        return ext, ext
+    scale = 1.0 / pixel_size_um
+    return (np.array([c.reach() * scale for c in cells]),
+            np.array([c.body_reach() * scale for c in cells]))
+
+
+def fit_sizes(
+    rng: np.random.Generator,
+    cells: Sequence[CellParams],
+    centres: np.ndarray,
+    radii: Sequence[float],
+    gap: float,
+    size: tuple[int, int],
+) -> list[CellParams]:
+    """Give placed cells the body radii ``radii``, each to a cell where it fits.
+
+    The largest first, each to a random one of the cells still without a size that it fits
+    beside the others (those without a size yet taken at it, the most they will get) and inside
+    the frame; one that fits none shrinks to the most the roomiest takes. Which cells a frame
+    keeps is then settled before sizes are given, so crowded frames do not keep their larger
+    cells. Lengths in the cells' units, ``centres`` and ``size`` in the same units.
+    """
+    out = list(cells)
+    centres = np.asarray(centres, dtype=float).reshape(-1, 2)
+    dist = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
+    edge = np.min(np.c_[centres, size[0] - 1 - centres[:, 0], size[1] - 1 - centres[:, 1]],
+                  axis=1)
+    given = np.full(len(out), np.nan)
+    for radius in sorted(radii, reverse=True):
+        room = np.full(len(out), -np.inf)
+        for i in np.flatnonzero(np.isnan(given)):
+            others = np.arange(len(out)) != i
+            reach = np.array([out[j].reach(radius if np.isnan(given[j]) else given[j])
+                              for j in np.flatnonzero(others)])
+            per_unit = out[i].body_reach(1.0) - 1.0
+            arm = out[i].reach(0.0) - out[i].body_reach(0.0)
+            by_others = (dist[i, others] - reach - gap - 1.0 - arm) / per_unit
+            room[i] = min(by_others.min(initial=np.inf), (edge[i] - 1.0) / per_unit)
+        fits = np.flatnonzero(room >= radius)
+        i = int(rng.choice(fits)) if fits.size else int(np.argmax(room))
+        given[i] = min(radius, room[i])
+        out[i] = replace(out[i], radius=_r(given[i]))
+    return out
 
 
 def plan_movie(
@@ -807,16 +930,27 @@ def plan_movie(
     if look is None:
         n_target = max(1, int(round(CELLS_PER_PIXEL * size[0] * size[1])))
         candidates = [sample_cell(rng, patient, 0) for _ in range(n_target)]
-        scale, gap, levels = 1.0, MIN_GAP, (600.0, 1400.0)
+        gap, levels = MIN_GAP, (600.0, 1400.0)
     else:
         area_mm2 = size[0] * size[1] * (pixel_size_um / 1000) ** 2
         n_target = max(1, int(round(look.cells_per_mm2 * area_mm2)))
-        candidates = [sample_real_cell(rng, patient, 0, look) for _ in range(n_target)]
-        scale, gap = 1.0 / pixel_size_um, look.min_gap_um / pixel_size_um
+        candidates = [sample_real_cell(rng, patient, 0, look, look.placed_radius_quantile)
+                      for _ in range(n_target)]
+        gap = look.min_gap_um / pixel_size_um
         levels = look.background_level
-    pos = place_cells(rng, np.array([c.extent * scale for c in candidates]), size, gap=gap)
-    placed = [i for i in range(n_target) if not np.isnan(pos[i, 0])]
-    cells = [_relabel(candidates[i], k + 1) for k, i in enumerate(placed)]
+    ext, inner = placement_reaches(candidates, look, pixel_size_um)
+    for _ in range(1 if look is None else PLACEMENT_TRIES):
+        pos = place_cells(rng, ext, size, gap=gap, inner=inner)
+        placed = [i for i in range(n_target) if not np.isnan(pos[i, 0])]
+        cells = [_relabel(candidates[i], k + 1) for k, i in enumerate(placed)]
+        if look is None:
+            break
+        # Sizes are given to the cells that fit: every movie spans the size distribution.
+        radii = movie_radii(rng, patient, look, len(cells))
+        cells = fit_sizes(rng, cells, pos[placed] * pixel_size_um, radii, look.min_gap_um,
+                          (size[0] * pixel_size_um, size[1] * pixel_size_um))
+        if sorted(c.radius for c in cells) == sorted(radii):
+            break
     level = _r(rng.uniform(*levels))
     spec = MovieSpec(movie_id, patient, cells, level, movie_seed, look, pixel_size_um)
     return spec, pos[placed], rng
@@ -841,10 +975,10 @@ def iter_movie(
         _init_motion(rng, c, float(y), float(x))
         for c, (y, x) in zip(spec.cells, centres, strict=True)
     ]
-    ext = spec.extents_px()
+    ext, inner = spec.reaches_px()
     for t in range(frames):
         if t > 0:
-            _step_motion(rng, motions, ext, size, spec.motion_scale, spec.gap_px)
+            _step_motion(rng, motions, ext, size, spec.motion_scale, spec.gap_px, inner)
         shapes = [_shape_at(c, m, t, look, px) for c, m in zip(spec.cells, motions, strict=True)]
         flicker = 1.0 + rng.normal(0.0, 0.01)
         if look is None:
@@ -971,6 +1105,8 @@ def make_cohort(
             params = sample_patient(patient_rng, pid, class_of_patient(p))
         else:
             params = sample_real_patient(patient_rng, pid, class_of_patient(p), appearance)
+            if p % 2:
+                params = matched_controls(params, patient_params[p - 1])
         patient_params.append(params)
         for m in range(movies_per_patient):
             movie_id = f"{pid}-m{m:0{width}d}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from lch.synth import (
     PIXEL_SIZE_UM,
     PLAIN_PIXEL_SIZE_UM,
     REAL,
+    CellParams,
     CellShape,
+    fit_sizes,
     make_cohort,
     read_truth,
     render_frame,
@@ -182,6 +185,40 @@ def test_truth_plants_more_longer_arms_and_brighter_halos(cohort, plain, look, l
     assert abs(mean("high", "radius") - mean("low", "radius")) < 0.15 * radius
     # Single cells overlap: some low cells have more arms than some high cells.
     assert max(c["n_arms"] for c in cells["low"]) >= min(c["n_arms"] for c in cells["high"]) + 2
+
+
+def test_real_look_matches_size_between_the_classes(tmp_path):
+    """Crowded high frames do not keep their larger cells, and pairs share their size means."""
+    make_cohort(tmp_path, patients=8, movies_per_patient=3, frames=1, seed=0, **COARSE)
+    truth = read_truth(tmp_path)
+    means = [p["radius_mean"] for p in truth["patients"]]
+    assert means[1::2] == means[::2]
+    radii = {"high": [], "low": []}
+    for movie in truth["movies"]:
+        radii[movie["label"]] += [c["radius"] for c in movie["cells"]]
+    # Drawn freely and kept largest-first in crowded frames (generator 2.2): 9.8 against 9.3 µm.
+    high, low = np.mean(radii["high"]), np.mean(radii["low"])
+    assert abs(high - low) < 0.02 * low
+    assert len(radii["high"]) < len(radii["low"])  # the arms crowd the high lines' frames
+
+
+def test_fit_sizes_gives_each_size_where_it_fits():
+    """Two cells crowd each other at one end of a strip, one has room at the other."""
+    cell = CellParams(label=1, radius=5.0, darkness=0.0, halo_gain=1.0, wobble=(0.0,),
+                      arm_angles=(), arm_lengths=())
+    cells = [replace(cell, label=k) for k in (1, 2, 3)]
+    centres = np.array([[50.0, 20.0], [50.0, 45.0], [50.0, 150.0]])
+    sized = fit_sizes(np.random.default_rng(0), cells, centres, [30.0, 8.0, 8.0], gap=3.0,
+                      size=(100, 200))
+    assert [c.radius for c in sized] == [8.0, 8.0, 30.0]
+    # Too large for any cell: it shrinks to what the roomiest takes beside a neighbour still
+    # taken at that size (105 - 61 - 3 - 1; the frame's edge would allow 48).
+    sized = fit_sizes(np.random.default_rng(0), cells, centres, [60.0, 8.0, 8.0], gap=3.0,
+                      size=(100, 200))
+    assert sized[2].radius == pytest.approx(40.0)
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        gap = np.hypot(*(centres[a] - centres[b])) - sized[a].reach() - sized[b].reach()
+        assert gap >= 3.0 - 1e-6
 
 
 def test_real_look_draws_bright_cells_on_a_dark_background(cohort):
