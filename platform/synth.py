@@ -881,13 +881,14 @@ def fit_sizes(
     centres: np.ndarray,
     radii: Sequence[float],
     gap: float,
-    size: tuple[int, int],
+    size: tuple[float, float],
 ) -> list[CellParams]:
     """Give placed cells the body radii ``radii``, each to a cell where it fits.
 
     The largest first, each to a random one of the cells still without a size that it fits
     beside the others (those without a size yet taken at it, the most they will get) and inside
-    the frame; one that fits none shrinks to the most the roomiest takes. Which cells a frame
+    the frame; one that fits none shrinks to the most the roomiest takes, but not below the
+    smallest of ``radii`` (:func:`plan_movie` places such a frame afresh). Which cells a frame
     keeps is then settled before sizes are given, so crowded frames do not keep their larger
     cells. Lengths in the cells' units, ``centres`` and ``size`` in the same units.
     """
@@ -909,7 +910,7 @@ def fit_sizes(
             room[i] = min(by_others.min(initial=np.inf), (edge[i] - 1.0) / per_unit)
         fits = np.flatnonzero(room >= radius)
         i = int(rng.choice(fits)) if fits.size else int(np.argmax(room))
-        given[i] = min(radius, room[i])
+        given[i] = max(min(radius, room[i]), min(radii))
         out[i] = replace(out[i], radius=_r(given[i]))
     return out
 
