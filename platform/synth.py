@@ -867,12 +867,11 @@ def placement_reaches(
     The plain look keeps whole cells inside the frame; the real look keeps the body inside and
     lets arms leave it, as in a microscope's field.
     """
+    scale = 1.0 if look is None else 1.0 / pixel_size_um
+    ext = np.array([c.reach() * scale for c in cells])
     if look is None:
-        ext = np.array([c.reach() for c in cells])
         return ext, ext
-    scale = 1.0 / pixel_size_um
-    return (np.array([c.reach() * scale for c in cells]),
-            np.array([c.body_reach() * scale for c in cells]))
+    return ext, np.array([c.body_reach() * scale for c in cells])
 
 
 def fit_sizes(
@@ -904,10 +903,11 @@ def fit_sizes(
             others = np.arange(len(out)) != i
             reach = np.array([out[j].reach(radius if np.isnan(given[j]) else given[j])
                               for j in np.flatnonzero(others)])
-            per_unit = out[i].body_reach(1.0) - 1.0
-            arm = out[i].reach(0.0) - out[i].body_reach(0.0)
-            by_others = (dist[i, others] - reach - gap - 1.0 - arm) / per_unit
-            room[i] = min(by_others.min(initial=np.inf), (edge[i] - 1.0) / per_unit)
+            # Reaches grow linearly with the radius, from their values at radius 0.
+            per_unit = out[i].body_reach(1.0) - out[i].body_reach(0.0)
+            by_others = (dist[i, others] - reach - gap - out[i].reach(0.0)) / per_unit
+            room[i] = min(by_others.min(initial=np.inf),
+                          (edge[i] - out[i].body_reach(0.0)) / per_unit)
         fits = np.flatnonzero(room >= radius)
         i = int(rng.choice(fits)) if fits.size else int(np.argmax(room))
         given[i] = max(min(radius, room[i]), min(radii))
@@ -940,7 +940,7 @@ def plan_movie(
         gap = look.min_gap_um / pixel_size_um
         levels = look.background_level
     ext, inner = placement_reaches(candidates, look, pixel_size_um)
-    for _ in range(1 if look is None else PLACEMENT_TRIES):
+    for _ in range(PLACEMENT_TRIES):
         pos = place_cells(rng, ext, size, gap=gap, inner=inner)
         placed = [i for i in range(n_target) if not np.isnan(pos[i, 0])]
         cells = [_relabel(candidates[i], k + 1) for k, i in enumerate(placed)]
