@@ -6,8 +6,9 @@ Run: ``.venv/bin/python bench/demo_trends.py --seeds 0 1 2 [--keep DIR] [--rando
 One `lch demo` trains one small AAE on ~200 tracked cells, so its trends are one draw: this runs
 ``lch demo --seed S`` for each seed in a data root of its own and prints, per seed, the
 cross-validated population accuracy (20 distinct cells) and each planted and control feature's
-trend beside the data's bound (the run's ``exaggeration_bounds.csv``,
-:func:`lch.trends.trend_report`), then what :func:`lch.trends.judge_trends` finds short.
+trend beside the data's bound and how faithfully the decoder reproduces it (the run's
+``exaggeration_bounds.csv``, :func:`lch.trends.trend_report`), then what
+:func:`lch.trends.judge_trends` finds short.
 
 Beside them, the same report cells exaggerated along random directions of the model's latent
 space: the median and 90th percentile of each feature's |rho| there is how much any direction
@@ -93,6 +94,7 @@ def main() -> None:
             row[f"{b.feature} rho"] = b.rho
             if b.role == "planted":
                 row[f"{b.feature} ratio"] = b.ratio
+                row[f"{b.feature} fidelity"] = b.fidelity
         rows.append(row)
         print(f"seed {seed}:", bounds.to_string(index=False, float_format="%.3f"), sep="\n")
         print("  criterion:", "met" if not faults else "; ".join(faults), flush=True)

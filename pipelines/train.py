@@ -46,7 +46,7 @@ from lch.evaluation import (
     plot_reliability,
     sigmoid,
 )
-from lch.exaggerate import exaggerate, measure_real_cells
+from lch.exaggerate import exaggerate, measure_real_cells, measure_reconstructions
 from lch.exaggeration_report import (
     REAL_CELLS,
     REPORT_CELLS,
@@ -352,7 +352,8 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
     """Exaggerate ``settings.report_cells`` held-out cells (half high, half low); log the report.
 
     The montage, the morphology table, the Spearman trends, each feature's trend beside the
-    data's bound (:func:`lch.trends.trend_report`, from ``REAL_CELLS`` held-out cells) and
+    data's bound and how faithfully the decoder reproduces it (:func:`lch.trends.trend_report`,
+    from ``REAL_CELLS`` held-out cells and their reconstructions) and
     the strongest trends tested on those real cells (:func:`lch.trends.real_cell_check`) go to
     the active run, and the figures as metrics.
     """
@@ -360,8 +361,11 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
     ids = [f"{cells.table['patient'].iloc[r]} cell {r}" for r in rows]
     result = exaggerate(evaluation.model, read_rows(cells, rows), cells=ids)
     real = pick_rows(cells.table, split.test, REAL_CELLS, settings.seed)
-    features, scores = measure_real_cells(evaluation.model, read_rows(cells, real))
-    bounds = trend_report(result.table, features, scores, result.sigmas)
+    real_crops = read_rows(cells, real)
+    features, scores = measure_real_cells(evaluation.model, real_crops)
+    reconstructed = measure_reconstructions(evaluation.model, real_crops)
+    bounds = trend_report(result.table, features, scores, result.sigmas,
+                          reconstructed=reconstructed)
     hypotheses = real_cell_hypotheses(result, cells.table.iloc[real], features, settings.seed)
     with tempfile.TemporaryDirectory() as tmp:
         write_report(result, tmp, hypotheses)
@@ -373,6 +377,8 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
     for row in bounds.dropna(subset=["bound", "ratio"]).itertuples():
         metrics[f"exaggeration_bound_{row.feature}"] = row.bound
         metrics[f"exaggeration_bound_ratio_{row.feature}"] = row.ratio
+    for row in bounds.dropna(subset=["fidelity"]).itertuples():
+        metrics[f"reconstruction_fidelity_{row.feature}"] = row.fidelity
     for row in hypotheses.dropna(subset=["auc"]).itertuples():
         metrics[f"real_cell_auc_{row.feature}"] = row.auc
     mlflow.log_metrics(metrics)

@@ -308,9 +308,31 @@ def measure_real_cells(model: torch.nn.Module, crops: Any) -> tuple[pd.DataFrame
     """
     check_classifier(model)
     batch = _crop_batch(model, crops, resize=False)
+    return _measure(model, batch), _logits(model, batch)
+
+
+@torch.no_grad()
+def measure_reconstructions(model: torch.nn.Module, crops: Any) -> pd.DataFrame:
+    """Measure each crop's reconstruction (its own code decoded) as the crop itself is measured.
+
+    Beside :func:`measure_real_cells` of the same crops it says how faithfully the decoder draws
+    each feature (``fidelity`` in :func:`lch.trends.trend_report`): an exaggeration can show a
+    feature only as far as the decoder reproduces it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`lch.morphology.measure_crop` of each reconstruction (C rows).
+    """
+    batch = _crop_batch(model, crops, resize=False)
+    codes = torch.from_numpy(encode_crops(model, batch)).to(_device(model))
+    return _measure(model, model.decode(codes).squeeze(1).cpu().numpy())
+
+
+def _measure(model: torch.nn.Module, images: np.ndarray) -> pd.DataFrame:
+    """:func:`lch.morphology.measure_crop` of each image (C, S, S) at the model's pixel size."""
     px = model.config.crop_pixel_size_um
-    features = pd.DataFrame([measure_crop(crop, pixel_size_um=px) for crop in batch])
-    return features, _logits(model, batch)
+    return pd.DataFrame([measure_crop(image, pixel_size_um=px) for image in images])
 
 
 def exaggerate_codes(

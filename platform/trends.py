@@ -14,6 +14,11 @@ discriminant score among the real cells. So ``rho* = sqrt(V c^2 / (V c^2 + 1))``
 allow (:func:`trend_bound`), and the criterion (:func:`judge_trends`) asks of each planted
 feature a rho of at least :data:`BOUND_SHARE` of its bound, and of the planted features that they
 all trend more strongly than every unplanted control, by at least :data:`CONTROL_MARGIN`.
+
+The bound presumes a decoder that draws the feature at all. How far it does is measured on the
+real cells themselves: Spearman's rho between each feature on the cells and on their
+reconstructions (their own codes decoded), the report's ``fidelity``. A feature the decoder
+does not reproduce (fidelity near 0) cannot trend along the exaggeration either.
 """
 
 from __future__ import annotations
@@ -117,6 +122,7 @@ def trend_report(
     sigmas: Sequence[float],
     planted: Sequence[str] = PLANTED_FEATURES,
     controls: Sequence[str] = CONTROL_FEATURES,
+    reconstructed: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Each planted and control feature's trend along the exaggeration beside the data's bound.
 
@@ -133,17 +139,24 @@ def trend_report(
         The exaggeration's shifts.
     planted, controls : sequence of str
         Features the phenotype carries, and features it does not.
+    reconstructed : pandas.DataFrame, optional
+        The same features measured on those cells' reconstructions, row for row
+        (:func:`lch.exaggerate.measure_reconstructions`).
 
     Returns
     -------
     pandas.DataFrame
         One row per feature: ``feature``, ``role`` ("planted"/"control"), ``rho`` (along the
         exaggeration), ``c`` (Spearman correlation with the score among real cells), ``bound``
-        (:func:`trend_bound` of ``c``) and ``ratio`` (``rho / bound``).
+        (:func:`trend_bound` of ``c``), ``ratio`` (``rho / bound``) and ``fidelity`` (Spearman
+        correlation between the cells' feature and their reconstructions'; NaN without
+        ``reconstructed``).
     """
     scores = np.asarray(scores, dtype=float).reshape(-1)
     if len(scores) != len(cells):
         raise ValueError(f"{len(scores)} scores for {len(cells)} cells")
+    if reconstructed is not None and len(reconstructed) != len(cells):
+        raise ValueError(f"{len(reconstructed)} reconstructions for {len(cells)} cells")
     rows = []
     for role, names in (("planted", planted), ("control", controls)):
         for feature in names:
@@ -151,9 +164,14 @@ def trend_report(
             c = _spearman_row(scores, cells[feature], feature)["rho"]
             bound = float(trend_bound(c, sigmas))
             ratio = rho / bound if bound > 0 else math.nan
+            fidelity = math.nan
+            if reconstructed is not None:
+                fidelity = _spearman_row(cells[feature].to_numpy(dtype=float),
+                                         reconstructed[feature], feature)["rho"]
             rows.append({"feature": feature, "role": role, "rho": rho, "c": c, "bound": bound,
-                         "ratio": ratio})
-    return pd.DataFrame(rows, columns=["feature", "role", "rho", "c", "bound", "ratio"])
+                         "ratio": ratio, "fidelity": fidelity})
+    return pd.DataFrame(rows, columns=["feature", "role", "rho", "c", "bound", "ratio",
+                                       "fidelity"])
 
 
 def judge_trends(
@@ -165,7 +183,8 @@ def judge_trends(
 
     Each planted feature needs ``rho >= share * bound`` (in the direction of ``c``), and every
     planted feature's ``|rho|`` must exceed every control's by ``margin``. A NaN (a feature
-    never measured, no trend) fails.
+    never measured, no trend) fails. A shortfall names the feature's ``fidelity`` where the
+    report has one: whether the decoder draws the feature at all.
     """
     planted = report[report["role"] == "planted"]
     controls = report[report["role"] == "control"]
@@ -173,7 +192,11 @@ def judge_trends(
     for row in planted.itertuples():
         aligned = row.rho * np.sign(row.c)
         if not aligned >= share * row.bound:
-            faults.append(f"{row.feature}: rho {row.rho:.3f} below {share} x bound {row.bound:.3f}")
+            fault = f"{row.feature}: rho {row.rho:.3f} below {share} x bound {row.bound:.3f}"
+            fidelity = getattr(row, "fidelity", math.nan)
+            if math.isfinite(fidelity):
+                fault += f" (its reconstructions follow the cells with rho {fidelity:.3f})"
+            faults.append(fault)
     weakest = planted["rho"].abs().min()
     strongest = controls["rho"].abs().fillna(0.0).max() if len(controls) else 0.0
     if not weakest - strongest >= margin:

@@ -44,6 +44,7 @@ from lch.exaggerate import (
     exaggerate_codes,
     exaggerate_stored_cells,
     measure_real_cells,
+    measure_reconstructions,
 )
 from lch.exaggeration_report import montage, save_montage, write_report
 from lch.model import AAE, AAEConfig, LCHModel
@@ -127,7 +128,9 @@ def _judged(name: str, model: LCHModel, result, trained,
     """:func:`lch.trends.trend_report` of ``result``, the bound taken from the training cells'
     scores under ``model``, and what :func:`lch.trends.judge_trends` finds short; prints both."""
     scores = discriminant_scores(model, trained["crops"])
-    report = trend_report(result.table, real_features, scores, result.sigmas)
+    reconstructed = measure_reconstructions(model, trained["crops"])
+    report = trend_report(result.table, real_features, scores, result.sigmas,
+                          reconstructed=reconstructed)
     _report(name, result)
     print(report.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return report, judge_trends(report)
@@ -144,6 +147,9 @@ def test_planted_features_trend_as_far_as_the_data_allow(model, result, trained,
     assert faults == []
     # The bound is no free pass: the training cells do carry both planted features.
     assert (report.loc[report["role"] == "planted", "c"] > 0.5).all()
+    # And the decoder draws every feature it is judged on: each cell's reconstruction measures
+    # as the cell does (0.93-0.97 here; a 64 px demo model's arms: below 0.1).
+    assert (report["fidelity"] > 0.9).all()
 
 
 @pytest.mark.slow
@@ -184,7 +190,10 @@ def test_untrained_model_fails_the_criterion(trained, real_features):
     weight, bias, _ = fit_linear_classifier(codes, trained["labels"])
     untrained = LCHModel.from_aae(aae, weight, bias, codes)
     out = exaggerate(untrained, _exaggerated_cells(trained))
-    assert _judged("untrained AAE", untrained, out, trained, real_features)[1]
+    report, faults = _judged("untrained AAE", untrained, out, trained, real_features)
+    assert faults
+    # Its reconstructions hold no cell to measure: no fidelity at all.
+    assert not (report["fidelity"] > 0.5).any()
 
 
 @pytest.mark.slow

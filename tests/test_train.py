@@ -294,6 +294,9 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     for row in bounds.dropna(subset=["ratio"]).itertuples():
         assert run.data.metrics[f"exaggeration_bound_ratio_{row.feature}"] == pytest.approx(
             row.ratio)
+    for row in bounds.itertuples():
+        logged = run.data.metrics.get(f"reconstruction_fidelity_{row.feature}")
+        assert logged == pytest.approx(row.fidelity) if np.isfinite(row.fidelity) else not logged
     # The strongest trends tested on the held-out real cells, each with its AUC logged.
     hypotheses = pd.read_csv(client.download_artifacts(
         summary.run_id, "exaggeration/exaggeration_hypotheses.csv", str(trained_home)))

@@ -53,6 +53,28 @@ def test_a_faithful_decoder_reaches_the_bound():
     assert half["ratio"].iloc[0] < 0.8 and judge_trends(half)
 
 
+def test_fidelity_says_whether_the_decoder_draws_the_feature():
+    rng = np.random.default_rng(2)
+    score = rng.normal(size=500)
+    cells = pd.DataFrame({"grows": 0.6 * score + 0.8 * rng.normal(size=500),
+                          "flat": rng.normal(size=500)})
+    # Reconstructions that keep "grows" up to a little noise, and lose "flat" altogether.
+    reconstructed = pd.DataFrame({"grows": cells["grows"] + 0.1 * rng.normal(size=500),
+                                  "flat": rng.normal(size=500)})
+    report = trend_report(_faithful(0.1), cells, score, SIGMAS, ["grows"], ["flat"],
+                          reconstructed=reconstructed).set_index("feature")
+    assert report.loc["grows", "fidelity"] > 0.98
+    assert abs(report.loc["flat", "fidelity"]) < 0.1
+    # The shortfall says how faithfully the decoder draws the feature.
+    (fault,) = [f for f in judge_trends(report.reset_index()) if f.startswith("grows")]
+    assert fault.endswith(f"rho {report.loc['grows', 'fidelity']:.3f})")
+    without = trend_report(_faithful(0.1), cells, score, SIGMAS, ["grows"], ["flat"])
+    assert without["fidelity"].isna().all()
+    with pytest.raises(ValueError, match="499 reconstructions for 500 cells"):
+        trend_report(_faithful(0.1), cells, score, SIGMAS, ["grows"], ["flat"],
+                     reconstructed=reconstructed.iloc[1:])
+
+
 def _report(rho_planted, c_planted, rho_control):
     rows = [{"feature": f"p{i}", "role": "planted", "rho": r, "c": c,
              "bound": float(trend_bound(c, SIGMAS))}
