@@ -19,8 +19,6 @@ intensity scale (raw counts or crops in [0, 1]):
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import ndimage
 from skimage import filters, measure, morphology, segmentation
@@ -191,15 +189,24 @@ def robust_spread(values: np.ndarray) -> float:
     return float(median_abs_deviation(values, scale="normal"))
 
 
-def _background_level(texture: np.ndarray, floor: float) -> tuple[float, float]:
+def padding(image: np.ndarray) -> np.ndarray:
+    """Return the pixels whose 3x3 neighbourhood is exactly constant.
+
+    That is a crop's fill beyond the frame edge: a camera's background, or a decoded one,
+    always varies a little.
+    """
+    return ndimage.maximum_filter(image, 3) == ndimage.minimum_filter(image, 3)
+
+
+def _background_level(texture: np.ndarray, fill: np.ndarray) -> tuple[float, float]:
     """Return the median and robust spread of the texture's lower half (the background's).
 
     The spread is at most :data:`MAX_SPREAD`.
 
-    Exactly flat pixels (texture at ``floor``: a crop's padding beyond the frame edge) are left
-    out; they would put the level below any camera background.
+    ``fill`` pixels (:func:`padding`) are left out: their texture, at the floor, would put the
+    level below any camera background and the camera's background would read as cells.
     """
-    varied = texture[texture > floor + 1e-9]
+    varied = texture[~fill]
     varied = varied if varied.size else texture.ravel()
     low = varied[varied <= np.quantile(varied, BACKGROUND_QUANTILE)]
     level = float(np.median(low))
@@ -327,11 +334,12 @@ def segment_frame(
     img = check_frame(frame)
     px = check_pixel_size(pixel_size_um)
     texture = log_texture(img, px)
-    level, spread = _background_level(texture, math.log(_texture_floor(img)))
+    fill = padding(img)
+    level, spread = _background_level(texture, fill)
     basins = _split(_detect(texture, px, level, spread), px)
     found = basins > 0
     smooth = filters.gaussian(img, BODY_SMOOTHING_UM / px, preserve_range=True)
-    away = ~ndimage.binary_dilation(found, _disk(OUTLINE_REACH_UM / px))
+    away = ~ndimage.binary_dilation(found, _disk(OUTLINE_REACH_UM / px)) & ~fill
     flattened = img - estimate_background(img, mask=~away)
     flat = filters.gaussian(flattened, DARK_SMOOTHING_UM / px, preserve_range=True)
     noise = robust_spread(flat[away]) if away.any() else 0.0
