@@ -34,6 +34,9 @@ TEXTURE_SMOOTH_UM = 0.5
 # The texture's floor, a fraction of the image's range: noise-free (decoded) images have a
 # background of almost no variation, whose log would otherwise spread over decades.
 TEXTURE_FLOOR = 5e-3
+# A crop's fill has a texture this close to the floor (log units): smoothing leaves ~1e-6 there,
+# where the old exact test missed it; cameras' backgrounds lie ~1 above.
+FILL_TEXTURE = 1e-3
 BODY_SMOOTHING_UM = 0.3
 DETECT_CLOSING_UM = 1.0
 OUTLINE_CLOSING_UM = 1.5
@@ -189,13 +192,14 @@ def robust_spread(values: np.ndarray) -> float:
     return float(median_abs_deviation(values, scale="normal"))
 
 
-def padding(image: np.ndarray) -> np.ndarray:
-    """Return the pixels whose 3x3 neighbourhood is exactly constant.
+def padding(image: np.ndarray, texture: np.ndarray) -> np.ndarray:
+    """Return the pixels of ``image`` without texture: a crop's fill beyond the frame edge.
 
-    That is a crop's fill beyond the frame edge: a camera's background, or a decoded one,
-    always varies a little.
+    ``texture`` is the image's :func:`log_texture`; a pixel is fill where it lies within
+    :data:`FILL_TEXTURE` of the floor. A camera's background, even quantised at a low gain, or
+    a decoded one lies far above it.
     """
-    return ndimage.maximum_filter(image, 3) == ndimage.minimum_filter(image, 3)
+    return texture < np.log(_texture_floor(image)) + FILL_TEXTURE
 
 
 def _background_level(texture: np.ndarray, fill: np.ndarray) -> tuple[float, float]:
@@ -334,7 +338,7 @@ def segment_frame(
     img = check_frame(frame)
     px = check_pixel_size(pixel_size_um)
     texture = log_texture(img, px)
-    fill = padding(img)
+    fill = padding(img, texture)
     level, spread = _background_level(texture, fill)
     basins = _split(_detect(texture, px, level, spread), px)
     found = basins > 0
