@@ -34,8 +34,8 @@ TEXTURE_SMOOTH_UM = 0.5
 # The texture's floor, a fraction of the image's range: noise-free (decoded) images have a
 # background of almost no variation, whose log would otherwise spread over decades.
 TEXTURE_FLOOR = 5e-3
-# A crop's fill has a texture this close to the floor (log units): smoothing leaves ~1e-6 there,
-# where the old exact test missed it; cameras' backgrounds lie ~1 above.
+# A crop's fill has a texture this close to the floor (log units): smoothing leaves it ~1e-6
+# above, never exactly on it; cameras' backgrounds lie ~1 above.
 FILL_TEXTURE = 1e-3
 BODY_SMOOTHING_UM = 0.3
 DETECT_CLOSING_UM = 1.0
