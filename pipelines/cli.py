@@ -478,7 +478,11 @@ def exaggerate(
     from lch.cellstore import CellStoreError, open_cells
     from lch.classify import HIGH, LOW, binary_labels
     from lch.exaggerate import exaggerate as exaggerate_crops
-    from lch.exaggerate import exaggerate_stored_cells, measure_real_cells
+    from lch.exaggerate import (
+        exaggerate_stored_cells,
+        measure_real_cells,
+        measure_reconstructions,
+    )
     from lch.exaggeration_report import (
         REAL_CELLS,
         REPORT_CELLS,
@@ -488,7 +492,7 @@ def exaggerate(
     )
     from lch.paths import cohort_dir
     from lch.registry import ModelNotFound, load_lch_model
-    from lch.trends import spearman_table
+    from lch.trends import spearman_table, trend_report
 
     if not cohort and not crop:
         raise UsageProblem("give --cohort (cells of a stored cohort) or --crop FILE")
@@ -498,7 +502,7 @@ def exaggerate(
             options["sigmas"] = [float(s) for s in sigmas.split(",")]
         except ValueError as exc:
             raise UsageProblem(f"--sigmas {sigmas!r}: not comma-separated numbers") from exc
-    hypotheses = None
+    hypotheses = bounds = None
     try:
         lch_model = load_lch_model(_model_uri(model))
         if cohort:
@@ -509,19 +513,24 @@ def exaggerate(
             if {HIGH, LOW} <= set(binary_labels(table["label"].to_numpy())):
                 real = np.sort(pick_cells(table, REAL_CELLS, seed))
                 rows = table.set_index("crop_index").loc[real].reset_index()
-                features, _ = measure_real_cells(
-                    lch_model, crops.get_orthogonal_selection((real, slice(None), slice(None))))
+                real_crops = crops.get_orthogonal_selection((real, slice(None), slice(None)))
+                features, scores = measure_real_cells(lch_model, real_crops)
                 hypotheses = real_cell_hypotheses(result, rows, features, seed)
+                bounds = trend_report(result.table, features, scores, result.sigmas,
+                                      reconstructed=measure_reconstructions(lch_model, real_crops))
         else:
             result = exaggerate_crops(lch_model, [str(c) for c in crop],
                                       cells=[c.name for c in crop], **options)
     except (CellStoreError, ModelNotFound, ValueError) as exc:
         raise UsageProblem(exc) from exc
-    paths = write_report(result, out_dir, hypotheses)
+    paths = write_report(result, out_dir, hypotheses, bounds)
     out.print(spearman_table(result.table).to_string(index=False, float_format="%.3f"))
     if hypotheses is not None:
         out.print(f"\nthe strongest trends on {cohort}'s real cells, each feature alone:")
         out.print(hypotheses.to_string(index=False, float_format="%.3f"))
+        out.print(f"\neach trend beside the bound {cohort}'s cells set and how faithfully the "
+                  "decoder draws the feature on them (fidelity):")
+        out.print(bounds.to_string(index=False, float_format="%.3f"))
     out.print(f"montage: {paths['montage']}\nmorphology vs sigma: {paths['table']}")
     return 0
 

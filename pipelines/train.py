@@ -368,8 +368,7 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
                           reconstructed=reconstructed)
     hypotheses = real_cell_hypotheses(result, cells.table.iloc[real], features, settings.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        write_report(result, tmp, hypotheses)
-        bounds.to_csv(Path(tmp) / "exaggeration_bounds.csv", index=False)
+        write_report(result, tmp, hypotheses, bounds)
         mlflow.log_artifacts(tmp, artifact_path=REPORT_FOLDER)
     trends = spearman_table(result.table).dropna(subset=["rho"])
     metrics = {f"exaggeration_rho_{f}": rho for f, rho in zip(trends.feature, trends.rho,

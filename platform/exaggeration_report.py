@@ -147,12 +147,13 @@ def pick_rows(table: pd.DataFrame, where: np.ndarray, n: int, seed: int = 0) -> 
 
 
 def write_report(result: Exaggeration, out_dir: str | Path,
-                 hypotheses: pd.DataFrame | None = None) -> dict[str, Path]:
+                 hypotheses: pd.DataFrame | None = None,
+                 bounds: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write the report to ``out_dir``; return the files' paths by kind.
 
     The files are the montage (PNG), the morphology table and the Spearman trends (CSV), the
     trend figure (PNG, :func:`lch.trends.plot_trends`) and, when given, the
-    :func:`real_cell_hypotheses` table (CSV).
+    :func:`real_cell_hypotheses` table and the :func:`lch.trends.trend_report` (CSV).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +169,9 @@ def write_report(result: Exaggeration, out_dir: str | Path,
     if hypotheses is not None:
         paths["hypotheses"] = out / "exaggeration_hypotheses.csv"
         hypotheses.to_csv(paths["hypotheses"], index=False)
+    if bounds is not None:
+        paths["bounds"] = out / "exaggeration_bounds.csv"
+        bounds.to_csv(paths["bounds"], index=False)
     return paths
 
 

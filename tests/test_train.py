@@ -331,13 +331,19 @@ def test_lch_exaggerate_reports_a_stored_cohort_and_tests_its_trends_on_its_cell
     printed = capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {
         "exaggeration_montage.png", "exaggeration_morphology.csv", "exaggeration_spearman.csv",
-        "exaggeration_trends.png", "exaggeration_hypotheses.csv"}
+        "exaggeration_trends.png", "exaggeration_hypotheses.csv", "exaggeration_bounds.csv"}
     hypotheses = pd.read_csv(out / "exaggeration_hypotheses.csv")
     # Every labelled cell of the tiny cohort measured (fewer than REAL_CELLS), one per track.
     table, _ = open_cells(cohort_dir(TINY_COHORT))
     assert len(hypotheses) == 4 and (hypotheses["cells"] <= table["track_id"].nunique()).all()
     assert hypotheses["cells"].max() > 0.8 * table["track_id"].nunique()
     assert "the strongest trends on tiny's real cells" in printed
+    # Each planted and control trend beside the bound the cohort's cells set, and the fidelity.
+    bounds = pd.read_csv(out / "exaggeration_bounds.csv")
+    assert list(bounds.feature) == ["protrusion_reach", "halo_intensity", "body_area",
+                                    "body_contrast"]
+    assert {"c", "bound", "ratio", "fidelity"} <= set(bounds.columns)
+    assert "how faithfully the decoder draws" in printed
 
 
 @pytest.mark.slow
