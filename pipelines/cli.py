@@ -478,21 +478,18 @@ def exaggerate(
     from lch.cellstore import CellStoreError, open_cells
     from lch.classify import HIGH, LOW, binary_labels
     from lch.exaggerate import exaggerate as exaggerate_crops
-    from lch.exaggerate import (
-        exaggerate_stored_cells,
-        measure_real_cells,
-        measure_reconstructions,
-    )
+    from lch.exaggerate import exaggerate_stored_cells
     from lch.exaggeration_report import (
         REAL_CELLS,
         REPORT_CELLS,
         pick_cells,
+        real_cell_bounds,
         real_cell_hypotheses,
         write_report,
     )
     from lch.paths import cohort_dir
     from lch.registry import ModelNotFound, load_lch_model
-    from lch.trends import spearman_table, trend_report
+    from lch.trends import spearman_table
 
     if not cohort and not crop:
         raise UsageProblem("give --cohort (cells of a stored cohort) or --crop FILE")
@@ -513,11 +510,10 @@ def exaggerate(
             if {HIGH, LOW} <= set(binary_labels(table["label"].to_numpy())):
                 real = np.sort(pick_cells(table, REAL_CELLS, seed))
                 rows = table.set_index("crop_index").loc[real].reset_index()
-                real_crops = crops.get_orthogonal_selection((real, slice(None), slice(None)))
-                features, scores = measure_real_cells(lch_model, real_crops)
+                features, bounds = real_cell_bounds(
+                    lch_model, result,
+                    crops.get_orthogonal_selection((real, slice(None), slice(None))))
                 hypotheses = real_cell_hypotheses(result, rows, features, seed)
-                bounds = trend_report(result.table, features, scores, result.sigmas,
-                                      reconstructed=measure_reconstructions(lch_model, real_crops))
         else:
             result = exaggerate_crops(lch_model, [str(c) for c in crop],
                                       cells=[c.name for c in crop], **options)

@@ -46,11 +46,12 @@ from lch.evaluation import (
     plot_reliability,
     sigmoid,
 )
-from lch.exaggerate import exaggerate, measure_real_cells, measure_reconstructions
+from lch.exaggerate import exaggerate
 from lch.exaggeration_report import (
     REAL_CELLS,
     REPORT_CELLS,
     pick_rows,
+    real_cell_bounds,
     real_cell_hypotheses,
     write_report,
 )
@@ -71,7 +72,7 @@ from lch.training import (
     read_rows,
     split_by_patient,
 )
-from lch.trends import spearman_table, trend_report
+from lch.trends import spearman_table
 
 # Defaults for the CPU demo: an eighth of the paper's channels, and lr 5e-4 rather than the
 # paper's 2e-4, which is too slow for the few hundred steps a CPU run takes.
@@ -361,11 +362,7 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
     ids = [f"{cells.table['patient'].iloc[r]} cell {r}" for r in rows]
     result = exaggerate(evaluation.model, read_rows(cells, rows), cells=ids)
     real = pick_rows(cells.table, split.test, REAL_CELLS, settings.seed)
-    real_crops = read_rows(cells, real)
-    features, scores = measure_real_cells(evaluation.model, real_crops)
-    reconstructed = measure_reconstructions(evaluation.model, real_crops)
-    bounds = trend_report(result.table, features, scores, result.sigmas,
-                          reconstructed=reconstructed)
+    features, bounds = real_cell_bounds(evaluation.model, result, read_rows(cells, real))
     hypotheses = real_cell_hypotheses(result, cells.table.iloc[real], features, settings.seed)
     with tempfile.TemporaryDirectory() as tmp:
         write_report(result, tmp, hypotheses, bounds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lch.classify import HIGH, LOW, binary_labels
 from lch.evaluation import cell_index, first_of_each
-from lch.exaggerate import METHOD_TITLES, Exaggeration
-from lch.trends import plot_trends, real_cell_check, spearman_table
+from lch.exaggerate import (
+    METHOD_TITLES,
+    Exaggeration,
+    measure_real_cells,
+    measure_reconstructions,
+)
+from lch.trends import plot_trends, real_cell_check, spearman_table, trend_report
 
 # Cells in a cohort report (half high, half low): with 32, the pooled rho of a trend varies
 # little from one random draw of cells to the next.
@@ -173,6 +179,24 @@ def write_report(result: Exaggeration, out_dir: str | Path,
         paths["bounds"] = out / "exaggeration_bounds.csv"
         bounds.to_csv(paths["bounds"], index=False)
     return paths
+
+
+def real_cell_bounds(model: Any, result: Exaggeration,
+                     crops: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measure real crops and their reconstructions; set ``result``'s trends beside them.
+
+    Returns
+    -------
+    features : pandas.DataFrame
+        The crops measured as the decoded images are (:func:`lch.exaggerate.measure_real_cells`).
+    bounds : pandas.DataFrame
+        :func:`lch.trends.trend_report` of ``result``: each trend, the bound the crops set and
+        the decoder's fidelity on them.
+    """
+    features, scores = measure_real_cells(model, crops)
+    bounds = trend_report(result.table, features, scores, result.sigmas,
+                          reconstructed=measure_reconstructions(model, crops))
+    return features, bounds
 
 
 def real_cell_hypotheses(result: Exaggeration, cells: pd.DataFrame, features: pd.DataFrame,
