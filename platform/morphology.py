@@ -5,13 +5,15 @@ Features (one row per label; lengths in px, intensities as noted). The scales th
 
 - ``area``, ``perimeter``, ``eccentricity``, ``solidity``, centroid and bounding box
   (scikit-image ``regionprops``; ``bbox_max_*`` are exclusive).
-- ``body_area``: area of the body without its arms: the size control that arms and halos do
-  not inflate. The body is the cell's bright core where it has one (:func:`bright_core`: the
+- ``body_area``: area of the body without its arms: the size control that arms do not
+  inflate. The body is the cell's bright core where it has one (:func:`bright_core`: the
   part brighter than halfway from the background to the cell's brightest, holes filled, when
   that is compact and at least :data:`CORE_FRACTION` of the opened mask: a phase-bright body,
   or a rim around a darker interior), else the opened mask (see below). An outline drawn from
-  texture takes in some of a bright halo, the more the brighter the halo; the bright core does
-  not.
+  texture takes in some of a bright halo, the more the brighter the halo; the bright core
+  takes in less, but not none where the halo adjoins the rim at nearly its level (a blurred
+  halo on a tanh-compressed crop, :mod:`lch.crops`), so there a brighter halo still reads as a
+  larger body.
 - ``protrusion_count`` / ``protrusion_length``: thin arm-like extensions found by a
   morphological top-hat of the mask. The mask is opened with a disk of radius
   ``opening_radius_um`` (removing every part narrower than about twice that: the arms)

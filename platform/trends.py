@@ -19,6 +19,11 @@ The bound presumes a decoder that draws the feature at all. How far it does is m
 real cells themselves: Spearman's rho between each feature on the cells and on their
 reconstructions (their own codes decoded), the report's ``fidelity``. A feature the decoder
 does not reproduce (fidelity near 0) cannot trend along the exaggeration either.
+
+It also presumes a move along the codes' own mean given the score (the classifier's activation
+pattern, Haufe et al. 2014), which is where ``c`` is measured; the linear method moves along the
+classifier's weight, and the two part where the codes are correlated (the benchmark
+``bench/exaggeration_directions.py`` shows both).
 """
 
 from __future__ import annotations
