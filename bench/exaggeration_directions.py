@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
-import pandas as pd
 import torch
 from mlflow import MlflowClient
 
 from lch.cellstore import open_cells
 from lch.exaggerate import (
-    DEFAULT_SIGMAS,
+    SHIFTS,
     encode_crops,
-    exaggerate,
+    exaggerate_codes,
     measure_real_cells,
     measure_reconstructions,
-    morphology_table,
 )
 from lch.exaggeration_report import REAL_CELLS, REPORT_CELLS, pick_rows
 from lch.model_names import version_uri
@@ -45,23 +44,14 @@ def pattern_step(model: torch.nn.Module, codes: np.ndarray) -> np.ndarray:
     return (z - z.mean(0)).T @ centred / len(z) / centred.std()
 
 
-@torch.no_grad()
-def exaggerate_along(model: torch.nn.Module, codes: np.ndarray, step: np.ndarray) -> pd.DataFrame:
-    """Decode each code moved by ``s * step`` and measure it, as :func:`exaggerate` does."""
-    sigmas = np.asarray(DEFAULT_SIGMAS)
-    z = torch.as_tensor(codes, dtype=torch.float32)
-    moved = z[:, None, :] + torch.as_tensor(sigmas, dtype=torch.float32)[None, :, None] * (
-        torch.as_tensor(step, dtype=torch.float32))
-    flat = moved.reshape(-1, z.shape[1])
-    images = model.decode(flat)
-    shape = (len(z), len(sigmas))
-    side = images.shape[-1]
-    return morphology_table(
-        images.reshape(*shape, side, side).numpy(), sigmas, [str(i) for i in range(len(z))],
-        model.classify_latent(flat).reshape(shape).double().numpy(),
-        model.classify_latent(model.encode(images)).reshape(shape).double().numpy(),
-        model.config.crop_pixel_size_um,
-    )
+def pattern_shifts(step: np.ndarray):
+    """A shift for :data:`lch.exaggerate.SHIFTS`: each code moves by ``s * step``, (C, K, D)."""
+    along = torch.as_tensor(step, dtype=torch.float32)
+
+    def shifts(model: torch.nn.Module, codes: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        return codes[:, None, :] + sigmas[None, :, None] * along.to(codes.device)
+
+    return shifts
 
 
 def compare(home: Path) -> None:
@@ -78,19 +68,20 @@ def compare(home: Path) -> None:
     test = table["patient"].isin(held_out).to_numpy()
     step = pattern_step(model, encode_crops(model, np.asarray(crops.oindex[np.flatnonzero(~test)])))
     linear = (model.direction * model.sigma).double().numpy()
-    cells = np.asarray(crops.oindex[pick_rows(table, test, REPORT_CELLS, seed)])
+    codes = encode_crops(model, np.asarray(crops.oindex[pick_rows(table, test, REPORT_CELLS,
+                                                                  seed)]))
     real = np.asarray(crops.oindex[pick_rows(table, test, REAL_CELLS, seed)])
     features, scores = measure_real_cells(model, real)
     reconstructed = measure_reconstructions(model, real)
     cosine = step @ linear / np.linalg.norm(step) / np.linalg.norm(linear)
     print(f"{home}: cos(pattern, weight) {cosine:.3f}; step lengths: pattern "
           f"{np.linalg.norm(step):.3f}, weight {np.linalg.norm(linear):.3f}")
-    trends = {
-        "weight (linear method)": exaggerate(model, cells).table,
-        "activation pattern": exaggerate_along(model, encode_crops(model, cells), step),
-    }
-    for name, exaggerated in trends.items():
-        report = trend_report(exaggerated, features, scores, DEFAULT_SIGMAS,
+    with mock.patch.dict(SHIFTS, {"pattern": pattern_shifts(step)}):
+        results = {"weight (linear method)": exaggerate_codes(model, codes),
+                   "activation pattern": exaggerate_codes(model, codes, method="pattern")}
+    for name, result in results.items():
+        exaggerated = result.table
+        report = trend_report(exaggerated, features, scores, result.sigmas,
                               reconstructed=reconstructed)
         p = exaggerated.groupby("sigma")["probability_reencoded"].median()
         print(f"  along the {name}: median P(high) of the re-encoded images by s "
