@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 from skimage.transform import rescale
 
+from lch.crops import DEFAULT_CROP_SIZE, DEFAULT_FIELD_OF_VIEW_UM, crop_pixel_size
 from lch.manifest import load_manifest
+from lch.morphology import measure_crop
 from lch.segmentation import segment_frame
 from lch.segmentation_scores import CENTRE_LABEL, centre_cell_score
+from lch.single_cell import model_crop
 
 from real_cells import PIXEL_SIZE_UM, real_images
 
@@ -113,3 +116,26 @@ def test_centre_cell_score_tells_each_outcome():
     merged[2:18, 2:18] = 1
     assert centre_cell_score(merged, ref)["status"] == "merged"
     assert centre_cell_score(np.zeros_like(ref), ref) == {"status": "missed", "iou": 0.0}
+
+
+def _reach_on_the_models_crop(prefix: str) -> float:
+    """The protrusion reach (px) of the one real cell whose file starts with ``prefix``,
+    measured on the model's crop of it (64 px showing 83.2 µm)."""
+    (image,) = [image for name, image, _ in IMAGES if name.startswith(prefix)]
+    crop, _ = model_crop(image, DEFAULT_CROP_SIZE, field_of_view_um=DEFAULT_FIELD_OF_VIEW_UM,
+                         pixel_size_um=PIXEL_SIZE_UM, normalised=False)
+    px = crop_pixel_size(DEFAULT_FIELD_OF_VIEW_UM, DEFAULT_CROP_SIZE)
+    return measure_crop(crop, pixel_size_um=px)["protrusion_reach"]
+
+
+def test_real_arms_are_followed_on_the_models_crop():
+    # The outline stopped 8.5 and 2.2 px out along these cells' thin dark arms (they reach about
+    # 16 and 9 px); the phase-dark rings inside the m405c2 cells' halos are no arms.
+    arms = {p: _reach_on_the_models_crop(p) for p in ("150414_m116_s08", "161209_m610_s13")}
+    rings = {p: _reach_on_the_models_crop(p)
+             for p in ("170718_m405c2_s04", "170720_m405c2_s02", "170720_m405c2_s04")}
+    print(f"\nreach of armed cells {arms}, of ringed cells {rings}")
+    assert arms["150414_m116_s08"] >= 14.0
+    assert arms["161209_m610_s13"] >= 8.0
+    assert max(rings.values()) <= 2.5
+
