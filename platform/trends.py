@@ -189,7 +189,9 @@ def judge_trends(
     Each planted feature needs ``rho >= share * bound`` (in the direction of ``c``), and every
     planted feature's ``|rho|`` must exceed every control's by ``margin``. A NaN (a feature
     never measured, no trend) fails. A shortfall names the feature's ``fidelity`` where the
-    report has one: whether the decoder draws the feature at all.
+    report has one: whether the decoder draws the feature at all; a margin too small names the
+    one a faithful decoder would show (the planted features' least bound less the controls'
+    greatest): whether the cells allow it at all.
     """
     planted = report[report["role"] == "planted"]
     controls = report[report["role"] == "control"]
@@ -205,9 +207,12 @@ def judge_trends(
     weakest = planted["rho"].abs().min()
     strongest = controls["rho"].abs().fillna(0.0).max() if len(controls) else 0.0
     if not weakest - strongest >= margin:
-        faults.append(
-            f"planted |rho| {weakest:.3f} not above the controls' {strongest:.3f} by {margin}"
-        )
+        fault = f"planted |rho| {weakest:.3f} not above the controls' {strongest:.3f} by {margin}"
+        # What a decoder faithful to these cells would show: whether the data allow the margin.
+        allowed = planted["bound"].min() - (controls["bound"].max() if len(controls) else 0.0)
+        if math.isfinite(allowed):
+            fault += f" (the cells' bounds allow {allowed:.3f})"
+        faults.append(fault)
     return faults
 
 

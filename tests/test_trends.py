@@ -75,12 +75,14 @@ def test_fidelity_says_whether_the_decoder_draws_the_feature():
                      reconstructed=reconstructed.iloc[1:])
 
 
-def _report(rho_planted, c_planted, rho_control):
+def _report(rho_planted, c_planted, rho_control, c_control=None):
     rows = [{"feature": f"p{i}", "role": "planted", "rho": r, "c": c,
              "bound": float(trend_bound(c, SIGMAS))}
             for i, (r, c) in enumerate(zip(rho_planted, c_planted, strict=True))]
-    rows += [{"feature": f"c{i}", "role": "control", "rho": r, "c": 0.0, "bound": 0.0}
-             for i, r in enumerate(rho_control)]
+    c_control = c_control or [0.0] * len(rho_control)
+    rows += [{"feature": f"c{i}", "role": "control", "rho": r, "c": c,
+              "bound": float(trend_bound(c, SIGMAS))}
+             for i, (r, c) in enumerate(zip(rho_control, c_control, strict=True))]
     return pd.DataFrame(rows)
 
 
@@ -90,6 +92,11 @@ def test_judge_names_each_shortfall():
     assert len(short) == 1 and short[0].startswith("p0: rho 0.600 below 0.85 x bound")
     unspecific = judge_trends(_report([0.8, 0.75], [0.8, 0.6], [0.55]))
     assert len(unspecific) == 1 and "not above the controls' 0.550" in unspecific[0]
+    # The margin a faithful decoder would show: here the planted 0.6 bound less a control's.
+    assert unspecific[0].endswith(f"(the cells' bounds allow {trend_bound(0.6, SIGMAS):.3f})")
+    (confounded,) = judge_trends(_report([0.8, 0.75], [0.8, 0.6], [0.6], c_control=[0.5]))
+    allowed = trend_bound(0.6, SIGMAS) - trend_bound(0.5, SIGMAS)
+    assert confounded.endswith(f"(the cells' bounds allow {allowed:.3f})") and allowed < 0.25
     # A trend against the data's sign, or none at all, fails.
     assert judge_trends(_report([-0.8], [0.8], [0.0]))
     assert judge_trends(_report([math.nan], [0.8], [0.0]))
