@@ -68,7 +68,7 @@ DARK_SMOOTHING_UM = 0.65
 EDGE_BAND_UM = 1.3
 # Thin dark lines (arms a coarse image's texture misses): narrower than about twice this radius,
 # darker than their surroundings by more than the background's spread and than this share of the
-# image's range, reaching at least this far beyond the cell.
+# image's range, reaching this far past a band as wide round the cell (where dark rings lie).
 LINE_RADIUS_UM = 2.6
 LINE_FLOOR = 0.05
 LINE_MIN_REACH_UM = 2.6
@@ -388,9 +388,10 @@ def attach_dark_lines(
     darker than its surroundings; the texture window is wider than the arm, so the outline stops
     at the body. A line is a connected part of the image's black top-hat (disk of
     :data:`LINE_RADIUS_UM`) above the background's level by :data:`NOISE_SDS` of its spread
-    and by :data:`LINE_FLOOR` of the image's range, touching the cell: its thin parts beyond
-    :data:`LINE_MIN_REACH_UM` from the cell with their bases (a dark ring hugging a body, or the
-    arc of it past that band, is not an arm).
+    and by :data:`LINE_FLOOR` of the image's range, touching the cell. Of it, the parts past a
+    band :data:`LINE_MIN_REACH_UM` wide round the cell that reach that far again and are thin
+    are added, with their bases in the band (a dark ring hugging a body, or an arc of it past the
+    band, is not an arm).
 
     Parameters
     ----------
@@ -421,7 +422,7 @@ def attach_dark_lines(
     lines = (hat > np.median(hat[away]) + max(NOISE_SDS * spread, floor)) & (out == 0)
     parts, _ = ndimage.label(lines, structure=np.ones((3, 3)))
     touching = np.unique(parts[ndimage.binary_dilation(cell, np.ones((3, 3))) & lines])
-    attached = np.isin(parts, touching[touching > 0])
+    attached = np.isin(parts, touching)
     distance = ndimage.distance_transform_edt(~cell) * px
     # Judged beyond the band where a ring around the body would lie: only a line gets far.
     band = LINE_MIN_REACH_UM
