@@ -72,7 +72,7 @@ from lch.training import (
     read_rows,
     split_by_patient,
 )
-from lch.trends import spearman_table
+from lch.trends import planted_over_controls, spearman_table
 
 # Defaults for the CPU demo: an eighth of the paper's channels, and lr 5e-4 rather than the
 # paper's 2e-4, which is too slow for the few hundred steps a CPU run takes.
@@ -375,6 +375,11 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
         metrics[f"exaggeration_bound_ratio_{row.feature}"] = row.ratio
     for row in bounds.dropna(subset=["fidelity"]).itertuples():
         metrics[f"reconstruction_fidelity_{row.feature}"] = row.fidelity
+    for name, column in (("exaggeration_control_margin", "rho"),
+                         ("exaggeration_control_margin_allowed", "bound")):
+        margin = float(np.subtract(*planted_over_controls(bounds, column)))
+        if np.isfinite(margin):
+            metrics[name] = margin
     for row in hypotheses.dropna(subset=["auc"]).itertuples():
         metrics[f"real_cell_auc_{row.feature}"] = row.auc
     mlflow.log_metrics(metrics)

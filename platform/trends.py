@@ -194,7 +194,6 @@ def judge_trends(
     greatest): whether the cells allow it at all.
     """
     planted = report[report["role"] == "planted"]
-    controls = report[report["role"] == "control"]
     faults = []
     for row in planted.itertuples():
         aligned = row.rho * np.sign(row.c)
@@ -204,16 +203,27 @@ def judge_trends(
             if math.isfinite(fidelity):
                 fault += f" (its reconstructions follow the cells with rho {fidelity:.3f})"
             faults.append(fault)
-    weakest = planted["rho"].abs().min()
-    strongest = controls["rho"].abs().fillna(0.0).max() if len(controls) else 0.0
+    weakest, strongest = planted_over_controls(report)
     if not weakest - strongest >= margin:
         fault = f"planted |rho| {weakest:.3f} not above the controls' {strongest:.3f} by {margin}"
         # What a decoder faithful to these cells would show: whether the data allow the margin.
-        allowed = planted["bound"].min() - (controls["bound"].max() if len(controls) else 0.0)
+        allowed = float(np.subtract(*planted_over_controls(report, "bound")))
         if math.isfinite(allowed):
             fault += f" (the cells' bounds allow {allowed:.3f})"
         faults.append(fault)
     return faults
+
+
+def planted_over_controls(report: pd.DataFrame, column: str = "rho") -> tuple[float, float]:
+    """Return a :func:`trend_report`'s least planted ``|column|`` and greatest control one.
+
+    Their difference is the margin of the criterion (:func:`judge_trends`): of ``rho``, the one
+    the exaggeration shows; of ``bound``, the one a decoder faithful to the cells would show.
+    The controls' greatest is 0 without controls (a NaN control counts as 0).
+    """
+    planted = report.loc[report["role"] == "planted", column].abs()
+    controls = report.loc[report["role"] == "control", column].abs()
+    return float(planted.min()), float(controls.fillna(0.0).max()) if len(controls) else 0.0
 
 
 def plot_trends(table: pd.DataFrame, features: Sequence[str] | None = None,

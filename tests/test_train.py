@@ -297,6 +297,13 @@ def test_training_registers_a_version_that_loads_and_scores_like_the_run(trained
     for row in bounds.itertuples():
         logged = run.data.metrics.get(f"reconstruction_fidelity_{row.feature}")
         assert logged == pytest.approx(row.fidelity) if np.isfinite(row.fidelity) else not logged
+    # The criterion's margin, shown and allowed by the cells' bounds.
+    planted, controls = bounds[bounds.role == "planted"], bounds[bounds.role == "control"]
+    for name, column in (("exaggeration_control_margin", "rho"),
+                         ("exaggeration_control_margin_allowed", "bound")):
+        margin = planted[column].abs().min() - controls[column].abs().max()
+        logged = run.data.metrics.get(name)
+        assert logged == pytest.approx(margin) if np.isfinite(margin) else not logged
     # The strongest trends tested on the held-out real cells, each with its AUC logged.
     hypotheses = pd.read_csv(client.download_artifacts(
         summary.run_id, "exaggeration/exaggeration_hypotheses.csv", str(trained_home)))
