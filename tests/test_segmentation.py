@@ -207,8 +207,8 @@ def _crop_features(**kwargs) -> pd.DataFrame:
 
 def test_crop_measure_follows_a_thin_arm_the_outline_misses():
     # At 1.3 µm pixels the texture window is wider than the arm and the outline stops at the
-    # compact bright body: the reach of this 9-px arm read 1 px, and of the demo's held-out
-    # cells with a true arm over 15 µm, three in four read at most 1.4 px.
+    # compact bright body: the reach of this 9-px arm read 1 px, and of the demo's held-out crops
+    # of cells with a true arm over 15 µm, three in four read at most 1.4 px.
     bare, armed = _crop_features(), _crop_features(arm_px=9)
     print(f"\nreach bare {bare.protrusion_reach.tolist()}, armed {armed.protrusion_reach.tolist()}")
     assert (bare.protrusion_reach == 0).all()
