@@ -10,6 +10,9 @@ linear method moves along the classifier's weight instead, one SD of the project
 the two part where the codes are correlated. Both steps move the classifier's logit alike. This
 prints, per feature, the trend along each beside the bound and the decoder's fidelity: a feature
 short of its bound along the pattern as well is short because of the decoder.
+
+Last, how sharp the decoder would have to draw: the fidelity of each feature measured on the real
+crops blurred by a Gaussian of a few px, and the blur the decoder's own fidelity matches.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import pandas as pd
 import torch
 from mlflow import MlflowClient
+from scipy import ndimage
+from scipy.stats import spearmanr
 
 from lch.cellstore import open_cells
 from lch.exaggerate import (
@@ -34,6 +40,8 @@ from lch.exaggeration_report import REAL_CELLS, REPORT_CELLS, pick_rows
 from lch.model_names import version_uri
 from lch.registry import load_lch_model
 from lch.trends import trend_report
+
+BLURS_PX = (0.5, 1.0, 1.5, 2.0)
 
 
 def pattern_step(model: torch.nn.Module, codes: np.ndarray) -> np.ndarray:
@@ -52,6 +60,28 @@ def pattern_shifts(step: np.ndarray):
         return codes[:, None, :] + sigmas[None, :, None] * along.to(codes.device)
 
     return shifts
+
+
+def blur_fidelity(model: torch.nn.Module, crops: np.ndarray, features: pd.DataFrame,
+                  report: pd.DataFrame) -> pd.DataFrame:
+    """Each report feature's fidelity on blurred crops beside the decoder's, and the blur (px)
+    whose fidelity the decoder's matches (``<`` / ``>`` outside :data:`BLURS_PX`)."""
+    table = report.set_index("feature")[["fidelity"]].rename(columns={"fidelity": "decoder"})
+    for sigma in BLURS_PX:
+        blurred, _ = measure_real_cells(model, ndimage.gaussian_filter(crops, (0, sigma, sigma)))
+        table[f"blur {sigma:g}"] = [spearmanr(features[f], blurred[f], nan_policy="omit")[0]
+                                    for f in table.index]
+    blur = table.drop(columns="decoder").to_numpy()
+    matched = []
+    for decoder, row in zip(table["decoder"], blur, strict=True):
+        if decoder > row[0]:
+            matched.append(f"< {BLURS_PX[0]:g}")
+        elif decoder < row[-1]:
+            matched.append(f"> {BLURS_PX[-1]:g}")
+        else:  # fidelity falls as the blur grows: interpolate on the reversed order
+            matched.append(f"{np.interp(decoder, row[::-1], BLURS_PX[::-1]):.2f}")
+    table["decoder draws like a blur of (px)"] = matched
+    return table
 
 
 def compare(home: Path) -> None:
@@ -87,6 +117,8 @@ def compare(home: Path) -> None:
         print(f"  along the {name}: median P(high) of the re-encoded images by s "
               + " ".join(f"{v:.2f}" for v in p))
         print(report.to_string(index=False, float_format="%.3f"), flush=True)
+    print("  fidelity (Spearman, crop vs its reconstruction or its Gaussian blur of sigma px):")
+    print(blur_fidelity(model, real, features, report).to_string(float_format="%.2f"), flush=True)
 
 
 def main() -> None:
