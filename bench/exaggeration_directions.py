@@ -12,7 +12,7 @@ prints, per feature, the trend along each beside the bound and the decoder's fid
 short of its bound along the pattern as well is short because of the decoder.
 
 Last, how sharp the decoder would have to draw: the fidelity of each feature measured on the real
-crops blurred by a Gaussian of a few px, and the blur the decoder's own fidelity matches.
+crops blurred by a Gaussian of 0.5-3 µm, and the blur the decoder's own fidelity matches.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from lch.model_names import version_uri
 from lch.registry import load_lch_model
 from lch.trends import trend_report
 
-BLURS_PX = (0.5, 1.0, 1.5, 2.0)
+BLURS_UM = (0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 def pattern_step(model: torch.nn.Module, codes: np.ndarray) -> np.ndarray:
@@ -64,23 +64,24 @@ def pattern_shifts(step: np.ndarray):
 
 def blur_fidelity(model: torch.nn.Module, crops: np.ndarray, features: pd.DataFrame,
                   report: pd.DataFrame) -> pd.DataFrame:
-    """Each report feature's fidelity on blurred crops beside the decoder's, and the blur (px)
-    whose fidelity the decoder's matches (``<`` / ``>`` outside :data:`BLURS_PX`)."""
+    """Each report feature's fidelity on blurred crops beside the decoder's, and the blur (µm)
+    whose fidelity the decoder's matches (``<`` / ``>`` outside :data:`BLURS_UM`)."""
     table = report.set_index("feature")[["fidelity"]].rename(columns={"fidelity": "decoder"})
-    for sigma in BLURS_PX:
-        blurred, _ = measure_real_cells(model, ndimage.gaussian_filter(crops, (0, sigma, sigma)))
+    for sigma in BLURS_UM:
+        px = sigma / model.config.crop_pixel_size_um
+        blurred, _ = measure_real_cells(model, ndimage.gaussian_filter(crops, (0, px, px)))
         table[f"blur {sigma:g}"] = [spearmanr(features[f], blurred[f], nan_policy="omit")[0]
                                     for f in table.index]
     blur = table.drop(columns="decoder").to_numpy()
     matched = []
     for decoder, row in zip(table["decoder"], blur, strict=True):
         if decoder > row[0]:
-            matched.append(f"< {BLURS_PX[0]:g}")
+            matched.append(f"< {BLURS_UM[0]:g}")
         elif decoder < row[-1]:
-            matched.append(f"> {BLURS_PX[-1]:g}")
+            matched.append(f"> {BLURS_UM[-1]:g}")
         else:  # fidelity falls as the blur grows: interpolate on the reversed order
-            matched.append(f"{np.interp(decoder, row[::-1], BLURS_PX[::-1]):.2f}")
-    table["decoder draws like a blur of (px)"] = matched
+            matched.append(f"{np.interp(decoder, row[::-1], BLURS_UM[::-1]):.2f}")
+    table["decoder draws like a blur of (µm)"] = matched
     return table
 
 
@@ -117,7 +118,7 @@ def compare(home: Path) -> None:
         print(f"  along the {name}: median P(high) of the re-encoded images by s "
               + " ".join(f"{v:.2f}" for v in p))
         print(report.to_string(index=False, float_format="%.3f"), flush=True)
-    print("  fidelity (Spearman, crop vs its reconstruction or its Gaussian blur of sigma px):")
+    print("  fidelity (Spearman, crop vs its reconstruction or its Gaussian blur of sigma µm):")
     print(blur_fidelity(model, real, features, report).to_string(float_format="%.2f"), flush=True)
 
 
