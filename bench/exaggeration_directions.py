@@ -12,7 +12,8 @@ prints, per feature, the trend along each beside the bound and the decoder's fid
 short of its bound along the pattern as well is short because of the decoder.
 
 Last, how sharp the decoder would have to draw: the fidelity of each feature measured on the real
-crops blurred by a Gaussian of 0.5-3 µm, and the blur the decoder's own fidelity matches.
+crops blurred by a Gaussian of 0.5-3 µm, and the blur the decoder's own fidelity matches
+(:func:`decoder_scale.blur_fidelity`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-import pandas as pd
 import torch
+from decoder_scale import blur_fidelity
 from mlflow import MlflowClient
-from scipy import ndimage
-from scipy.stats import spearmanr
 
 from lch.cellstore import open_cells
 from lch.exaggerate import (
@@ -40,8 +39,6 @@ from lch.exaggeration_report import REAL_CELLS, REPORT_CELLS, pick_rows
 from lch.model_names import version_uri
 from lch.registry import load_lch_model
 from lch.trends import trend_report
-
-BLURS_UM = (0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 def pattern_step(model: torch.nn.Module, codes: np.ndarray) -> np.ndarray:
@@ -60,30 +57,6 @@ def pattern_shifts(step: np.ndarray):
         return codes[:, None, :] + sigmas[None, :, None] * along.to(codes.device)
 
     return shifts
-
-
-def blur_fidelity(model: torch.nn.Module, crops: np.ndarray, features: pd.DataFrame,
-                  report: pd.DataFrame) -> pd.DataFrame:
-    """Each report feature's fidelity on blurred crops beside the decoder's, and the blur (µm)
-    whose fidelity the decoder's matches (``<`` / ``>`` outside :data:`BLURS_UM`)."""
-    table = report.set_index("feature")[["fidelity"]].rename(columns={"fidelity": "decoder"})
-    for sigma in BLURS_UM:
-        px = sigma / model.config.crop_pixel_size_um
-        blurred, _ = measure_real_cells(model, ndimage.gaussian_filter(crops, (0, px, px)))
-        table[f"blur {sigma:g}"] = [spearmanr(features[f], blurred[f], nan_policy="omit")[0]
-                                    for f in table.index]
-    blur = table.drop(columns="decoder").to_numpy()
-    matched = []
-    # A noisy rise with more blur would unsort np.interp's abscissae: take the running minimum.
-    for decoder, row in zip(table["decoder"], np.minimum.accumulate(blur, axis=1), strict=True):
-        if decoder > row[0]:
-            matched.append(f"< {BLURS_UM[0]:g}")
-        elif decoder < row[-1]:
-            matched.append(f"> {BLURS_UM[-1]:g}")
-        else:
-            matched.append(f"{np.interp(decoder, row[::-1], BLURS_UM[::-1]):.2f}")
-    table["decoder draws like a blur of (µm)"] = matched
-    return table
 
 
 def compare(home: Path) -> None:

@@ -35,12 +35,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from lch.model import AAE, aae_train_step, make_optimizers  # noqa: E402
+from lch.model import AAE  # noqa: E402
 from lch.pipelines.runtime import init_ray, quiet_environment  # noqa: E402
 from lch.pipelines.train import TrainSettings, build_trainer, crop_dataset, prepare  # noqa: E402
 from lch.registry import use_tracking  # noqa: E402
-from lch.synth import PIXEL_SIZE_UM  # noqa: E402
-from lch.training import read_rows  # noqa: E402
+from lch.training import read_rows, train_in_memory  # noqa: E402
 
 
 def make_bench_cohort(home: Path) -> str:
@@ -55,27 +54,17 @@ def make_bench_cohort(home: Path) -> str:
     return "bench"
 
 
-def plain_loop(settings: TrainSettings, crops: np.ndarray, threads: int) -> tuple[float, float]:
+def plain_loop(settings: TrainSettings, crops: np.ndarray, field_of_view_um: float,
+               threads: int) -> tuple[float, float]:
     """(steady samples/s, seconds) of one process training on in-memory crops."""
     torch.set_num_threads(threads)
     torch.manual_seed(settings.seed)
-    config = settings.aae_config(crops.shape[-1], PIXEL_SIZE_UM)
-    model = AAE(config).train()
-    optimizers = make_optimizers(model, config)
-    x_all = torch.from_numpy(crops).unsqueeze(1)
-    rng = np.random.default_rng(settings.seed)
-    steady_samples, steady_seconds, started = 0, 0.0, time.perf_counter()
-    batch = settings.global_batch()
-    for epoch in range(settings.epochs):
-        order = torch.from_numpy(rng.permutation(len(x_all)))
-        t0, n = time.perf_counter(), 0
-        for i in range(0, len(order) - batch + 1, batch):
-            aae_train_step(model, optimizers, x_all[order[i : i + batch]])
-            n += batch
-        if epoch > 0:  # the first epoch warms up allocators and caches
-            steady_samples += n
-            steady_seconds += time.perf_counter() - t0
-    return steady_samples / steady_seconds, time.perf_counter() - started
+    model = AAE(settings.aae_config(crops.shape[-1], field_of_view_um))
+    started = time.perf_counter()
+    epochs = train_in_memory(model, crops, settings.epochs, settings.global_batch(), settings.seed)
+    steady = epochs[1:]  # the first epoch warms up allocators and caches
+    rate = sum(e["samples"] for e in steady) / sum(e["seconds"] for e in steady)
+    return rate, time.perf_counter() - started
 
 
 def ray_train(settings: TrainSettings, cells, split, storage: Path) -> tuple[float, float, float]:
@@ -132,9 +121,9 @@ def main() -> None:
             flush=True,
         )
         cores = os.cpu_count() or 1
-        base_all, secs_all = plain_loop(settings, crops, threads=cores)
+        base_all, secs_all = plain_loop(settings, crops, cells.field_of_view_um, threads=cores)
         print(f"plain loop, {cores} threads : {base_all:7.0f} samples/s ({secs_all:.1f} s)")
-        base_one, secs_one = plain_loop(settings, crops, threads=1)
+        base_one, secs_one = plain_loop(settings, crops, cells.field_of_view_um, threads=1)
         print(f"plain loop, 1 thread  : {base_one:7.0f} samples/s ({secs_one:.1f} s)", flush=True)
         steady, first, fit_s = ray_train(settings, cells, split, Path(tmp) / "ray_results")
         print(

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -46,15 +47,7 @@ from lch.evaluation import (
     plot_reliability,
     sigmoid,
 )
-from lch.exaggerate import exaggerate
-from lch.exaggeration_report import (
-    REAL_CELLS,
-    REPORT_CELLS,
-    pick_rows,
-    real_cell_bounds,
-    real_cell_hypotheses,
-    write_report,
-)
+from lch.exaggeration_report import REPORT_CELLS, held_out_report, write_report
 from lch.mlflow_store import tracking_uri, use_tracking
 from lch.model import AAEConfig
 from lch.model_names import REGISTERED_MODEL
@@ -72,7 +65,7 @@ from lch.training import (
     read_rows,
     split_by_patient,
 )
-from lch.trends import planted_over_controls, spearman_table
+from lch.trends import control_margin, spearman_table
 
 # Defaults for the CPU demo: an eighth of the paper's channels, and lr 5e-4 rather than the
 # paper's 2e-4, which is too slow for the few hundred steps a CPU run takes.
@@ -350,26 +343,23 @@ def _start_run(settings: TrainSettings, cells: CellSet, split: Split) -> str:
 
 def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
                       settings: TrainSettings) -> None:
-    """Exaggerate ``settings.report_cells`` held-out cells (half high, half low); log the report.
+    """Exaggerate ``settings.report_cells`` held-out cells and log the report to the active run.
 
-    The montage, the morphology table, the Spearman trends, each feature's trend beside the
-    data's bound and how faithfully the decoder reproduces it (:func:`lch.trends.trend_report`,
-    from ``REAL_CELLS`` held-out cells and their reconstructions) and
-    the strongest trends tested on those real cells (:func:`lch.trends.real_cell_check`) go to
-    the active run, and the figures as metrics.
+    The report (:func:`lch.exaggeration_report.held_out_report`: the montage, the morphology
+    table, the Spearman trends, each feature's trend beside the data's bound and the decoder's
+    fidelity, the strongest trends tested on real cells) goes in as artifacts, its figures as
+    metrics.
     """
-    rows = pick_rows(cells.table, split.test, settings.report_cells, settings.seed)
-    ids = [f"{cells.table['patient'].iloc[r]} cell {r}" for r in rows]
-    result = exaggerate(evaluation.model, read_rows(cells, rows), cells=ids)
-    real = pick_rows(cells.table, split.test, REAL_CELLS, settings.seed)
-    features, bounds = real_cell_bounds(evaluation.model, result, read_rows(cells, real))
-    hypotheses = real_cell_hypotheses(result, cells.table.iloc[real], features, settings.seed)
+    report = held_out_report(evaluation.model, cells.table, split.test,
+                             partial(read_rows, cells), report_cells=settings.report_cells,
+                             seed=settings.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        write_report(result, tmp, hypotheses, bounds)
+        write_report(report.result, tmp, report.hypotheses, report.bounds)
         mlflow.log_artifacts(tmp, artifact_path=REPORT_FOLDER)
-    trends = spearman_table(result.table).dropna(subset=["rho"])
+    trends = spearman_table(report.result.table).dropna(subset=["rho"])
     metrics = {f"exaggeration_rho_{f}": rho for f, rho in zip(trends.feature, trends.rho,
                                                                 strict=True)}
+    bounds = report.bounds
     for row in bounds.dropna(subset=["bound", "ratio"]).itertuples():
         metrics[f"exaggeration_bound_{row.feature}"] = row.bound
         metrics[f"exaggeration_bound_ratio_{row.feature}"] = row.ratio
@@ -377,10 +367,10 @@ def _log_exaggeration(evaluation: Evaluation, cells: CellSet, split: Split,
         metrics[f"reconstruction_fidelity_{row.feature}"] = row.fidelity
     for name, column in (("exaggeration_control_margin", "rho"),
                          ("exaggeration_control_margin_allowed", "bound")):
-        margin = float(np.subtract(*planted_over_controls(bounds, column)))
+        margin = control_margin(bounds, column)
         if np.isfinite(margin):
             metrics[name] = margin
-    for row in hypotheses.dropna(subset=["auc"]).itertuples():
+    for row in report.hypotheses.dropna(subset=["auc"]).itertuples():
         metrics[f"real_cell_auc_{row.feature}"] = row.auc
     mlflow.log_metrics(metrics)
 

@@ -8,6 +8,8 @@ at hand, the strongest trends tested on them (:func:`real_cell_hypotheses`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from lch.evaluation import cell_index, first_of_each
 from lch.exaggerate import (
     METHOD_TITLES,
     Exaggeration,
+    exaggerate,
     measure_real_cells,
     measure_reconstructions,
 )
@@ -220,3 +223,52 @@ def real_cell_hypotheses(result: Exaggeration, cells: pd.DataFrame, features: pd
     per_cell = features.groupby(cell, sort=True).mean(numeric_only=True)
     labels = first_of_each(cells["label"].to_numpy(), cell)
     return real_cell_check(result.table, per_cell, labels, seed=seed)
+
+
+@dataclass
+class HeldOutReport:
+    """An exaggeration of held-out cells with the real cells that bound its trends.
+
+    ``real_rows`` are the real cells' positions in the cell table, ``features`` those crops
+    measured (:func:`lch.exaggerate.measure_real_cells`), ``bounds`` the
+    :func:`lch.trends.trend_report` and ``hypotheses`` the :func:`real_cell_hypotheses`.
+    """
+
+    result: Exaggeration
+    real_rows: np.ndarray
+    features: pd.DataFrame
+    bounds: pd.DataFrame
+    hypotheses: pd.DataFrame
+
+
+def held_out_report(model: Any, table: pd.DataFrame, where: np.ndarray,
+                    read_rows: Callable[[np.ndarray], np.ndarray], *,
+                    report_cells: int = REPORT_CELLS, seed: int = 0) -> HeldOutReport:
+    """Exaggerate ``report_cells`` of the cells where ``where`` holds, as a training run does.
+
+    Half high, half low (:func:`pick_rows`); their trends are set beside :data:`REAL_CELLS`
+    real cells drawn from the same rows (:func:`real_cell_bounds`), on which the strongest
+    trends are tested (:func:`real_cell_hypotheses`).
+
+    Parameters
+    ----------
+    model : lch.model.LCHModel
+        With its classifier set.
+    table : pandas.DataFrame
+        The cell table (``patient``, ``label``, ``track_id`` and ``store`` or ``movie``).
+    where : numpy.ndarray of bool
+        Which rows may be drawn, e.g. a training run's held-out patients' cells.
+    read_rows : callable
+        Table positions (n,) to their crops (n, S, S).
+    report_cells : int
+        Cells exaggerated.
+    seed : int
+        Seed of the draws and the resampling.
+    """
+    rows = pick_rows(table, where, report_cells, seed)
+    ids = [f"{table['patient'].iloc[r]} cell {r}" for r in rows]
+    result = exaggerate(model, read_rows(rows), cells=ids)
+    real = pick_rows(table, where, REAL_CELLS, seed)
+    features, bounds = real_cell_bounds(model, result, read_rows(real))
+    hypotheses = real_cell_hypotheses(result, table.iloc[real], features, seed)
+    return HeldOutReport(result, real, features, bounds, hypotheses)

@@ -11,6 +11,7 @@ labels) but take no part in the classifier.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from lch.classify import (
     binary_labels,
     patient_split,
 )
-from lch.model import refresh_batch_norm, unwrap
+from lch.model import aae_train_step, make_optimizers, refresh_batch_norm, unwrap
 from lch.paths import Location, cohort_dir, join, lch_home
 from lch.storage import filesystem, storage_options_from_env, zarr_store
 
@@ -230,3 +231,49 @@ def encode(model: nn.Module, cells: CellSet, index: np.ndarray, batch_size: int)
     device = next(inner.parameters()).device
     codes = [inner.encode(x).cpu() for x in iter_crops(cells, index, batch_size, device)]
     return torch.cat(codes).numpy() if codes else np.zeros((0, inner.config.latent_dim), np.float32)
+
+
+def train_in_memory(
+    model: nn.Module, crops: np.ndarray, epochs: int, batch_size: int, seed: int = 0
+) -> list[dict[str, float]]:
+    """Train an AAE in one process on crops held on its device, without Ray.
+
+    What ``lch train``'s workers do, for a study or a benchmark that needs neither Ray nor
+    MLflow: every epoch takes the crops in a new order (seeded) in full batches of
+    ``batch_size`` (a remainder waits for the next epoch's order), one
+    :func:`lch.model.aae_train_step` each, with fresh optimizers.
+
+    Parameters
+    ----------
+    model : lch.model.AAE
+        Trained in place, on the device its parameters are on.
+    crops : numpy.ndarray
+        (N, S, S) in [0, 1], ``N >= batch_size``.
+    epochs, batch_size : int
+        Passes over the crops, and crops per step.
+    seed : int
+        Seed of the order.
+
+    Returns
+    -------
+    list of dict
+        One per epoch: the mean ``recon``, ``disc`` and ``gen`` losses of its steps, the
+        ``samples`` it trained on and its ``seconds``.
+    """
+    if not 0 < batch_size <= len(crops):
+        raise ValueError(f"batch_size must be in 1..{len(crops)} (the crops), got {batch_size}")
+    device = next(model.parameters()).device
+    optimizers = make_optimizers(model, unwrap(model).config)
+    x = torch.as_tensor(np.asarray(crops, np.float32), device=device).unsqueeze(1)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    history = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        order = torch.randperm(len(x), generator=generator).to(device)
+        steps = [aae_train_step(model, optimizers, x[order[i : i + batch_size]])
+                 for i in range(0, len(x) - batch_size + 1, batch_size)]
+        history.append({loss: float(np.mean([s[loss] for s in steps])) for loss in steps[0]}
+                       | {"samples": len(steps) * batch_size,
+                          "seconds": time.perf_counter() - started})
+    return history

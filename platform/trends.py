@@ -207,7 +207,7 @@ def judge_trends(
     if not weakest - strongest >= margin:
         fault = f"planted |rho| {weakest:.3f} not above the controls' {strongest:.3f} by {margin}"
         # What a decoder faithful to these cells would show: whether the data allow the margin.
-        allowed = float(np.subtract(*planted_over_controls(report, "bound")))
+        allowed = control_margin(report, "bound")
         if math.isfinite(allowed):
             fault += f" (the cells' bounds allow {allowed:.3f})"
         faults.append(fault)
@@ -224,6 +224,16 @@ def planted_over_controls(report: pd.DataFrame, column: str = "rho") -> tuple[fl
     planted = report.loc[report["role"] == "planted", column].abs()
     controls = report.loc[report["role"] == "control", column].abs()
     return float(planted.min()), float(controls.fillna(0.0).max()) if len(controls) else 0.0
+
+
+def control_margin(report: pd.DataFrame, column: str = "rho") -> float:
+    """Return the planted features' least ``|column|`` less the controls' greatest.
+
+    Of ``rho``, the margin :func:`judge_trends` asks for; of ``bound``, the margin the cells
+    allow (:func:`planted_over_controls`).
+    """
+    weakest, strongest = planted_over_controls(report, column)
+    return weakest - strongest
 
 
 def plot_trends(table: pd.DataFrame, features: Sequence[str] | None = None,

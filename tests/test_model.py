@@ -21,6 +21,7 @@ from lch.model import (
     n_stages_for,
     refresh_batch_norm,
 )
+from lch.training import train_in_memory
 
 TINY = {"latent_dim": 8, "width": 1 / 16, "disc_hidden": (32, 32, 16)}
 
@@ -179,6 +180,27 @@ def test_training_reduces_reconstruction_loss(trained):
     assert trained["before"] == pytest.approx(np.log(2), abs=1e-3)
     assert trained["after"] < 0.5 * trained["before"]
     assert all(np.isfinite(list(h.values())).all() for h in trained["history"])
+
+
+def test_train_in_memory_learns_and_repeats_for_a_seed(single_thread):
+    crops = shapes_dataset(100, seed=2)[0][:, 0].numpy()
+    config = AAEConfig(crop_size=32, latent_dim=8, width=1 / 8, disc_hidden=(64, 64, 32), lr=2e-3)
+
+    def run() -> tuple[AAE, list[dict]]:
+        torch.manual_seed(0)
+        model = AAE(config)
+        return model, train_in_memory(model, crops, epochs=12, batch_size=32, seed=3)
+
+    (model, history), (again, repeated) = run(), run()
+    # Three full batches an epoch: the 4 crops left over wait for another order.
+    assert [epoch["samples"] for epoch in history] == [96] * 12
+    assert history[-1]["recon"] < 0.7 * history[0]["recon"]
+    assert history == [dict(e, seconds=h["seconds"]) for e, h in zip(repeated, history,
+                                                                     strict=True)]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    with pytest.raises(ValueError, match="batch_size"):
+        train_in_memory(model, crops, epochs=1, batch_size=101)
 
 
 def test_codes_move_towards_prior(trained):
