@@ -240,7 +240,7 @@ def train_in_memory(
 
     What ``lch train``'s workers do, for a study or a benchmark that needs neither Ray nor
     MLflow: every epoch takes the crops in a new order (seeded) in full batches of
-    ``batch_size`` (a remainder waits for the next epoch's order), one
+    ``batch_size`` (the crops a last full batch leaves over sit that epoch out), one
     :func:`lch.model.aae_train_step` each, with fresh optimizers.
 
     Parameters
