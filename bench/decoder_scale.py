@@ -87,7 +87,12 @@ class Utilisation:
 
     def __enter__(self) -> Utilisation:
         if self.device.type == "cuda":
-            self._thread.start()
+            try:
+                torch.cuda.utilization(self.device)
+            except (ModuleNotFoundError, RuntimeError) as error:  # no pynvml, or no NVML
+                print(f"GPU utilisation not sampled: {error}")
+            else:
+                self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
