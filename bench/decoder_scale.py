@@ -1,7 +1,8 @@
 """Benchmark: does the AAE draw arms and halo when trained at the paper's scale (on a GPU)?
 
 Run: ``python bench/decoder_scale.py ROOT [--cohort demo] [--device cuda] [--epochs 300]
-[--width 1] [--latent-dim 56] [--batch-size 50] [--lr 2e-4] [--seed 0] [--out DIR]``
+[--width 1] [--latent-dim 56] [--batch-size 50] [--lr 2e-4] [--seed 0] [--runs 1]
+[--out DIR]``
 
 ROOT holds ``cohorts/<cohort>/cells.parquet`` and ``crops.zarr`` (a root that
 ``bench/demo_trends.py --keep`` kept, or ``LCH_HOME`` after ``make demo``; the movies are not
@@ -20,7 +21,9 @@ Gaussian of 0.5-3 µm beside the decoder's, and the blur the decoder's matches. 
 criterion (:func:`lch.trends.judge_trends`) asks a ratio of 0.85, which for the arms takes a
 fidelity near 0.85: a decoder that blurs arms by about 1 µm or less. Training figures: samples/s
 and, on CUDA, the GPU's mean utilisation (needs ``pynvml``). With ``--out`` the report folder
-(montage, trend figure, tables) and the per-epoch losses are written there.
+(montage, trend figure, tables) and the per-epoch losses are written there. With ``--runs N``
+it trains N models on the same split, their weights and order seeded apart, and prints each
+run's figures with their mean and SD: how much one training's trends are a draw.
 """
 
 from __future__ import annotations
@@ -111,7 +114,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cohort", default="demo")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="split, classifier and report draws; weights and order of run r: "
+                             "seed + r")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="trainings of the same split, to see how much one run's figures vary")
     parser.add_argument("--out", type=Path, help="folder for the report and the losses")
     defaults = AAEConfig()
     parser.add_argument("--width", type=float, default=defaults.width)
@@ -121,37 +128,26 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
+def train_and_report(args: argparse.Namespace, config: AAEConfig, cells, split,
+                     crops: np.ndarray, run: int):
+    """Train one AAE (weights and order seeded by ``args.seed + run``) and report it as a
+    training run does: return its evaluation, its held-out report and its epochs' losses."""
     device = torch.device(args.device)
-    cells = load_cells([args.cohort], args.root)
-    split = split_by_patient(cells, seed=args.seed)
-    crops = read_rows(cells, np.flatnonzero(split.autoencoder))
-    config = AAEConfig(crop_size=cells.crop_size, latent_dim=args.latent_dim, width=args.width,
-                       lr=args.lr, batch_size=args.batch_size,
-                       field_of_view_um=cells.field_of_view_um)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed + run)
     aae = AAE(config).to(device)
-    print(f"{args.root} {args.cohort}: {len(crops)} training crops {cells.crop_size} px, "
-          f"{args.epochs} epochs of batch {args.batch_size}, width {args.width}, latent "
-          f"{args.latent_dim}, lr {args.lr}, on {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-          flush=True)
     with Utilisation(device) as gpu:
         epochs = pd.DataFrame(train_in_memory(aae, crops, args.epochs, args.batch_size,
-                                              args.seed))
+                                              args.seed + run))
     steady = epochs.iloc[1:] if len(epochs) > 1 else epochs  # the first epoch warms up
-    print(f"trained {epochs.seconds.sum():.0f} s, {steady.samples.sum() / steady.seconds.sum():.0f}"
-          f" samples/s after the first epoch, GPU utilisation "
-          + (f"{gpu.mean:.0f}%" if gpu.mean is not None else "n/a")
+    print(f"run {run}: trained {epochs.seconds.sum():.0f} s, "
+          f"{steady.samples.sum() / steady.seconds.sum():.0f} samples/s after the first epoch, "
+          "GPU utilisation " + (f"{gpu.mean:.0f}%" if gpu.mean is not None else "n/a")
           + f"; last epoch's losses: recon {epochs.recon.iloc[-1]:.4f}, "
           f"disc {epochs.disc.iloc[-1]:.3f}, gen {epochs.gen.iloc[-1]:.3f}", flush=True)
-
-    started = time.perf_counter()
     evaluation = evaluate(aae, cells, split, seed=args.seed)
-    model = evaluation.model.eval()
-    read = partial(read_rows, cells)
-    report = held_out_report(model, cells.table, split.test, read, seed=args.seed)
+    evaluation.model.eval()
+    report = held_out_report(evaluation.model, cells.table, split.test,
+                             partial(read_rows, cells), seed=args.seed)
     print(f"held-out cell AUC {evaluation.heldout_cell_auc:.3f}; population of 20 cells accuracy "
           f"{evaluation.population_at(20):.3f}")
     print(report.bounds.to_string(index=False, float_format="%.3f"))
@@ -159,14 +155,53 @@ def main() -> None:
           f"{control_margin(report.bounds, 'bound'):.3f}")
     for fault in judge_trends(report.bounds) or ["criterion met"]:
         print("  " + fault)
-    blur = blur_fidelity(model, read(report.real_rows), report.features, report.bounds)
-    print("fidelity (Spearman, crop vs its reconstruction or its Gaussian blur of sigma µm):")
-    print(blur.to_string(float_format="%.2f"))
-    print(f"(measured in {time.perf_counter() - started:.0f} s)")
-    if args.out:
-        write_report(report.result, args.out, report.hypotheses, report.bounds)
-        epochs.to_csv(args.out / "epochs.csv", index_label="epoch")
-        blur.to_csv(args.out / "blur.csv")
+    return evaluation, report, epochs
+
+
+def summary_row(evaluation, report) -> dict[str, float]:
+    """One run's figures: AUC, each feature's ratio and fidelity, the margin shown."""
+    bounds = report.bounds.set_index("feature")
+    return ({"cell AUC": evaluation.heldout_cell_auc}
+            | {f"{f} {c}": bounds.loc[f, c] for f in bounds.index for c in ("ratio", "fidelity")}
+            | {"margin": control_margin(report.bounds)})
+
+
+def main() -> None:
+    args = parse_args()
+    cells = load_cells([args.cohort], args.root)
+    split = split_by_patient(cells, seed=args.seed)
+    crops = read_rows(cells, np.flatnonzero(split.autoencoder))
+    config = AAEConfig(crop_size=cells.crop_size, latent_dim=args.latent_dim, width=args.width,
+                       lr=args.lr, batch_size=args.batch_size,
+                       field_of_view_um=cells.field_of_view_um)
+    device = torch.device(args.device)
+    print(f"{args.root} {args.cohort}: {len(crops)} training crops {cells.crop_size} px, "
+          f"{args.epochs} epochs of batch {args.batch_size}, width {args.width}, latent "
+          f"{args.latent_dim}, lr {args.lr}, on {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+          flush=True)
+    rows = []
+    for run in range(args.runs):
+        evaluation, report, epochs = train_and_report(args, config, cells, split, crops, run)
+        rows.append(summary_row(evaluation, report))
+        if run > 0:
+            continue
+        started = time.perf_counter()
+        blur = blur_fidelity(evaluation.model, read_rows(cells, report.real_rows),
+                             report.features, report.bounds)
+        print("fidelity (Spearman, crop vs its reconstruction or its Gaussian blur of sigma µm):")
+        print(blur.to_string(float_format="%.2f"))
+        print(f"(blurred and measured in {time.perf_counter() - started:.0f} s)", flush=True)
+        if args.out:
+            write_report(report.result, args.out, report.hypotheses, report.bounds)
+            epochs.to_csv(args.out / "epochs.csv", index_label="epoch")
+            blur.to_csv(args.out / "blur.csv")
+    if args.runs > 1:
+        runs = pd.DataFrame(rows)
+        print(f"{args.runs} trainings of the same split (weights and order seeded {args.seed}.."
+              f"{args.seed + args.runs - 1}):")
+        print(runs.to_string(float_format="%.2f"))
+        print(runs.agg(["mean", "std"]).to_string(float_format="%.2f"))
 
 
 if __name__ == "__main__":
