@@ -145,7 +145,6 @@ def train_and_report(args: argparse.Namespace, config: AAEConfig, cells, split,
           + f"; last epoch's losses: recon {epochs.recon.iloc[-1]:.4f}, "
           f"disc {epochs.disc.iloc[-1]:.3f}, gen {epochs.gen.iloc[-1]:.3f}", flush=True)
     evaluation = evaluate(aae, cells, split, seed=args.seed)
-    evaluation.model.eval()
     report = held_out_report(evaluation.model, cells.table, split.test,
                              partial(read_rows, cells), seed=args.seed)
     print(f"held-out cell AUC {evaluation.heldout_cell_auc:.3f}; population of 20 cells accuracy "
@@ -187,8 +186,8 @@ def main() -> None:
         if run > 0:
             continue
         started = time.perf_counter()
-        blur = blur_fidelity(evaluation.model, read_rows(cells, report.real_rows),
-                             report.features, report.bounds)
+        blur = blur_fidelity(evaluation.model, report.real_crops, report.features,
+                             report.bounds)
         print("fidelity (Spearman, crop vs its reconstruction or its Gaussian blur of sigma µm):")
         print(blur.to_string(float_format="%.2f"))
         print(f"(blurred and measured in {time.perf_counter() - started:.0f} s)", flush=True)

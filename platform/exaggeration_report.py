@@ -229,13 +229,13 @@ def real_cell_hypotheses(result: Exaggeration, cells: pd.DataFrame, features: pd
 class HeldOutReport:
     """An exaggeration of held-out cells with the real cells that bound its trends.
 
-    ``real_rows`` are the real cells' positions in the cell table, ``features`` those crops
-    measured (:func:`lch.exaggerate.measure_real_cells`), ``bounds`` the
-    :func:`lch.trends.trend_report` and ``hypotheses`` the :func:`real_cell_hypotheses`.
+    ``real_crops`` are the real cells' crops, ``features`` those crops measured
+    (:func:`lch.exaggerate.measure_real_cells`), ``bounds`` the :func:`lch.trends.trend_report`
+    and ``hypotheses`` the :func:`real_cell_hypotheses`.
     """
 
     result: Exaggeration
-    real_rows: np.ndarray
+    real_crops: np.ndarray
     features: pd.DataFrame
     bounds: pd.DataFrame
     hypotheses: pd.DataFrame
@@ -269,6 +269,7 @@ def held_out_report(model: Any, table: pd.DataFrame, where: np.ndarray,
     ids = [f"{table['patient'].iloc[r]} cell {r}" for r in rows]
     result = exaggerate(model, read_rows(rows), cells=ids)
     real = pick_rows(table, where, REAL_CELLS, seed)
-    features, bounds = real_cell_bounds(model, result, read_rows(real))
+    real_crops = read_rows(real)
+    features, bounds = real_cell_bounds(model, result, real_crops)
     hypotheses = real_cell_hypotheses(result, table.iloc[real], features, seed)
-    return HeldOutReport(result, real, features, bounds, hypotheses)
+    return HeldOutReport(result, real_crops, features, bounds, hypotheses)

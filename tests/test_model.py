@@ -192,7 +192,7 @@ def test_train_in_memory_learns_and_repeats_for_a_seed(single_thread):
         return model, train_in_memory(model, crops, epochs=12, batch_size=32, seed=3)
 
     (model, history), (again, repeated) = run(), run()
-    # Three full batches an epoch: the 4 crops left over wait for another order.
+    # Three full batches an epoch: the 4 crops left over sit each epoch out.
     assert [epoch["samples"] for epoch in history] == [96] * 12
     assert history[-1]["recon"] < 0.7 * history[0]["recon"]
     assert history == [dict(e, seconds=h["seconds"]) for e, h in zip(repeated, history,
